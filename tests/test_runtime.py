@@ -1,0 +1,92 @@
+"""Profiles, budgets, seeding and the environment report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from tutorial_lib import runtime
+
+
+@dataclass(frozen=True)
+class Budget:
+    epochs: int
+
+
+BUDGETS = {"smoke": Budget(1), "cpu": Budget(3), "gpu": Budget(10)}
+
+
+def test_profile_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TUTORIAL_PROFILE", "CPU")
+    assert runtime.get_profile() == "cpu"
+
+
+def test_profile_defaults_to_the_hardware(monkeypatch):
+    monkeypatch.delenv("TUTORIAL_PROFILE", raising=False)
+    assert runtime.get_profile() == ("gpu" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.get_profile() == "gpu"
+
+
+def test_unknown_profile_lists_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("TUTORIAL_PROFILE", "turbo")
+    with pytest.raises(runtime.UnknownProfileError, match="smoke, cpu, gpu"):
+        runtime.get_profile()
+
+
+def test_select_budget_picks_the_current_profile(monkeypatch):
+    monkeypatch.setenv("TUTORIAL_PROFILE", "cpu")
+    assert runtime.select_budget(BUDGETS) == Budget(3)
+    assert runtime.select_budget(BUDGETS, profile="gpu") == Budget(10)
+
+
+def test_select_budget_refuses_an_incomplete_declaration():
+    with pytest.raises(ValueError, match="missing \\['gpu'\\]"):
+        runtime.select_budget({"smoke": Budget(1), "cpu": Budget(2)})
+    with pytest.raises(ValueError, match="unknown \\['tpu'\\]"):
+        runtime.select_budget({**BUDGETS, "tpu": Budget(1)})
+
+
+def test_seeding_makes_random_draws_repeat():
+    runtime.seed_everything(7)
+    first = torch.rand(3), torch.randint(0, 100, (3,))
+    runtime.seed_everything(7)
+    second = torch.rand(3), torch.randint(0, 100, (3,))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_device_is_cuda_only_when_available():
+    assert runtime.get_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUTORIAL_DATA_DIR", str(tmp_path))
+    assert runtime.data_dir() == tmp_path.resolve()
+    monkeypatch.delenv("TUTORIAL_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert runtime.data_dir() == (tmp_path / "data").resolve()
+
+
+def test_data_dir_defaults_to_the_checkout_when_run_inside_it(monkeypatch):
+    from conftest import REPO_ROOT
+
+    monkeypatch.delenv("TUTORIAL_DATA_DIR", raising=False)
+    monkeypatch.chdir(REPO_ROOT / "chapters")
+    assert runtime.data_dir() == REPO_ROOT / "data"
+
+
+def test_environment_report_names_versions_device_profile_and_data(monkeypatch, capsys):
+    monkeypatch.setenv("TUTORIAL_PROFILE", "smoke")
+    report = runtime.environment_report()
+    for part in (f"torch {torch.__version__}", "torchvision", "transformers", "profile smoke", "data "):
+        assert part in report
+    runtime.print_environment()
+    assert "SMOKE PROFILE" in capsys.readouterr().out
+
+
+def test_cuda_only_note_explains_the_skip(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.cuda_only_note("224-pixel fine-tuning") is False
+    assert "224-pixel fine-tuning" in capsys.readouterr().out

@@ -1,0 +1,150 @@
+"""Where and how a chapter runs: device, seeding, run profile, data directory.
+
+Every chapter starts with :func:`print_environment` and declares its budget once with
+:func:`select_budget`, so no chapter carries scattered ``if profile == ...`` checks.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+PROFILES: tuple[str, ...] = ("smoke", "cpu", "gpu")
+"""The run profiles: ``smoke`` proves every cell runs (CI), ``cpu`` gives results worth
+reading on a laptop, ``gpu`` runs the full recipe on a CUDA device."""
+
+PROFILE_ENV = "TUTORIAL_PROFILE"
+DATA_DIR_ENV = "TUTORIAL_DATA_DIR"
+
+BudgetT = TypeVar("BudgetT")
+
+
+class UnknownProfileError(ValueError):
+    """Raised when a profile name is not one of :data:`PROFILES`."""
+
+
+def get_device() -> torch.device:
+    """Return the device to compute on: the current CUDA device when present, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def get_profile() -> str:
+    """Return the run profile.
+
+    ``TUTORIAL_PROFILE`` wins when set; otherwise ``gpu`` when CUDA is available, else ``cpu``.
+
+    Raises:
+        UnknownProfileError: if ``TUTORIAL_PROFILE`` names no known profile.
+    """
+    requested = os.environ.get(PROFILE_ENV, "").strip().lower()
+    if not requested:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if requested not in PROFILES:
+        raise UnknownProfileError(
+            f"{PROFILE_ENV}={os.environ[PROFILE_ENV]!r} is not a run profile; "
+            f"use one of {', '.join(PROFILES)} (or unset it to choose automatically)."
+        )
+    return requested
+
+
+def select_budget(budgets: Mapping[str, BudgetT], profile: str | None = None) -> BudgetT:
+    """Return the budget a chapter declared for the current (or the given) profile.
+
+    ``budgets`` must map every profile in :data:`PROFILES` and nothing else, so that a
+    chapter cannot forget one.
+
+    Raises:
+        ValueError: if ``budgets`` misses a profile or names an unknown one.
+        UnknownProfileError: if ``profile`` (or ``TUTORIAL_PROFILE``) is unknown.
+    """
+    missing = [name for name in PROFILES if name not in budgets]
+    extra = [name for name in budgets if name not in PROFILES]
+    if missing or extra:
+        raise ValueError(
+            f"a budget must give exactly the profiles {PROFILES}; missing {missing}, unknown {extra}"
+        )
+    chosen = get_profile() if profile is None else profile
+    if chosen not in PROFILES:
+        raise UnknownProfileError(f"profile {chosen!r} is not one of {', '.join(PROFILES)}")
+    return budgets[chosen]
+
+
+def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA) and return a seeded torch generator.
+
+    With ``deterministic`` the cheap determinism switches are set too (cuDNN picks
+    deterministic kernels and skips autotuning); ops without a deterministic version still run.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """Return the checkout this code runs in (the folder holding ``_toc.yml``), or ``None``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "tutorial_lib").is_dir():
+            return folder
+    return None
+
+
+def data_dir() -> Path:
+    """Return the data directory: ``TUTORIAL_DATA_DIR`` if set, else ``data/`` at the top of
+    the checkout (so chapters executed from ``chapters/`` share one copy), else ``./data``."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    root = project_root()
+    return (root / "data") if root is not None else (Path.cwd() / "data").resolve()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report() -> str:
+    """Return a one-line description of the run: versions, device, profile and data directory."""
+    device = get_device()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return (
+        f"Python {platform.python_version()} | torch {torch.__version__} | "
+        f"torchvision {_version('torchvision')} | transformers {_version('transformers')} | "
+        f"device {device.type} ({device_name}, {torch.get_num_threads()} threads) | "
+        f"profile {get_profile()} | data {data_dir()}"
+    )
+
+
+def print_environment() -> None:
+    """Print :func:`environment_report`, plus a warning under the ``smoke`` profile that the
+    numbers which follow only prove the code runs."""
+    print(environment_report())
+    if get_profile() == "smoke":
+        print(
+            "SMOKE PROFILE: tiny data and budgets so that every cell runs in seconds; "
+            "the numbers below mean nothing about the methods."
+        )
+
+
+def cuda_only_note(what: str) -> bool:
+    """Return ``True`` when CUDA is present; otherwise print a one-line note that ``what``
+    needs a GPU and return ``False``. Guards the cells that only make sense on a GPU."""
+    if torch.cuda.is_available():
+        return True
+    print(f"Skipped on this machine (no CUDA device): {what}.")
+    return False
