@@ -20,6 +20,8 @@ def no_network(monkeypatch):
     """
     import tutorial_lib.data as data
 
+    monkeypatch.delenv(data.OFFLINE_ENV, raising=False)  # downloads are faked, so let them be tried
+
     def refuse(url: str, timeout: float):
         raise OSError(f"network disabled in tests (tried {url})")
 

@@ -1,0 +1,22 @@
+# The two commands of the README. Each one creates .venv and installs requirements.txt the
+# first time (and again whenever requirements.txt or pyproject.toml change).
+VENV ?= .venv
+PYTHON ?= python3
+INSTALLED := $(VENV)/.installed
+
+.PHONY: book test
+
+$(INSTALLED): requirements.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	touch $@
+
+# Executes every chapter under the current profile (TUTORIAL_PROFILE, default: cpu or gpu)
+# into _build/html; warnings are errors.
+book: $(INSTALLED)
+	$(VENV)/bin/jupyter-book build --all --warningiserror --nitpick --keep-going .
+
+# Package tests, notebook pairing checks, every chapter under the smoke profile (nbmake) and
+# the book build under the smoke profile.
+test: $(INSTALLED)
+	TUTORIAL_PROFILE=smoke $(VENV)/bin/python -m pytest tests --nbmake chapters

@@ -1,0 +1,461 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Convolution math, from the formula to the layer
+#
+# A convolutional layer (卷积层) is a small weight tensor slid over an image, taking a weighted sum
+# at every position. Everything else in this series — the MNIST classifier, ResNet, even
+# TextCNN — is built from that one operation, so this chapter takes it apart: we write it
+# ourselves twice, check every line against PyTorch, and count what it costs.
+#
+# **What you will learn**
+#
+# - what `nn.Conv2d` computes, element by element, and why it is a *cross-correlation*;
+# - the output-size formula, and what padding, stride, dilation and groups do to it;
+# - two implementations of the layer — explicit loops and `unfold` (im2col) — that match
+#   `torch.nn.functional.conv2d` to the last digit;
+# - max and average pooling, parameter and multiply-accumulate counts, and receptive fields;
+# - what classic hand-made kernels (edges, blur, sharpen) do to a real handwritten digit.
+#
+# **Prerequisites**: Python, basic tensor operations in PyTorch (`torch.tensor`, indexing,
+# `.shape`), and matrix multiplication. No GPU is needed.
+#
+# The source series this book follows introduces the same material; where it is wrong — it
+# writes the flipped-kernel formula of true convolution for a layer that does not flip — we say
+# so and show the difference in code.
+
+# %% [markdown]
+# ## Setup
+#
+# On Colab the first cell installs this book's helper package, `tutorial_lib`; everywhere else it
+# is already installed (see {doc}`../book/setup`). The second cell prints the environment and
+# picks this chapter's budget for the run profile: `smoke` (CI, tiny and meaningless numbers),
+# `cpu` or `gpu`.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        check=True,
+    )
+
+# %%
+import inspect
+import time
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tutorial_lib import conv, data, plots, runtime
+from tutorial_lib.models import MnistCNN
+
+runtime.print_environment()
+runtime.seed_everything(0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    timing_batch: int  # images in the loops / im2col / F.conv2d timing
+    timing_size: int  # their height and width
+    timing_repeats: int  # runs per implementation; the median is reported
+
+
+BUDGET = runtime.select_budget(
+    {
+        "smoke": Budget(timing_batch=1, timing_size=12, timing_repeats=2),
+        "cpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
+        "gpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
+    }
+)
+BUDGET
+
+# %% [markdown]
+# ## What a convolutional layer computes
+#
+# An `nn.Conv2d(C_in, C_out, k)` layer holds a weight tensor $w$ of shape
+# $(C_{out}, C_{in}, k_h, k_w)$ and a bias $b$ of length $C_{out}$. For an input $x$ of shape
+# $(N, C_{in}, H, W)$, output channel $o$ at position $(i, j)$ is
+#
+# $$
+# y[n, o, i, j] = b[o] + \sum_{c=0}^{C_{in}-1} \sum_{u=0}^{k_h-1} \sum_{v=0}^{k_w-1}
+#     x[n, c, i + u, j + v] \; w[o, c, u, v].
+# $$
+#
+# In words: put the kernel on the image with its top-left corner at $(i, j)$, multiply what
+# overlaps, add everything up. Every output channel has its own kernel, and each kernel spans
+# *all* input channels. Here is that formula as loops — the function lives in `tutorial_lib.conv`,
+# and what you read is its actual source:
+
+# %%
+print(inspect.getsource(conv.cross_correlate2d_loops))
+
+# %% [markdown]
+# If that is really what `nn.Conv2d` does, it must give the same numbers as the layer. Let us
+# check on a random input, with the layer's own weights:
+
+# %%
+layer = nn.Conv2d(in_channels=3, out_channels=4, kernel_size=3)
+x = torch.randn(2, 3, 8, 8)
+ours = conv.cross_correlate2d_loops(x, layer.weight, layer.bias)
+theirs = layer(x)
+print("output shape:", tuple(ours.shape))
+print("largest difference from nn.Conv2d:", (ours - theirs).abs().max().item())
+
+# %% [markdown]
+# The difference is rounding noise of 32-bit floats (around $10^{-7}$): the loops *are* the layer.
+# The test suite checks the same thing on hundreds of random shapes, strides, paddings,
+# dilations and group counts.
+
+# %% [markdown]
+# ## Cross-correlation is not convolution
+#
+# In signal processing, the convolution of an image $x$ with a kernel $w$ flips the kernel:
+#
+# $$
+# (x * w)[i, j] = \sum_{u, v} x[i - u, j - v] \; w[u, v]
+# \quad\Longleftrightarrow\quad
+# \sum_{u, v} x[i + u, j + v] \; w[k_h - 1 - u, k_w - 1 - v].
+# $$
+#
+# The source series writes this flipped formula and calls it what a CNN computes. PyTorch
+# (like every deep-learning library) computes the formula of the previous section, without the
+# flip — mathematically a **cross-correlation** (互相关). For a learned kernel the difference
+# does not matter (the network would simply learn the flipped kernel), but when you apply a
+# *given* kernel — an edge detector, a blur — it does. Take an asymmetric kernel:
+
+# %%
+image = torch.arange(16.0).view(1, 1, 4, 4)
+kernel = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]]]])
+print("F.conv2d:\n", F.conv2d(image, kernel)[0, 0])
+print("cross-correlation (ours):\n", conv.cross_correlate2d_im2col(image, kernel)[0, 0])
+print("true convolution (flipped kernel):\n", conv.convolve2d_true(image, kernel)[0, 0])
+
+# %% [markdown]
+# `F.conv2d` agrees with the cross-correlation; the true convolution gives other numbers. For a
+# kernel that is symmetric under a half-turn — a box blur, a Laplacian — the two coincide.
+#
+# ### The source series' worked example
+#
+# The source series convolves the $3 \times 3$ input $1, 2, \ldots, 9$ with the $2 \times 2$ kernel
+# that has ones on its diagonal, and states that the top-left output is $1 + 5 = 6$:
+
+# %%
+worked_input = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
+diagonal_kernel = torch.eye(2).view(1, 1, 2, 2)
+worked_output = conv.cross_correlate2d_loops(worked_input, diagonal_kernel)
+print(worked_input[0, 0])
+print("output:\n", worked_output[0, 0])
+assert worked_output[0, 0, 0, 0].item() == 6.0
+
+# %% [markdown]
+# The diagonal kernel is symmetric under the flip, which is why the source's flipped formula
+# still produced the right number here.
+
+# %% [markdown]
+# ## The output size
+#
+# With kernel size $k$, padding $p$ (zeros added on each side), stride $s$ (how far the kernel
+# jumps) and dilation $d$ (the gap between kernel taps), the output length along one axis is
+#
+# $$
+# H_{out} = \left\lfloor \frac{H + 2p - d\,(k - 1) - 1}{s} \right\rfloor + 1 .
+# $$
+#
+# The dilated kernel covers $d(k-1)+1$ pixels; the formula counts how many positions it can take
+# on the padded input, one every $s$ pixels. A few cases, each checked against the shape
+# `F.conv2d` really returns:
+
+# %%
+cases = [
+    dict(kernel_size=3, stride=1, padding=0, dilation=1),
+    dict(kernel_size=3, stride=1, padding=1, dilation=1),  # "same" padding for k = 3
+    dict(kernel_size=3, stride=2, padding=1, dilation=1),  # halves the size
+    dict(kernel_size=5, stride=1, padding=2, dilation=1),
+    dict(kernel_size=3, stride=1, padding=2, dilation=2),  # 5-pixel span, 9 weights
+    dict(kernel_size=2, stride=2, padding=0, dilation=1),  # like 2x2 pooling
+]
+probe = torch.zeros(1, 1, 28, 28)
+print(f"{'k':>2} {'s':>2} {'p':>2} {'d':>2} | formula | F.conv2d")
+for case in cases:
+    formula = conv.conv_output_size(28, **case)
+    k = case["kernel_size"]
+    actual = F.conv2d(probe, torch.zeros(1, 1, k, k), stride=case["stride"], padding=case["padding"], dilation=case["dilation"]).shape[-1]
+    print(f"{k:>2} {case['stride']:>2} {case['padding']:>2} {case['dilation']:>2} | {formula:>7} | {actual:>8}")
+
+# %% [markdown]
+# Two rules of thumb fall out: $p = (k-1)/2$ with stride 1 keeps the size ("same" padding, odd
+# $k$), and stride 2 halves it. A kernel that does not fit is an error, not a silent empty
+# output:
+
+# %%
+try:
+    conv.conv_output_size(2, kernel_size=3)
+except ValueError as error:
+    print("ValueError:", error)
+
+# %% [markdown]
+# ## Padding, stride, dilation and groups
+#
+# **Groups** split the channels into $g$ independent sets: each output channel only sees the
+# $C_{in}/g$ input channels of its group, so the weight tensor shrinks to
+# $(C_{out}, C_{in}/g, k_h, k_w)$. With $g = C_{in} = C_{out}$ every channel is filtered on its own:
+# a **depthwise** convolution (深度可分离卷积 when followed by a $1 \times 1$ "pointwise" one, as
+# in MobileNet). Our implementations handle all of it; compare them with PyTorch on one
+# configuration that uses every option at once:
+
+# %%
+x = torch.randn(2, 6, 11, 9)
+weight = torch.randn(9, 2, 3, 3)  # 9 output channels, 6 input channels in 3 groups of 2
+bias = torch.randn(9)
+options = dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=3)
+reference = F.conv2d(x, weight, bias, **options)
+for implementation in (conv.cross_correlate2d_loops, conv.cross_correlate2d_im2col):
+    difference = (implementation(x, weight, bias, **options) - reference).abs().max().item()
+    print(f"{implementation.__name__:<26} shape {tuple(reference.shape)}  max |difference| {difference:.1e}")
+
+# %% [markdown]
+# What groups buy is parameters and compute. A standard $3 \times 3$ convolution from 64 to 64
+# channels against its depthwise-separable replacement, on a $56 \times 56$ feature map:
+
+# %%
+standard_params = conv.conv2d_parameter_count(64, 64, 3)
+separable_params = conv.conv2d_parameter_count(64, 64, 3, groups=64) + conv.conv2d_parameter_count(64, 64, 1)
+standard_macs = conv.conv2d_macs(64, 64, 3, (56, 56))
+separable_macs = conv.conv2d_macs(64, 64, 3, (56, 56), groups=64) + conv.conv2d_macs(64, 64, 1, (56, 56))
+print(f"standard 3x3:             {standard_params:>7,} parameters, {standard_macs / 1e6:6.1f} M multiply-adds")
+print(f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_macs / 1e6:6.1f} M multiply-adds")
+print(f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute")
+
+# %% [markdown]
+# ## im2col: convolution as one matrix product
+#
+# Loops over output positions are easy to read and slow to run. The trick every fast
+# implementation starts from is *im2col*: copy every receptive-field patch into a column of a
+# matrix (`F.unfold` does exactly that), flatten each kernel into a row, and a single matrix
+# product computes all outputs at once.
+
+# %%
+x = torch.randn(1, 3, 5, 5)
+columns = F.unfold(x, kernel_size=3)
+print("input", tuple(x.shape), "-> columns", tuple(columns.shape), "= (N, C_in * k * k, number of positions)")
+print(inspect.getsource(conv.cross_correlate2d_im2col))
+
+# %% [markdown]
+# The price is memory: each input pixel is copied into up to $k^2$ columns. The gain is that the
+# heavy lifting becomes a matrix multiplication, which libraries run at close to peak speed.
+# Because it is built from differentiable operations, autograd gives its gradients for free —
+# the test suite checks them against those of `F.conv2d`.
+
+# %% [markdown]
+# ## Pooling
+#
+# Pooling (池化) summarises each window by its maximum or its mean, one channel at a time, with no
+# weights. The source series' example: $2 \times 2$ max pooling with stride 2 of the
+# numbers 1 to 16.
+
+# %%
+grid = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
+print(grid[0, 0])
+print("max pooling:\n", conv.pool2d(grid, 2, mode="max")[0, 0])
+print("average pooling:\n", conv.pool2d(grid, 2, mode="avg")[0, 0])
+assert conv.pool2d(grid, 2).squeeze().tolist() == [[6.0, 8.0], [14.0, 16.0]]
+assert torch.equal(conv.pool2d(grid, 2, mode="avg"), F.avg_pool2d(grid, 2))
+
+# %% [markdown]
+# Max pooling keeps the strongest response in each window (is there an edge *somewhere* here?),
+# which makes the output tolerant of small shifts; average pooling smooths.
+
+# %% [markdown]
+# ## From scores to a loss: the cross-entropy example
+#
+# A classifier ends with one score (logit) per class; softmax turns them into probabilities, and
+# the cross-entropy loss is minus the log-probability of the true class. The source series'
+# example is a three-class prediction that gives the true class probability 0.7, so the loss is
+# $-\ln 0.7 \approx 0.357$. In PyTorch, `F.cross_entropy` takes the logits; any logits whose
+# softmax is $(0.7, 0.2, 0.1)$ — for instance their logarithms — give the same loss:
+
+# %%
+probabilities = torch.tensor([[0.7, 0.2, 0.1]])
+logits = probabilities.log()
+true_class = torch.tensor([0])
+loss = F.cross_entropy(logits, true_class)
+print("softmax(logits):", F.softmax(logits, dim=1))
+print(f"cross-entropy: {loss.item():.4f}   (-ln 0.7 = {-torch.log(torch.tensor(0.7)).item():.4f})")
+
+# %% [markdown]
+# ## Classic kernels on a real digit
+#
+# Before networks learned their kernels, people designed them by hand. Applying a few to a real
+# MNIST digit shows what a single convolution can see. The digit comes through
+# `tutorial_lib.data`, which prints where it found MNIST (a local copy, the official download, or
+# — announced loudly — a small bundled sample).
+
+# %%
+mnist = data.load_mnist()
+digit = mnist.test.images[0].float() / 255  # (1, 28, 28), pixels in [0, 1]
+print("label of this digit:", mnist.test.labels[0].item())
+
+classic_kernels = {
+    "Sobel x (vertical edges)": [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],
+    "Sobel y (horizontal edges)": [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
+    "Laplacian (all edges)": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
+    "box blur": [[1 / 9] * 3] * 3,
+    "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
+}
+kernels = torch.tensor(list(classic_kernels.values())).unsqueeze(1)  # (5, 1, 3, 3): five output channels
+responses = conv.cross_correlate2d_im2col(digit.unsqueeze(0), kernels, padding=1)[0]
+fig = plots.image_grid(
+    [digit, *responses],
+    titles=["input digit", *classic_kernels],
+    ncols=6,
+    size=2.2,
+    suptitle="3x3 kernels applied to a real MNIST digit (red: positive, blue: negative)",
+    symmetric=True,
+)
+plt.show()
+
+# %% [markdown]
+# The Sobel kernels respond with opposite signs on the two sides of each stroke — left/right for
+# $x$, top/bottom for $y$ — and stay at zero on flat background and flat ink. The Laplacian marks
+# every outline; the blur softens the strokes; the sharpen kernel (identity plus a negative
+# Laplacian) exaggerates the contrast at their borders. A CNN's first layer learns kernels of
+# this kind on its own, as chapter 2 shows.
+
+# %% [markdown]
+# ## Counting the MNIST network of chapter 2
+#
+# Chapter 2 trains the network of the source series: two $3 \times 3$ convolutions (32 and 64
+# channels, padding 1), each followed by ReLU and $2 \times 2$ max pooling, then two linear layers.
+# Its parameters, multiply-accumulates per image (one per weight per output position) and the
+# receptive field of its last pooled feature, all counted by code:
+
+# %%
+model = MnistCNN()
+print(model)
+macs = conv.model_macs(model, (1, 28, 28))
+print(f"\n{'layer':<14}{'parameters':>12}{'multiply-adds':>16}")
+for name, module in model.named_modules():
+    if name in macs:
+        print(f"{name:<14}{conv.count_parameters(module):>12,}{macs[name]:>16,}")
+print(f"{'total':<14}{conv.count_parameters(model):>12,}{sum(macs.values()):>16,}")
+print(f"\nreceptive field of one feature after the second pooling: {conv.receptive_field_of(model)} x {conv.receptive_field_of(model)} pixels")
+
+# %% [markdown]
+# The split is lopsided in an instructive way: the convolutions do almost all of the *compute*
+# while the first linear layer holds almost all of the *parameters* — it connects every one of the
+# $64 \times 7 \times 7 = 3{,}136$ features to 128 units. Weight sharing is what makes
+# convolutions cheap in parameters. Each final feature sees a $10 \times 10$ patch of the
+# $28 \times 28$ digit, enough for a stroke or a loop but not the whole digit; the linear
+# layers combine them.
+
+# %% [markdown]
+# ## How fast are loops, im2col and `F.conv2d`?
+#
+# The three implementations compute the same numbers. Timing them on the same input (the
+# first convolution of the MNIST network, on the CPU, median of several runs; sizes from this
+# chapter's budget):
+
+# %%
+def median_seconds(function, repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return sorted(timings)[len(timings) // 2]
+
+
+timing_input = torch.randn(BUDGET.timing_batch, 32, BUDGET.timing_size, BUDGET.timing_size)
+timing_weight = torch.randn(64, 32, 3, 3)
+implementations = {
+    "loops": lambda: conv.cross_correlate2d_loops(timing_input, timing_weight, padding=1),
+    "im2col": lambda: conv.cross_correlate2d_im2col(timing_input, timing_weight, padding=1),
+    "F.conv2d": lambda: F.conv2d(timing_input, timing_weight, padding=1),
+}
+with torch.no_grad():
+    seconds = {name: median_seconds(run, BUDGET.timing_repeats) for name, run in implementations.items()}
+print(f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, {torch.get_num_threads()} CPU threads")
+print(f"{'implementation':<16}{'median time':>14}{'vs F.conv2d':>14}")
+for name, value in seconds.items():
+    print(f"{name:<16}{value * 1e3:>11.2f} ms{value / seconds['F.conv2d']:>13.0f}x")
+fig = plots.bar_chart(
+    list(seconds),
+    [value * 1e3 for value in seconds.values()],
+    title="Same convolution, three implementations (CPU)",
+    ylabel="median time per call (ms, log scale)",
+    log_scale=True,
+)
+plt.show()
+
+# %% [markdown]
+# The loops run one small multiply-and-sum per output value in Python and lose by orders of
+# magnitude; im2col turns the work into one matrix product and gets within a small factor of
+# `F.conv2d`, which uses an optimised library (oneDNN on CPUs, cuDNN on GPUs) with the same idea
+# and a better memory layout. (Under the `smoke` profile the input is tiny and the ratios are
+# mostly overhead.)
+
+# %% [markdown]
+# ## Summary
+#
+# - `nn.Conv2d` computes a cross-correlation: a sliding weighted sum with no kernel flip. True
+#   convolution flips the kernel; the two agree only for kernels symmetric under a half-turn.
+# - Output size: $\lfloor (H + 2p - d(k-1) - 1)/s \rfloor + 1$. Padding $(k-1)/2$ keeps the size,
+#   stride 2 halves it, dilation widens the view without adding weights, groups split the channels.
+# - im2col turns a convolution into one matrix product — the same numbers as the loops, orders of
+#   magnitude faster.
+# - Pooling takes the maximum or mean of each window and has no parameters.
+# - In a small CNN, convolutions carry the compute and the first linear layer the parameters.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. A $224 \times 224$ input passes a $7 \times 7$ convolution with stride 2 and padding 3, then a
+#    $3 \times 3$ max pooling with stride 2 and padding 1 (the stem of ResNet). What is the size
+#    after each? Check with `conv.conv_output_size`.
+# 2. Show that a $5 \times 5$ convolution and two stacked $3 \times 3$ convolutions have the same
+#    receptive field. Which has fewer parameters for 64 input and 64 output channels?
+# 3. Write the true convolution of the worked example with the kernel $[[1, 2], [3, 4]]$ by hand,
+#    then check it with `conv.convolve2d_true`.
+# 4. Change the box blur into a $5 \times 5$ one and apply it to the digit. What padding keeps
+#    the $28 \times 28$ size?
+#
+# ```{admonition} Solutions
+# :class: dropdown
+#
+# 1. $\lfloor (224 + 6 - 6 - 1)/2 \rfloor + 1 = 112$, then $\lfloor (112 + 2 - 2 - 1)/2 \rfloor + 1 = 56$:
+#    `conv.conv_output_size(224, 7, 2, 3)` and `conv.conv_output_size(112, 3, 2, 1)`.
+# 2. `conv.receptive_field([conv.LayerGeometry(5)])` and
+#    `conv.receptive_field([conv.LayerGeometry(3)] * 2)` are both 5. Parameters (with bias):
+#    $64 \cdot 64 \cdot 25 + 64 = 102{,}464$ against $2 \cdot (64 \cdot 64 \cdot 9 + 64) = 73{,}856$.
+# 3. Flip the kernel to $[[4, 3], [2, 1]]$ and slide it: the top-left output is
+#    $4 \cdot 1 + 3 \cdot 2 + 2 \cdot 4 + 1 \cdot 5 = 23$, and the full output is $[[23, 33], [53, 63]]$.
+# 4. `torch.full((1, 1, 5, 5), 1 / 25)` with `padding=2`, since $(5 - 1)/2 = 2$.
+# ```
+
+# %% [markdown]
+# ## References
+#
+# - {cite:t}`dumoulin2016guide` — the output-size arithmetic, with pictures of every case.
+# - {cite:t}`goodfellow2016deep`, chapter 9 — convolution vs. cross-correlation, pooling.
+# - {cite:t}`lecun1998gradient` — convolutional networks trained on MNIST.
+# - {cite:t}`chellapilla2006high` — convolution as a matrix product (im2col) for speed.
+# - {cite:t}`howard2017mobilenets` — depthwise-separable convolutions.

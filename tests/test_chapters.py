@@ -1,0 +1,64 @@
+"""The chapters as files: pairs in sync, no outputs committed, the shared structure, the TOC."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+from jupytext.compare import compare_notebooks
+
+from conftest import REPO_ROOT
+
+CHAPTERS = sorted((REPO_ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+REQUIRED_SECTIONS = ("What you will learn", "Prerequisites", "## Summary", "## Exercises", "## References")
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no chapters/NN_name.py found"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_py_and_ipynb_are_in_sync(source: Path):
+    notebook_path = source.with_suffix(".ipynb")
+    assert notebook_path.is_file(), f"{source.name} has no paired notebook; run `jupytext --sync {source}`"
+    from_py = jupytext.read(source)
+    from_ipynb = jupytext.read(notebook_path)
+    compare_notebooks(from_ipynb, from_py, fmt="py:percent")
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_committed_notebook_has_no_outputs_and_a_python3_kernel(source: Path):
+    notebook = json.loads(source.with_suffix(".ipynb").read_text(encoding="utf-8"))
+    dirty = [i for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count"))]
+    assert not dirty, f"code cells {dirty} carry outputs; strip them before committing"
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_has_the_shared_structure(source: Path):
+    text = source.read_text(encoding="utf-8")
+    for section in REQUIRED_SECTIONS:
+        assert section in text, f"{source.name} lacks '{section}'"
+    assert "runtime.print_environment()" in text
+    assert "runtime.select_budget(" in text, "the per-profile budget is declared once with select_budget"
+    assert ":class: dropdown" in text, "exercise solutions are hidden in a dropdown"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_colab_install_cell_names_the_configured_repository(source: Path):
+    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
+    installs = re.findall(r"git\+(https://[^\"']+)", source.read_text(encoding="utf-8"))
+    assert installs == [config["repository"]["url"]]
+
+
+def test_toc_lists_every_chapter_notebook():
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    files = [entry["file"] for part in toc["parts"] for entry in part["chapters"]]
+    chapter_files = [f for f in files if f.startswith("chapters/")]
+    assert chapter_files == [f"chapters/{p.stem}.ipynb" for p in CHAPTERS]
+    for file in files:
+        assert (REPO_ROOT / file).is_file() or (REPO_ROOT / f"{file}.md").is_file(), f"_toc.yml names a missing page {file}"

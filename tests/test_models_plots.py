@@ -1,0 +1,53 @@
+"""Chapter networks and figure helpers."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from tutorial_lib.conv import count_parameters, model_macs, receptive_field_of
+from tutorial_lib.models import MnistCNN
+from tutorial_lib.plots import bar_chart, image_grid
+
+
+def test_mnist_cnn_has_the_documented_size_and_output_shape():
+    model = MnistCNN()
+    assert count_parameters(model) == 421_642
+    assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_mnist_cnn_rejects_a_wrong_input_shape():
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        MnistCNN()(torch.zeros(2, 28, 28))
+
+
+def test_mnist_cnn_compute_and_receptive_field():
+    macs = model_macs(MnistCNN(), (1, 28, 28))
+    assert macs == {
+        "features.0": 32 * 28 * 28 * 9,
+        "features.3": 64 * 14 * 14 * 32 * 9,
+        "classifier.1": 3136 * 128,
+        "classifier.3": 1280,
+    }
+    assert receptive_field_of(MnistCNN()) == 10
+
+
+def test_image_grid_lays_out_images_with_titles():
+    images = [torch.rand(1, 8, 8) for _ in range(5)] + [np.random.rand(8, 8, 3)]
+    fig = image_grid(images, titles=[str(i) for i in range(6)], ncols=4, suptitle="grid")
+    assert len(fig.axes) == 8
+    assert [ax.get_title() for ax in fig.axes[:6]] == [str(i) for i in range(6)]
+    with pytest.raises(ValueError, match="titles"):
+        image_grid(images, titles=["one"])
+
+
+def test_bar_chart_labels_its_axes():
+    fig = bar_chart(["a", "b"], [1.0, 10.0], title="t", ylabel="ms", log_scale=True)
+    ax = fig.axes[0]
+    assert ax.get_title() == "t" and ax.get_ylabel() == "ms" and ax.get_yscale() == "log"
+    assert len(ax.patches) == 2

@@ -1,0 +1,38 @@
+"""The chapter networks, small and plain."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MnistCNN(nn.Module):
+    """The source series' MNIST network: conv32-pool-conv64-pool-fc128-fc10.
+
+    Both convolutions are 3x3 with padding 1, so each keeps the spatial size and each 2x2 max
+    pooling halves it: 28 -> 14 -> 7. Input ``(N, 1, 28, 28)``, output ``(N, num_classes)``
+    logits (no softmax: ``nn.CrossEntropyLoss`` applies log-softmax itself).
+    421,642 parameters with 10 classes.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
+            raise ValueError(f"MnistCNN expects images of shape (N, 1, 28, 28), got {tuple(images.shape)}")
+        return self.classifier(self.features(images))
