@@ -84,3 +84,63 @@ def bar_chart(
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def training_curves(history, title: str = "Training curves") -> Figure:
+    """Draw loss and accuracy per epoch (train and, when recorded, validation) from a
+    :class:`tutorial_lib.train.History`; return the figure with two axes."""
+    epochs = history["epoch"]
+    fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.6), facecolor="white")
+    for prefix, style in (("train", "-o"), ("val", "--s")):
+        if f"{prefix}_loss" in history.keys:
+            loss_ax.plot(epochs, history[f"{prefix}_loss"], style, label=prefix)
+            accuracy_ax.plot(epochs, [100 * v for v in history[f"{prefix}_accuracy"]], style, label=prefix)
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (loss_ax, accuracy_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
+    """Draw scikit-learn's confusion matrix (rows: true class, columns: predicted) with counts
+    in the cells; return the figure."""
+    from sklearn.metrics import confusion_matrix
+
+    y_true = y_true.cpu().numpy() if isinstance(y_true, torch.Tensor) else np.asarray(y_true)
+    y_pred = y_pred.cpu().numpy() if isinstance(y_pred, torch.Tensor) else np.asarray(y_pred)
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(class_names))))
+    size = max(4.0, 0.5 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), facecolor="white")
+    ax.imshow(matrix, cmap="Blues")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        ax.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                color="white" if count > threshold else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(title=title, xlabel="predicted class", ylabel="true class")
+    fig.tight_layout()
+    return fig
+
+
+def conv_filters(layer: torch.nn.Conv2d, title: str = "Learned filters", ncols: int = 8) -> Figure:
+    """Draw every kernel of a single-input-channel ``Conv2d`` (red positive, blue negative)."""
+    weights = layer.weight.detach().cpu()
+    if weights.shape[1] != 1:
+        weights = weights.mean(dim=1, keepdim=True)
+    return image_grid(list(weights[:, 0]), titles=[str(i) for i in range(len(weights))], ncols=ncols,
+                      suptitle=title, symmetric=True, size=1.1)
+
+
+def feature_maps(module: torch.nn.Module, image: torch.Tensor, title: str = "Feature maps", limit: int = 16,
+                 ncols: int = 8) -> Figure:
+    """Run one image ``(C, H, W)`` through ``module`` and draw the first ``limit`` output channels."""
+    with torch.no_grad():
+        maps = module(image.unsqueeze(0))[0].cpu()
+    return image_grid(list(maps[:limit]), titles=[f"channel {i}" for i in range(min(limit, len(maps)))],
+                      ncols=ncols, suptitle=title, cmap="viridis", size=1.3)

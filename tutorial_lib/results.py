@@ -1,0 +1,72 @@
+"""One result record per chapter run: the figures a benchmark or a later chapter quotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tutorial_lib.runtime import get_device, get_profile, project_root
+
+RESULTS_DIR_ENV = "TUTORIAL_RESULTS_DIR"
+
+
+def results_dir() -> Path:
+    """Return the folder for result records: ``TUTORIAL_RESULTS_DIR`` if set, else ``results/``
+    at the top of the checkout, else ``./results``."""
+    configured = os.environ.get(RESULTS_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    root = project_root()
+    return (root / "results") if root is not None else (Path.cwd() / "results").resolve()
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("torch", "torchvision", "transformers", "scikit-learn", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
+    """Write ``record`` plus the run's context (profile, device, machine, versions, time) as
+    ``<results_dir>/<chapter>.<profile>.json`` and return the path.
+
+    ``record`` should hold the chapter's data source and sizes, model, metrics and timings.
+
+    Raises:
+        TypeError: if ``record`` holds something JSON cannot represent.
+    """
+    device = get_device()
+    full = {
+        "chapter": chapter,
+        "profile": get_profile(),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+        "versions": _versions(),
+        **record,
+    }
+    path = results_dir() / f"{chapter}.{full['profile']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(full, indent=2, sort_keys=False)
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_text(text + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def read_result_record(chapter: str, profile: str | None = None) -> dict[str, Any] | None:
+    """Return the record a chapter wrote under ``profile`` (default: the current one), or ``None``."""
+    path = results_dir() / f"{chapter}.{profile or get_profile()}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
