@@ -14,9 +14,9 @@ $(INSTALLED): requirements.txt pyproject.toml
 # Executes every chapter under the current profile (TUTORIAL_PROFILE, default: cpu or gpu)
 # into _build/html; warnings are errors.
 book: $(INSTALLED)
-	$(VENV)/bin/jupyter-book build --all --warningiserror --nitpick --keep-going .
+	TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/jupyter-book build --all --warningiserror --nitpick --keep-going .
 
 # Package tests, notebook pairing checks, every chapter under the smoke profile (nbmake) and
 # the book build under the smoke profile.
 test: $(INSTALLED)
-	TUTORIAL_PROFILE=smoke $(VENV)/bin/python -m pytest tests --nbmake chapters
+	TUTORIAL_PROFILE=smoke TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/python -m pytest tests --nbmake chapters

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tutorial_lib import conv, data, plots, runtime
-from tutorial_lib.models import MnistCNN
+from tutorial_lib.models import MnistCNN, count_parameters
 
 runtime.print_environment()
 runtime.seed_everything(0)
@@ -355,8 +355,8 @@ macs = conv.model_macs(model, (1, 28, 28))
 print(f"\n{'layer':<14}{'parameters':>12}{'multiply-adds':>16}")
 for name, module in model.named_modules():
     if name in macs:
-        print(f"{name:<14}{conv.count_parameters(module):>12,}{macs[name]:>16,}")
-print(f"{'total':<14}{conv.count_parameters(model):>12,}{sum(macs.values()):>16,}")
+        print(f"{name:<14}{count_parameters(module):>12,}{macs[name]:>16,}")
+print(f"{'total':<14}{count_parameters(model):>12,}{sum(macs.values()):>16,}")
 print(f"\nreceptive field of one feature after the second pooling: {conv.receptive_field_of(model)} x {conv.receptive_field_of(model)} pixels")
 
 # %% [markdown]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tutorial_lib.models import count_parameters
 from tutorial_lib.conv import (
     LayerGeometry,
     conv2d_macs,
@@ -15,7 +16,7 @@ from tutorial_lib.conv import (
     conv2d_parameter_count,
     conv_output_size,
     convolve2d_true,
-    count_parameters,
+
     cross_correlate2d_im2col,
     cross_correlate2d_loops,
     pool2d,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tutorial_lib.conv import count_parameters, model_macs, receptive_field_of
-from tutorial_lib.models import MnistCNN
+from tutorial_lib.conv import model_macs, receptive_field_of
+from tutorial_lib.models import MnistCNN, count_parameters, freeze
 from tutorial_lib.plots import bar_chart, image_grid
 
 
@@ -51,3 +51,16 @@ def test_bar_chart_labels_its_axes():
     ax = fig.axes[0]
     assert ax.get_title() == "t" and ax.get_ylabel() == "ms" and ax.get_yscale() == "log"
     assert len(ax.patches) == 2
+
+
+def test_frozen_features_receive_no_gradient_and_do_not_change():
+    model = MnistCNN()
+    freeze(model.features)
+    before = [p.clone() for p in model.features.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is None for p in model.features.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.features.parameters()))
+    assert count_parameters(model, trainable_only=True) == 421_642 - 320 - 18_496

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+
 IntPair = int | tuple[int, int]
 
 
@@ -288,11 +289,6 @@ def receptive_field_of(module: torch.nn.Module) -> int:
     return receptive_field(layers)
 
 
-def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Return the number of parameters of ``module`` (only those with ``requires_grad`` if asked)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 def model_macs(model: torch.nn.Module, sample_shape: Sequence[int]) -> dict[str, int]:
     """Run one forward pass of ``model`` on a batch of one zero sample of ``sample_shape``
     (for example ``(1, 28, 28)``) and return the multiply-accumulates of each ``Conv2d`` and
@@ -324,7 +320,6 @@ __all__ = [
     "conv2d_parameter_count",
     "conv_output_size",
     "convolve2d_true",
-    "count_parameters",
     "cross_correlate2d_im2col",
     "cross_correlate2d_loops",
     "model_macs",

@@ -6,6 +6,20 @@ import torch
 from torch import nn
 
 
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Return the number of parameters of ``module`` (only those with ``requires_grad`` if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop gradients for every parameter of ``module`` (e.g. a pretrained backbone); return it.
+
+    Frozen parameters get no ``.grad`` and an optimiser leaves them unchanged."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
 class MnistCNN(nn.Module):
     """The source series' MNIST network: conv32-pool-conv64-pool-fc128-fc10.
 
