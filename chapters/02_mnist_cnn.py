@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -229,8 +230,8 @@ fig = plots.confusion_matrix_figure(targets, predictions, data.MNIST_CLASSES, ti
 plt.show()
 
 # %% [markdown]
-# The mistakes concentrate off the diagonal in a few cells — typically 4↔9, 3↔5, 7↔2 — which are
-# the pairs that share strokes. Looking at the misclassified digits themselves:
+# Everything off the diagonal is a mistake; the largest off-diagonal cells name the pairs of digits
+# that share strokes and get confused. Looking at the misclassified digits themselves:
 
 # %%
 wrong = (predictions != targets).nonzero().flatten()[:16]
