@@ -64,3 +64,59 @@ def test_frozen_features_receive_no_gradient_and_do_not_change():
     assert all(p.grad is None for p in model.features.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.features.parameters()))
     assert count_parameters(model, trainable_only=True) == 421_642 - 320 - 18_496
+
+
+@pytest.fixture
+def offline_resnet(monkeypatch):
+    """ResNet-18 weights as they are offline: random initialisation, announced."""
+    from tutorial_lib import weights
+    from torchvision.models import resnet18
+
+    source = weights.WeightsSource("resnet18", "random initialisation", "test: offline")
+    monkeypatch.setattr(weights, "load_resnet18", lambda pretrained=True, verbose=True: (resnet18(weights=None), source))
+
+
+@pytest.mark.parametrize("strategy", ["linear probe", "fine-tune", "from scratch"])
+def test_resnet_strategies_have_a_ten_class_head(strategy, offline_resnet):
+    from tutorial_lib.models import resnet18_for
+
+    model, _ = resnet18_for(strategy, num_classes=10, verbose=False)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    trainable = count_parameters(model, trainable_only=True)
+    assert trainable == (512 * 10 + 10 if strategy == "linear probe" else count_parameters(model))
+
+
+def test_linear_probe_backbone_gets_no_gradient_and_does_not_move(offline_resnet):
+    from tutorial_lib.models import resnet18_for
+
+    model, _ = resnet18_for("linear probe", verbose=False)
+    model.eval()  # batch-norm statistics would otherwise update; the probe trains the head only
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        if name.startswith("fc."):
+            assert not torch.equal(parameter, before[name])
+        else:
+            assert parameter.grad is None and torch.equal(parameter, before[name])
+
+
+def test_discriminative_groups_cover_each_trainable_parameter_once(offline_resnet):
+    from tutorial_lib.models import discriminative_param_groups, resnet18_for
+
+    model, _ = resnet18_for("fine-tune", verbose=False)
+    freeze(model.conv1)
+    groups = discriminative_param_groups(model, model.fc, backbone_lr=1e-4, head_lr=1e-3, weight_decay=0.05)
+    ids = [id(p) for group in groups for p in group["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(ids) == sorted(trainable) and len(ids) == len(set(ids))
+    head_ids = {id(p) for p in model.fc.parameters()}
+    for group in groups:
+        in_head = {id(p) in head_ids for p in group["params"]}
+        assert len(in_head) == 1
+        assert group["lr"] == (1e-3 if in_head.pop() else 1e-4)
+        assert group["weight_decay"] == (0.05 if all(p.ndim > 1 for p in group["params"]) else 0.0)
+    torch.optim.AdamW(groups)  # a valid optimiser definition
+    with pytest.raises(ValueError, match="submodule"):
+        discriminative_param_groups(model, torch.nn.Linear(2, 2), 1e-4, 1e-3)

@@ -645,12 +645,24 @@ def load_cifar10(
     )
 
 
-def cifar10_transforms(train: bool, color_jitter: bool = False, size: int = 32) -> Callable[[torch.Tensor], torch.Tensor]:
+IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
+"""The statistics torchvision's ImageNet weights were trained with (``weights.transforms()``)."""
+
+
+def cifar10_transforms(
+    train: bool,
+    color_jitter: bool = False,
+    size: int = 32,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return the CIFAR-10 transform for uint8 ``(3, 32, 32)`` tensors.
 
     Training: random crop of ``size`` after 4-pixel zero padding (scaled with ``size``),
     horizontal flip, optional colour jitter. Both: resize to ``size`` when it is not 32, scale
-    to [0, 1] and normalise with :data:`CIFAR10_MEAN`/:data:`CIFAR10_STD`.
+    to [0, 1] and normalise with ``mean``/``std`` (CIFAR-10's own statistics by default; pass
+    :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD` for a backbone pretrained on ImageNet).
     """
     from torchvision.transforms import v2
 
@@ -661,7 +673,7 @@ def cifar10_transforms(train: bool, color_jitter: bool = False, size: int = 32) 
         steps += [v2.RandomCrop(size, padding=4 * size // 32), v2.RandomHorizontalFlip()]
         if color_jitter:
             steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 
@@ -776,7 +788,7 @@ def load_imdb(
 
 
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "IMDB_CLASSES", "MNIST_CLASSES", "MNIST_MEAN", "MNIST_STD",
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD", "IMDB_CLASSES", "MNIST_CLASSES", "MNIST_MEAN", "MNIST_STD",
     "ChecksumError", "CorruptDataError", "DataError", "DataNotFoundError", "DataSource", "ImageDataset",
     "LoadedData", "TextDataset", "UnsafeArchiveError", "balanced_indices", "channel_stats", "cifar10_transforms", "download_file",
     "load_cifar10", "load_imdb", "load_mnist", "md5_of", "mnist_transform", "safe_extract", "stratified_indices",
