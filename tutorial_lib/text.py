@@ -1,0 +1,126 @@
+"""Text to tensors: normalisation, tokenization and a vocabulary for TextCNN (chapter 5), and
+tokenized datasets with dynamic padding for BERT (chapter 4)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+PAD, UNK = "<pad>", "<unk>"
+_BREAKS = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_TOKENS = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?]")
+
+
+def normalize(text: str) -> str:
+    """Lower-case ``text`` and replace the ``<br />`` line breaks of IMDB reviews by spaces."""
+    return _BREAKS.sub(" ", text).lower()
+
+
+def tokenize(text: str) -> list[str]:
+    """Split normalised text into words (keeping contractions like ``don't``) and ``!``/``?``."""
+    return _TOKENS.findall(normalize(text))
+
+
+@dataclass
+class Vocabulary:
+    """A word-to-index mapping with ``<pad>`` at 0 and ``<unk>`` at 1."""
+
+    itos: list[str]
+
+    def __post_init__(self) -> None:
+        if self.itos[:2] != [PAD, UNK]:
+            raise ValueError(f"a vocabulary starts with {PAD!r} and {UNK!r}, got {self.itos[:2]}")
+        self.stoi = {token: index for index, token in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, tokenized_texts: Iterable[Sequence[str]], min_freq: int = 2, max_size: int | None = None) -> "Vocabulary":
+        """Build a vocabulary from tokenized *training* texts: every token seen at least
+        ``min_freq`` times, most frequent first (ties alphabetically), at most ``max_size`` words."""
+        counts = Counter(token for tokens in tokenized_texts for token in tokens)
+        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        return cls([PAD, UNK, *words[:max_size]])
+
+    @property
+    def pad_index(self) -> int:
+        return 0
+
+    @property
+    def unk_index(self) -> int:
+        return 1
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Return the indices of ``tokens``; unknown tokens map to ``<unk>``."""
+        return [self.stoi.get(token, 1) for token in tokens]
+
+    def coverage(self, tokenized_texts: Iterable[Sequence[str]]) -> float:
+        """Return the fraction of tokens in ``tokenized_texts`` that the vocabulary knows."""
+        known = total = 0
+        for tokens in tokenized_texts:
+            total += len(tokens)
+            known += sum(token in self.stoi for token in tokens)
+        return known / total if total else 0.0
+
+    def save(self, path: Path | str) -> Path:
+        """Write the vocabulary as JSON and return the path."""
+        path = Path(path)
+        path.write_text(json.dumps({"itos": self.itos}, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Vocabulary":
+        """Read a vocabulary written by :meth:`save`.
+
+        Raises:
+            ValueError: if the file is not a saved vocabulary.
+        """
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(content, dict) or "itos" not in content:
+            raise ValueError(f"{path} is not a vocabulary saved by Vocabulary.save")
+        return cls(list(content["itos"]))
+
+
+def encode_texts(vocabulary: Vocabulary, tokenized_texts: Sequence[Sequence[str]], max_length: int) -> torch.Tensor:
+    """Return a ``(N, max_length)`` tensor of token indices: truncated to the first
+    ``max_length`` tokens, right-padded with ``<pad>``."""
+    encoded = torch.full((len(tokenized_texts), max_length), vocabulary.pad_index, dtype=torch.long)
+    for row, tokens in enumerate(tokenized_texts):
+        ids = vocabulary.encode(tokens[:max_length])
+        encoded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return encoded
+
+
+class TokenizedTexts(Dataset):
+    """Texts tokenized once by a Hugging Face tokenizer (truncated, *not* padded), with labels.
+
+    ``dataset[i]`` is a dict of lists (``input_ids``, ``attention_mask``, ...) plus ``labels``,
+    the form ``transformers.DataCollatorWithPadding`` pads per batch to the longest member.
+    """
+
+    def __init__(self, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> None:
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        self.encodings = tokenizer([normalize_whitespace(t) for t in texts], truncation=True, max_length=max_length)
+        self.labels = list(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {key: values[index] for key, values in self.encodings.items()}
+        item["labels"] = self.labels[index]
+        return item
+
+
+def normalize_whitespace(text: str) -> str:
+    """Replace IMDB's ``<br />`` tags by spaces (case kept: cased tokenizers need it)."""
+    return _BREAKS.sub(" ", text)
