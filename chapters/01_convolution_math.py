@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tutorial_lib import conv, data, plots, runtime
+from tutorial_lib import conv, data, plots, results, runtime
 from tutorial_lib.models import MnistCNN, count_parameters
 
 runtime.print_environment()
@@ -413,6 +413,20 @@ plt.show()
 # `F.conv2d`, which uses an optimised library (oneDNN on CPUs, cuDNN on GPUs) with the same idea
 # and a better memory layout. (Under the `smoke` profile the input is tiny and the ratios are
 # mostly overhead.)
+
+# %% [markdown]
+# Like every chapter, this one ends by writing its measured figures to a result record
+# (`results/01_convolution_math.<profile>.json`), which `benchmarks/run_chapter.py` collects:
+
+# %%
+record_path = results.write_result_record("01_convolution_math", {
+    "timing": {"input_shape": list(timing_input.shape), "weight_shape": list(timing_weight.shape),
+               "median_ms": {name: value * 1e3 for name, value in seconds.items()}, "repeats": BUDGET.timing_repeats},
+    "mnist_cnn": {"parameters": count_parameters(model), "multiply_adds": sum(macs.values()),
+                  "receptive_field": conv.receptive_field_of(model)},
+    "data": {"source": mnist.source.kind, "location": mnist.source.location},
+})
+print(f"wrote {record_path}")
 
 # %% [markdown]
 # ## Summary
