@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -322,9 +323,10 @@ plt.show()
 # linear probe shows how much of CIFAR-10 the frozen features already separate, and full
 # fine-tuning, which adapts those features at a small learning rate, beats training from scratch
 # on the same images and epochs — that gap is what pre-training is worth. **Without them**
-# (offline), "fine-tune" and "from scratch" are the same experiment with slightly different
-# learning rates, and the linear probe trains a head on random features, which is as weak as
-# that sounds: the table then measures the training recipe alone. (Under the `smoke` profile,
+# (offline), "fine-tune" and "from scratch" are the same experiment — same learning rates, two
+# different random initialisations — so their difference shows only the run-to-run noise, and the
+# linear probe trains a head on random features, which is as weak as that sounds: the table then
+# measures the training recipe alone. (Under the `smoke` profile,
 # with a few hundred images and one epoch, none of these numbers mean anything.)
 
 # %% [markdown]
