@@ -19,7 +19,7 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tutorial_lib.results import read_result_record  # noqa: E402
+from tutorial_lib.results import read_result_record, results_dir  # noqa: E402
 from tutorial_lib.runtime import PROFILES  # noqa: E402
 
 
@@ -37,6 +37,10 @@ def main() -> int:
     NotebookClient(notebook, timeout=args.timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(args.notebook.parent)}}).execute()
     wall = time.perf_counter() - started
+    executed = results_dir() / f"{args.notebook.stem}.{args.profile}.executed.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, executed)
+    print(f"executed notebook with its outputs: {executed}")
     record = read_result_record(args.notebook.stem, args.profile)
     print(f"{args.notebook.name} under '{args.profile}': executed in {wall:.1f} s (kernel start included)")
     if record is None:

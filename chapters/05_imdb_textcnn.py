@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -93,10 +94,10 @@ BUDGET = runtime.select_budget(
         "smoke": Budget(train_size=300, val_size=100, test_size=200, max_length=64, epochs=1,
                         embedding_train_size=200, embedding_epochs=1, speed_sample=32,
                         bert_model="sentence-transformers/all-MiniLM-L6-v2"),
-        "cpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=256, epochs=4,
+        "cpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=256, epochs=8,
                       embedding_train_size=5_000, embedding_epochs=2, speed_sample=512,
                       bert_model="sentence-transformers/all-MiniLM-L6-v2"),
-        "gpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=400, epochs=6,
+        "gpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=400, epochs=10,
                       embedding_train_size=24_000, embedding_epochs=3, speed_sample=2_048,
                       bert_model="bert-base-uncased"),
     }
@@ -288,10 +289,10 @@ for label, order in (("positive", vote.argsort(descending=True)), ("negative", v
         print(f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): " + " | ".join(top_trigrams(filter_index)))
 
 # %% [markdown]
-# With a trained model (not under `smoke`), the positive filters fire on praise ("highly
-# recommend", "one of the best", "a must see") and the negative ones on complaints ("waste of time",
-# "worst movie ever", "not worth it") — learned from labels alone, without anyone telling the model
-# which words matter.
+# Read the lists of a trained model (under `smoke` they are noise): the positive filters respond to
+# praise — and often to scores that reviewers write into the text, since "8/10" becomes the tokens
+# "8 10" — and the negative ones to complaints. The model learned which phrases matter from the
+# labels alone; nobody gave it a list of sentiment words.
 
 # %% [markdown]
 # ## Initialising the embedding from BERT
@@ -335,10 +336,11 @@ for initialisation, accuracies in embedding_results.items():
     print(f"  {initialisation:<28}" + "  ".join(f"{100 * a:.1f}%" for a in accuracies))
 
 # %% [markdown]
-# Pre-trained embeddings give the model a head start: words that are used alike already have
-# similar vectors, so what the classifier learns for "superb" transfers to "excellent" before it has
-# seen both in labelled reviews. The gap is largest with little data and few epochs, and shrinks as
-# the randomly initialised embeddings catch up — compare the two rows epoch by epoch.
+# Compare the two rows epoch by epoch. Pre-trained embeddings can give the model a head start: words
+# that are used alike already have similar vectors, so what the classifier learns for "superb"
+# transfers to "excellent" before it has seen both in labelled reviews. With more labelled reviews
+# and epochs, randomly initialised embeddings have more chance to learn the same; the exercises
+# vary that.
 
 # %% [markdown]
 # ## TextCNN against BERT
@@ -373,10 +375,12 @@ if bert_record is None:
     print("No result record of chapter 4 under this profile: run chapter 4 first for BERT's accuracy and training time. "
           "Only size and speed are compared below.")
 
+bert_label = "BERT"
+print(f"BERT = {bert_source.model}")
 rows = {
     "TextCNN": {"parameters": count_parameters(model), "test_accuracy": textcnn_accuracy,
                 "train_seconds": textcnn_train_seconds, "reviews_per_second": textcnn_speed},
-    f"BERT ({bert_source.model})": {
+    bert_label: {
         "parameters": count_parameters(bert_encoder),
         "test_accuracy": bert_record["metrics"]["test_accuracy"] if bert_record else None,
         "train_seconds": bert_record["training"]["seconds"] if bert_record else None,
@@ -384,11 +388,13 @@ rows = {
     },
 }
 print(f"CPU inference on {len(speed_texts)} test reviews, up to {BUDGET.max_length} tokens")
-print(f"{'model':<62}{'parameters':>12}{'test acc':>10}{'train time':>12}{'reviews/s':>11}")
+print(f"{'model':<10}{'parameters':>12}{'test acc':>10}{'train time':>12}{'reviews/s':>11}")
 for name, row in rows.items():
     accuracy = f"{100 * row['test_accuracy']:.1f}%" if row["test_accuracy"] is not None else "n/a"
     seconds = f"{row['train_seconds']:.0f} s" if row["train_seconds"] is not None else "n/a"
-    print(f"{name:<62}{row['parameters']:>12,}{accuracy:>10}{seconds:>12}{row['reviews_per_second']:>11.0f}")
+    print(f"{name:<10}{row['parameters']:>12,}{accuracy:>10}{seconds:>12}{row['reviews_per_second']:>11.0f}")
+print(f"TextCNN runs {textcnn_speed / bert_speed:.0f}x as many reviews per second with "
+      f"{rows[bert_label]['parameters'] / rows['TextCNN']['parameters']:.1f}x fewer parameters")
 if bert_record:
     print(f"(BERT figures from chapter 4: {bert_record['model']['name']}, test subset of "
           f"{bert_record['metrics']['test_size']:,} reviews; TextCNN: {len(test_set):,} reviews)")
@@ -398,8 +404,8 @@ fig = plots.bar_chart(["TextCNN", "BERT"], [textcnn_speed, bert_speed], title="I
 plt.show()
 
 # %% [markdown]
-# **When is each the right tool?** TextCNN is orders of magnitude cheaper to run (the table shows
-# how many times), trains in minutes on a laptop and needs no pre-trained checkpoint; it is a
+# **When is each the right tool?** TextCNN is far cheaper to run (the line under the table gives
+# the factor), trains in minutes on a laptop and needs no pre-trained checkpoint; it is a
 # strong baseline whenever sentiment is carried by local phrases. BERT reads the whole review with
 # attention, so it can weigh "the first half was dull, but the ending is brilliant" as a whole; it
 # is the better choice when accuracy matters more than cost, and with a GPU. Always measure the
@@ -442,8 +448,9 @@ print(f"wrote {record_path}")
 # 1. Replace the max-over-time pooling by average pooling (`responses.mean(dim=2)`). What happens to
 #    the validation accuracy?
 # 2. Train with `max_length` 64 and 512. How do accuracy and training time change?
-# 3. Freeze the BERT-initialised embedding (`candidate.embedding.weight.requires_grad_(False)`). Is it
-#    better or worse than fine-tuning it, and why might that depend on the training-set size?
+# 3. Rerun the embedding experiment with 1,000 and with 20,000 training reviews. How does the gap
+#    between the two initialisations change? Then freeze the BERT-initialised embedding
+#    (`candidate.embedding.weight.requires_grad_(False)`): is it better or worse than fine-tuning it?
 # 4. Find the reviews on which TextCNN is most confidently wrong. Do they share a pattern (irony,
 #    contrast, a plot summary)?
 #
@@ -455,8 +462,9 @@ print(f"wrote {record_path}")
 #    curves of both under the same budget.
 # 2. Set `max_length` in the budget. Training time grows roughly linearly with the length; accuracy
 #    gains flatten once most reviews fit (see the length percentiles above).
-# 3. A frozen embedding cannot adapt WordPiece vectors to sentiment, but it cannot overfit either: with
-#    very few reviews freezing tends to help, with many fine-tuning wins. Try both at two subset sizes.
+# 3. Change `embedding_train_size` in the budget. The head start of pre-trained vectors matters most
+#    when labelled reviews are few. A frozen embedding cannot adapt WordPiece vectors to sentiment,
+#    but it cannot overfit either, so which wins depends on the subset size: measure both sizes.
 # 4. Sort the test reviews by the softmax probability of the wrong class (`logits.softmax(1)`), and read
 #    the top ten with `test_reviews.texts[i]`.
 # ```
