@@ -130,3 +130,16 @@ def test_bert_pooled_head_refuses_an_encoder_without_pooler():
     encoder = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32), add_pooling_layer=False)
     with pytest.raises(ValueError, match="pooler"):
         BertPooledClassifier(encoder)
+
+
+def test_head_tail_truncation_keeps_both_ends():
+    from tutorial_lib.text import truncate
+
+    tokens = [str(i) for i in range(10)]
+    assert truncate(tokens, 5) == ["0", "1", "2", "3", "4"]
+    assert truncate(tokens, 5, keep="head+tail") == ["0", "1", "7", "8", "9"]
+    assert truncate(tokens[:3], 5, keep="head+tail") == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="keep must be"):
+        truncate(tokens, 5, keep="middle")
+    vocabulary = Vocabulary([PAD, UNK, *tokens])
+    assert encode_texts(vocabulary, [tokens], 4, keep="head+tail")[0].tolist() == [2, 3, 10, 11]

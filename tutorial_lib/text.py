@@ -89,12 +89,35 @@ class Vocabulary:
         return cls(list(content["itos"]))
 
 
-def encode_texts(vocabulary: Vocabulary, tokenized_texts: Sequence[Sequence[str]], max_length: int) -> torch.Tensor:
-    """Return a ``(N, max_length)`` tensor of token indices: truncated to the first
-    ``max_length`` tokens, right-padded with ``<pad>``."""
+TRUNCATIONS = ("head", "head+tail")
+
+
+def truncate(tokens: Sequence[str], max_length: int, keep: str = "head") -> list[str]:
+    """Return at most ``max_length`` tokens: the first ones (``keep="head"``), or the first
+    ``max_length // 2`` and the last ``max_length - max_length // 2`` (``"head+tail"``, which
+    keeps the closing verdict of a long review; Sun et al. 2019 found it best for BERT on IMDB).
+
+    Raises:
+        ValueError: for an unknown ``keep``.
+    """
+    if keep not in TRUNCATIONS:
+        raise ValueError(f"keep must be one of {TRUNCATIONS}, got {keep!r}")
+    if len(tokens) <= max_length:
+        return list(tokens)
+    if keep == "head":
+        return list(tokens[:max_length])
+    head = max_length // 2
+    return [*tokens[:head], *tokens[len(tokens) - (max_length - head):]]
+
+
+def encode_texts(
+    vocabulary: Vocabulary, tokenized_texts: Sequence[Sequence[str]], max_length: int, keep: str = "head"
+) -> torch.Tensor:
+    """Return a ``(N, max_length)`` tensor of token indices: each text cut by :func:`truncate`
+    (``keep`` says which part survives), then right-padded with ``<pad>``."""
     encoded = torch.full((len(tokenized_texts), max_length), vocabulary.pad_index, dtype=torch.long)
     for row, tokens in enumerate(tokenized_texts):
-        ids = vocabulary.encode(tokens[:max_length])
+        ids = vocabulary.encode(truncate(tokens, max_length, keep))
         encoded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return encoded
 
