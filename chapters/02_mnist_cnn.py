@@ -210,9 +210,10 @@ plt.show()
 
 # %% [markdown]
 # Read the two panels together: a validation loss that rises while the training loss keeps falling
-# would mean overfitting; validation accuracy close to (or above — dropout-free evaluation on clean
-# digits) training accuracy means the network generalises. The one-cycle schedule makes the last
-# epoch, at the smallest learning rate, usually the best.
+# would mean overfitting; validation accuracy close to training accuracy means the network
+# generalises. (Training accuracy is averaged over an epoch while the weights still change, so it
+# lags behind.) The one-cycle schedule makes the last epoch, at the smallest learning rate, usually
+# the best.
 
 # %% [markdown]
 # ## How good is it?
