@@ -186,21 +186,21 @@ timing_encoder.eval()
 padding_texts = [normalize_whitespace(t) for t in test_reviews.texts[: BUDGET.padding_sample]]
 
 
-def encode_and_time(padding: str, max_length: int) -> tuple[int, float]:
+def encode_and_time(encoder: torch.nn.Module, padding: str, max_length: int) -> tuple[int, float]:
     batches = [tokenizer(padding_texts[i : i + 16], truncation=True, max_length=max_length, padding=padding, return_tensors="pt")
                for i in range(0, len(padding_texts), 16)]
     started = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
-            timing_encoder(**batch)
+            encoder(**batch)
     return sum(batch["input_ids"].numel() for batch in batches), time.perf_counter() - started
 
 
-encode_and_time("longest", 32)  # warm-up: the first calls pay one-off costs that would skew the first row
+encode_and_time(timing_encoder, "longest", 32)  # warm-up: the first calls pay one-off costs that would skew the first row
 padding_runs = {
-    "pad everything to 512 (source)": encode_and_time("max_length", 512),
-    "dynamic, truncated at 512": encode_and_time("longest", 512),
-    f"dynamic, truncated at {BUDGET.max_length} (this chapter)": encode_and_time("longest", BUDGET.max_length),
+    "pad everything to 512 (source)": encode_and_time(timing_encoder, "max_length", 512),
+    "dynamic, truncated at 512": encode_and_time(timing_encoder, "longest", 512),
+    f"dynamic, truncated at {BUDGET.max_length} (this chapter)": encode_and_time(timing_encoder, "longest", BUDGET.max_length),
 }
 reference_seconds = padding_runs["pad everything to 512 (source)"][1]
 print(f"{len(padding_texts)} test reviews, batches of 16, encoder forward pass on the CPU")
@@ -263,7 +263,7 @@ print(inspect.getsource(BertPooledClassifier))
 # %%
 def fine_tune(model: torch.nn.Module, train_loader: DataLoader, epochs: int, learning_rate: float):
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim == 1 else decay).append(parameter)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],

@@ -63,7 +63,6 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tutorial_lib import data, metrics, plots, results, runtime, train, weights

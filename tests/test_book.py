@@ -32,7 +32,7 @@ def test_every_chapter_page_is_executed_with_figures_and_a_colab_button(built_bo
     chapters = sorted((REPO_ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
     for notebook in chapters:
         page = (built_book / "chapters" / f"{notebook.stem}.html").read_text(encoding="utf-8")
-        assert f"colab.research.google.com/github/" in page and f"chapters/{notebook.name}" in page
+        assert "colab.research.google.com/github/" in page and f"chapters/{notebook.name}" in page
         assert re.search(r'<img [^>]*src="\.\./_images/[^"]+\.png"', page), f"{notebook.name} rendered no figure"
         assert "Traceback" not in page
         assert "profile " in page, "the environment report was not executed"
