@@ -115,10 +115,9 @@ print(mnist.source.describe())
 # the training images (same digit proportions as the whole).
 
 # %%
-train_pool, val_images = data.train_val_split(mnist.train, BUDGET.val_size, seed=0)
-train_images = data.subset(train_pool, BUDGET.train_size, seed=0)
-test_images = data.subset(mnist.test, BUDGET.test_size, seed=0)
-print(f"train {len(train_images):,} | validation {len(val_images):,} | test {len(test_images):,}")
+splits = data.budget_splits(mnist, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
+train_images, val_images, test_images = splits.train, splits.val, splits.test
+print(splits.describe())
 
 # %% [markdown]
 # ### Normalisation
@@ -409,7 +408,7 @@ assert torch.equal(restored(test_set[1][0].unsqueeze(0)).argmax(), model.cpu()(t
 
 # %%
 record_path = results.write_result_record("02_mnist_cnn", {
-    "data": {"source": mnist.source.kind, "location": mnist.source.location, "train": len(train_set),
+    "data": {"source": mnist.source.kind, "location": mnist.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
              "validation": len(val_set), "test": len(test_set)},
     "model": {"name": "MnistCNN", "parameters": count_parameters(model)},
     "metrics": {"test_accuracy": test_accuracy, "best_val_accuracy": max(history["val_accuracy"]),

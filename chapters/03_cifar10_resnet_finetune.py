@@ -68,7 +68,8 @@ from torch.utils.data import DataLoader
 from torchvision.models import ResNet18_Weights
 
 from tutorial_lib import data, metrics, plots, results, runtime, train
-from tutorial_lib.models import count_parameters, discriminative_param_groups, resnet18_for
+from tutorial_lib.models import count_parameters, resnet18_for
+from tutorial_lib.optim import param_groups
 
 CHAPTER_STARTED = time.perf_counter()
 runtime.print_environment()
@@ -155,10 +156,9 @@ print(f"normalising with mean {mean}, std {std}")
 
 # %%
 cifar = data.load_cifar10()
-train_pool, val_images = data.train_val_split(cifar.train, BUDGET.val_size, seed=0)
-train_images = data.subset(train_pool, BUDGET.train_size, seed=0)
-test_images = data.subset(cifar.test, BUDGET.test_size, seed=0)
-print(f"train {len(train_images):,} | validation {len(val_images):,} | test {len(test_images):,}")
+splits = data.budget_splits(cifar, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
+train_images, val_images, test_images = splits.train, splits.val, splits.test
+print(splits.describe())
 
 # %% [markdown]
 # ### Augmentation, for training only
@@ -212,7 +212,7 @@ loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
 
 
 def train_strategy(strategy: str, model: nn.Module, epochs: int, backbone_lr: float, head_lr: float):
-    groups = discriminative_param_groups(model, model.fc, backbone_lr=backbone_lr, head_lr=head_lr, weight_decay=0.05)
+    groups = param_groups(model, lr=backbone_lr, weight_decay=0.05, head=model.fc, head_lr=head_lr, verbose=False)
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[group["lr"] for group in groups], epochs=epochs, steps_per_epoch=len(train_loader), pct_start=0.3
@@ -259,13 +259,14 @@ histories["linear probe"], seconds["linear probe"] = train_strategy(
 #
 # Everything trains, but not at the same speed: the pretrained backbone gets a learning rate ten
 # times smaller than the new head, so that it adapts its features rather than overwriting them
-# while the head is still random. `discriminative_param_groups` builds the two groups:
+# while the head is still random. `optim.param_groups`, the one place this book builds
+# optimiser groups, makes them (and keeps biases and batch-norm weights free of weight decay):
 
 # %%
 runtime.seed_everything(0)
 models["fine-tune"], _ = resnet18_for("fine-tune", verbose=False)
-for group in discriminative_param_groups(models["fine-tune"], models["fine-tune"].fc, backbone_lr=2e-4, head_lr=2e-3, weight_decay=0.05):
-    print(f"{group['name']:<22} lr {group['lr']:.0e}  weight decay {group['weight_decay']:<5} {sum(p.numel() for p in group['params']):>11,} parameters")
+fine_tune_groups = param_groups(models["fine-tune"], lr=2e-4, weight_decay=0.05,
+                                head=models["fine-tune"].fc, head_lr=2e-3)
 backbone_lr = 2e-4 if PRETRAINED else 2e-3  # from random weights there is nothing to protect
 histories["fine-tune"], seconds["fine-tune"] = train_strategy(
     "fine-tune", models["fine-tune"], BUDGET.finetune_epochs, backbone_lr=backbone_lr, head_lr=2e-3)
@@ -388,7 +389,7 @@ if runtime.cuda_only_note("fine-tuning ResNet-18 at 224x224 pixels with mixed pr
                            batch_size=128, shuffle=True, num_workers=4, generator=generator)
     big_test = DataLoader(test_images.with_transform(data.cifar10_transforms(False, size=224, mean=mean, std=std)),
                           batch_size=256, num_workers=4)
-    groups = discriminative_param_groups(big_model, big_model.fc, backbone_lr=1e-3 / 5, head_lr=1e-3, weight_decay=0.05)
+    groups = param_groups(big_model, lr=1e-3 / 5, weight_decay=0.05, head=big_model.fc, head_lr=1e-3)
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
                                                     epochs=BUDGET.gpu_224_epochs, steps_per_epoch=len(big_train), pct_start=0.2)
@@ -405,7 +406,7 @@ if runtime.cuda_only_note("fine-tuning ResNet-18 at 224x224 pixels with mixed pr
 
 # %%
 record_path = results.write_result_record("03_cifar10_resnet_finetune", {
-    "data": {"source": cifar.source.kind, "location": cifar.source.location, "train": len(train_set),
+    "data": {"source": cifar.source.kind, "location": cifar.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
              "validation": len(val_set), "test": len(test_set)},
     "model": {"name": "torchvision resnet18", "weights": weights_source.describe(), "pretrained": PRETRAINED,
               "parameters": count_parameters(models["from scratch"]), "input_pixels": 32},

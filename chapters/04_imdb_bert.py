@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from tutorial_lib import data, metrics, plots, results, runtime, train, weights
+from tutorial_lib import data, metrics, optim, plots, results, runtime, train, weights
 from tutorial_lib.models import BertPooledClassifier, count_parameters, freeze
 from tutorial_lib.text import TokenizedTexts, normalize_whitespace
 
@@ -126,11 +126,9 @@ print(f"model: {bert_source.describe()}")
 
 # %%
 imdb = data.load_imdb()
-train_pool, val_reviews = data.train_val_split(imdb.train, BUDGET.val_size, seed=0)
-train_reviews = data.subset(train_pool, BUDGET.train_size, seed=0)
-test_reviews = data.subset(imdb.test, BUDGET.test_size, seed=0)
-print(f"train {len(train_reviews):,} | validation {len(val_reviews):,} | test {len(test_reviews):,} "
-      f"(stratified, seeded subsets of 25,000 + 25,000)")
+splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
+train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test
+print(splits.describe())
 
 # %% [markdown]
 # BERT does not see words but **WordPiece** tokens: frequent words are single tokens, rare ones are
@@ -150,7 +148,7 @@ print("attention_mask:", encoded["attention_mask"])
 # expensive choice.
 
 # %%
-length_reviews = data.subset(train_pool, BUDGET.length_sample, seed=2)
+length_reviews = data.subset(imdb.train, BUDGET.length_sample, seed=2)
 # verbose=False: we tokenize without truncation on purpose, so skip the "longer than 512" warning
 token_counts = np.array([len(ids) for ids in tokenizer([normalize_whitespace(t) for t in length_reviews.texts], verbose=False)["input_ids"]])
 shares = {limit: (token_counts <= limit).mean() for limit in (128, 256, 512)}
@@ -262,12 +260,7 @@ print(inspect.getsource(BertPooledClassifier))
 
 # %%
 def fine_tune(model: torch.nn.Module, train_loader: DataLoader, epochs: int, learning_rate: float):
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim == 1 else decay).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=learning_rate)
+    optimizer = torch.optim.AdamW(optim.param_groups(model, lr=learning_rate, weight_decay=0.01))
     total_steps = epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, total_steps // 10), num_training_steps=total_steps)
     started = time.perf_counter()
@@ -405,7 +398,7 @@ if runtime.cuda_only_note("fine-tuning bert-base-uncased on 25,000 reviews at 51
     big_train = DataLoader(TokenizedTexts(big_tokenizer, imdb.train.texts, imdb.train.labels, 512), batch_size=32, shuffle=True,
                            collate_fn=big_collator, generator=generator)
     big_test = DataLoader(TokenizedTexts(big_tokenizer, imdb.test.texts, imdb.test.labels, 512), batch_size=128, collate_fn=big_collator)
-    optimizer = torch.optim.AdamW(big_model.parameters(), lr=2e-5, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(optim.param_groups(big_model, lr=2e-5, weight_decay=0.01))
     scheduler = get_linear_schedule_with_warmup(optimizer, len(big_train) // 10, 2 * len(big_train))
     big_history = train.fit(big_model, big_train, None, optimizer, epochs=2, scheduler=scheduler, device=device,
                             grad_clip_norm=1.0, monitor="train_loss")
@@ -420,7 +413,7 @@ if runtime.cuda_only_note("fine-tuning bert-base-uncased on 25,000 reviews at 51
 
 # %%
 record_path = results.write_result_record("04_imdb_bert", {
-    "data": {"source": imdb.source.kind, "location": imdb.source.location, "train": len(train_set),
+    "data": {"source": imdb.source.kind, "location": imdb.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
              "validation": len(val_set), "test": len(test_set), "max_length": BUDGET.max_length},
     "model": {"name": bert_source.model, "weights": bert_source.describe(), "parameters": count_parameters(model)},
     "metrics": {"test_accuracy": test_accuracy, "test_f1": test_f1, "test_size": len(test_set),

@@ -112,10 +112,9 @@ BUDGET
 
 # %%
 imdb = data.load_imdb()
-train_pool, val_reviews = data.train_val_split(imdb.train, BUDGET.val_size, seed=0)
-train_reviews = data.subset(train_pool, BUDGET.train_size, seed=0)
-test_reviews = data.subset(imdb.test, BUDGET.test_size, seed=0)
-print(f"train {len(train_reviews):,} | validation {len(val_reviews):,} | test {len(test_reviews):,}")
+splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
+train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test
+print(splits.describe())
 print(f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):\n{train_reviews.texts[0][:400]}")
 
 # %% [markdown]
@@ -424,7 +423,7 @@ plt.show()
 
 # %%
 record_path = results.write_result_record("05_imdb_textcnn", {
-    "data": {"source": imdb.source.kind, "location": imdb.source.location, "train": len(train_set),
+    "data": {"source": imdb.source.kind, "location": imdb.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
              "validation": len(val_set), "test": len(test_set), "max_length": BUDGET.max_length},
     "model": {"name": "TextCNN (widths 3/4/5, 100 filters each, embedding 128)", "parameters": count_parameters(model),
               "vocabulary": len(vocabulary)},

@@ -451,3 +451,37 @@ def test_balanced_indices_take_the_same_number_of_every_class():
     assert np.bincount(labels[picked]).tolist() == [5, 5, 5]
     with pytest.raises(ValueError, match="class 1 has 7"):
         data.balanced_indices(labels, 8)
+
+
+def _loaded_images(train_per_class: int, test_per_class: int) -> data.LoadedData:
+    def split(per_class: int) -> data.ImageDataset:
+        labels = torch.arange(10).repeat_interleave(per_class)
+        return data.ImageDataset(torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8), labels, data.MNIST_CLASSES)
+
+    source = data.DataSource("MNIST", data.SOURCE_SAMPLE, "sample", {"train": 10 * train_per_class, "test": 10 * test_per_class})
+    return data.LoadedData(split(train_per_class), split(test_per_class), source)
+
+
+def test_budget_splits_keep_the_budget_when_the_data_is_large_enough(capsys):
+    splits = data.budget_splits(_loaded_images(100, 50), train_size=300, val_size=200, test_size=100)
+    assert splits.sizes() == {"train": 300, "validation": 200, "test": 100}
+    assert splits.adjustments == () and "NOTICE" not in capsys.readouterr().out
+
+
+def test_budget_splits_shrink_to_the_bundled_sample_and_say_so(capsys):
+    loaded = _loaded_images(100, 50)  # 1,000 / 500, the size of the MNIST sample
+    splits = data.budget_splits(loaded, train_size=None, val_size=5_000, test_size=10_000)
+    assert splits.sizes() == {"train": 800, "validation": 200, "test": 500}
+    assert len(splits.adjustments) == 2
+    printed = capsys.readouterr().out
+    assert "validation 200 instead of 5,000" in printed and "test 500 instead of 10,000" in printed
+    # validation stays class-balanced and disjoint from training
+    assert torch.bincount(splits.val.labels).tolist() == [20] * 10
+    assert len(splits.train) + len(splits.val) == len(loaded.train)
+
+
+def test_budget_splits_reject_nonsense_sizes():
+    with pytest.raises(ValueError, match="val_size must be a positive"):
+        data.budget_splits(_loaded_images(10, 5), train_size=None, val_size=0, test_size=None)
+    with pytest.raises(ValueError, match="too few to split"):
+        data.budget_splits(_loaded_images(1, 5), train_size=None, val_size=5, test_size=None)

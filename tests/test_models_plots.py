@@ -100,23 +100,3 @@ def test_linear_probe_backbone_gets_no_gradient_and_does_not_move(offline_resnet
             assert not torch.equal(parameter, before[name])
         else:
             assert parameter.grad is None and torch.equal(parameter, before[name])
-
-
-def test_discriminative_groups_cover_each_trainable_parameter_once(offline_resnet):
-    from tutorial_lib.models import discriminative_param_groups, resnet18_for
-
-    model, _ = resnet18_for("fine-tune", verbose=False)
-    freeze(model.conv1)
-    groups = discriminative_param_groups(model, model.fc, backbone_lr=1e-4, head_lr=1e-3, weight_decay=0.05)
-    ids = [id(p) for group in groups for p in group["params"]]
-    trainable = [id(p) for p in model.parameters() if p.requires_grad]
-    assert sorted(ids) == sorted(trainable) and len(ids) == len(set(ids))
-    head_ids = {id(p) for p in model.fc.parameters()}
-    for group in groups:
-        in_head = {id(p) in head_ids for p in group["params"]}
-        assert len(in_head) == 1
-        assert group["lr"] == (1e-3 if in_head.pop() else 1e-4)
-        assert group["weight_decay"] == (0.05 if all(p.ndim > 1 for p in group["params"]) else 0.0)
-    torch.optim.AdamW(groups)  # a valid optimiser definition
-    with pytest.raises(ValueError, match="submodule"):
-        discriminative_param_groups(model, torch.nn.Linear(2, 2), 1e-4, 1e-3)

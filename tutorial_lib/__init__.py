@@ -1,9 +1,15 @@
 """tutorial_lib: the tested helpers behind the chapters of *From Zero - Building and
 Fine-tuning Deep Models with PyTorch*.
 
-Organised by concern, not by chapter: ``runtime`` (device, seeding, profiles), ``data``
-(loaders behind one resolution rule), ``weights`` (pretrained weights with an offline
-fallback), ``conv`` (chapter 1's convolution math) and ``plots``.
+Organised by concern, not by chapter:
+
+- ``runtime``: device, seeding, run profiles, environment flags, notices;
+- ``data``: the data sets behind one resolution rule (local copy, download, bundled sample);
+- ``weights``: pretrained weights behind the same idea (cache, download, announced fallback);
+- ``models``: the chapter networks; ``conv``: chapter 1's convolution math; ``text``: tokens,
+  vocabularies and batches for the text chapters;
+- ``train``: the one training loop; ``optim``: the one optimiser grouping; ``metrics``;
+- ``plots``: figures; ``results``: result records; ``files``: atomic writes.
 """
 
 __version__ = "0.1.0"

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tutorial_lib.runtime import OFFLINE_ENV, env_flag, notice
 from tutorial_lib.runtime import data_dir as default_data_dir
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
-OFFLINE_ENV = "TUTORIAL_OFFLINE"
 
 MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
@@ -281,6 +281,77 @@ def train_val_split(dataset: DatasetT, val_size: int, seed: int = 0) -> tuple[Da
     return dataset.select(np.flatnonzero(train_mask)), dataset.select(val_index)
 
 
+@dataclass(frozen=True)
+class BudgetSplits(Generic[DatasetT]):
+    """The training, validation and test sets a chapter works with, and how they differ from the
+    sizes its budget asked for (``adjustments``: empty when the budget fitted the data)."""
+
+    train: DatasetT
+    val: DatasetT
+    test: DatasetT
+    adjustments: tuple[str, ...] = ()
+
+    def sizes(self) -> dict[str, int]:
+        """Return ``{"train": ..., "validation": ..., "test": ...}``, for result records."""
+        return {"train": len(self.train), "validation": len(self.val), "test": len(self.test)}
+
+    def describe(self) -> str:
+        """Return one line with the three sizes."""
+        return f"train {len(self.train):,} | validation {len(self.val):,} | test {len(self.test):,}"
+
+
+MAX_VAL_FRACTION = 0.2
+"""The largest share of the training pool a validation split may take when the budget's
+validation size does not fit the data there is."""
+
+
+def budget_splits(
+    loaded: LoadedData[DatasetT],
+    train_size: int | None,
+    val_size: int,
+    test_size: int | None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> BudgetSplits[DatasetT]:
+    """Return the splits a chapter's budget asks for, shrunk to the data actually available.
+
+    The validation split is carved, stratified, out of ``loaded.train``; the training set is a
+    stratified subset of what remains (``None``: all of it); the test set a stratified subset of
+    ``loaded.test`` (``None``: all of it). Validation and test never overlap training. When the
+    data is smaller than the budget (for instance the bundled sample instead of the full data
+    set), the validation split takes at most :data:`MAX_VAL_FRACTION` of the training pool and
+    the other splits use what there is; each such change is listed in ``adjustments`` and,
+    with ``verbose``, announced in one notice.
+
+    Raises:
+        ValueError: if a size is not positive, or the training pool is too small to split
+            (fewer than two examples per class).
+    """
+    for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+        if size is not None and size < 1:
+            raise ValueError(f"{name} must be a positive number of examples (or None for all), got {size}")
+    pool, adjustments = loaded.train, []
+    classes = len(np.unique(_labels_of(pool)))
+    if len(pool) < 2 * classes:
+        raise ValueError(f"the training pool holds {len(pool)} examples of {classes} classes; too few to split off a validation set")
+    fitting_val = max(classes, int(len(pool) * MAX_VAL_FRACTION))
+    if val_size > fitting_val:
+        adjustments.append(f"validation {fitting_val:,} instead of {val_size:,} "
+                           f"({MAX_VAL_FRACTION:.0%} of the {len(pool):,} training examples available)")
+        val_size = fitting_val
+    train_pool, val = train_val_split(pool, val_size, seed=seed)
+    if train_size is not None and train_size > len(train_pool):
+        adjustments.append(f"training {len(train_pool):,} instead of {train_size:,} (all that remain after validation)")
+    if test_size is not None and test_size > len(loaded.test):
+        adjustments.append(f"test {len(loaded.test):,} instead of {test_size:,} (the whole test split)")
+    splits = BudgetSplits(subset(train_pool, train_size, seed=seed), val, subset(loaded.test, test_size, seed=seed),
+                          tuple(adjustments))
+    if verbose and adjustments:
+        notice(f"the budget asks for more {loaded.source.dataset} data than there is, so this run uses "
+               + "; ".join(adjustments) + ".")
+    return splits
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Return the per-channel mean and standard deviation of uint8 images ``(N, C, H, W)``,
     with pixels scaled to [0, 1] (the numbers ``transforms.Normalize`` wants)."""
@@ -394,17 +465,14 @@ def safe_extract(archive: Path, destination: Path, keep: Callable[[PurePosixPath
 
 
 def _downloads_allowed(download: bool) -> bool:
-    return download and os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes")
+    return download and not env_flag(OFFLINE_ENV)
 
 
 def _announce_sample(source: DataSource, reason: str) -> None:
-    banner = "!" * 88
-    print(
-        f"{banner}\nNOTICE: {reason}\nUsing the {source.describe()}.\n"
-        "This is a tiny real sample for trying the code: results on it are NOT representative.\n"
-        "For real results put the data set in the data directory (TUTORIAL_DATA_DIR, see the setup page) "
-        "or allow the download.\n"
-        f"{banner}"
+    notice(
+        f"{reason}. Using the {source.describe()}. This is a tiny real sample for trying the code: "
+        "results on it are NOT representative. For real results put the data set in the data "
+        "directory (TUTORIAL_DATA_DIR, see the setup page) or allow the download."
     )
 
 
@@ -790,7 +858,7 @@ def load_imdb(
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD", "IMDB_CLASSES", "MNIST_CLASSES", "MNIST_MEAN", "MNIST_STD",
     "ChecksumError", "CorruptDataError", "DataError", "DataNotFoundError", "DataSource", "ImageDataset",
-    "LoadedData", "TextDataset", "UnsafeArchiveError", "balanced_indices", "channel_stats", "cifar10_transforms", "download_file",
+    "BudgetSplits", "LoadedData", "MAX_VAL_FRACTION", "TextDataset", "budget_splits", "UnsafeArchiveError", "balanced_indices", "channel_stats", "cifar10_transforms", "download_file",
     "load_cifar10", "load_imdb", "load_mnist", "md5_of", "mnist_transform", "safe_extract", "stratified_indices",
     "subset", "train_val_split",
 ]

@@ -61,7 +61,7 @@ def resnet18_for(strategy: str, num_classes: int = 10, verbose: bool = True):
 
     - ``"linear probe"``: pretrained backbone, frozen; only the new ``fc`` trains.
     - ``"fine-tune"``: pretrained backbone and new ``fc``, everything trains (pair it with
-      :func:`discriminative_param_groups`).
+      :func:`tutorial_lib.optim.param_groups` and a ``head``).
     - ``"from scratch"``: random initialisation everywhere.
 
     Pretrained weights come through :func:`tutorial_lib.weights.load_resnet18`; offline it falls
@@ -79,32 +79,6 @@ def resnet18_for(strategy: str, num_classes: int = 10, verbose: bool = True):
         freeze(model)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model, source
-
-
-def discriminative_param_groups(
-    model: nn.Module, head: nn.Module, backbone_lr: float, head_lr: float, weight_decay: float = 0.0
-) -> list[dict]:
-    """Return optimiser parameter groups: the trainable parameters of ``head`` at ``head_lr`` and
-    every other trainable parameter of ``model`` at ``backbone_lr`` (smaller, so fine-tuning
-    adjusts pretrained features instead of overwriting them). Biases and normalisation weights
-    (1-D tensors) get no weight decay. Frozen parameters are left out; each trainable parameter
-    appears in exactly one group.
-
-    Raises:
-        ValueError: if ``head`` is not a submodule of ``model``.
-    """
-    head_ids = {id(p) for p in head.parameters()}
-    if not head_ids <= {id(p) for p in model.parameters()}:
-        raise ValueError("head must be a submodule of model")
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            groups.setdefault((id(parameter) in head_ids, parameter.ndim > 1), []).append(parameter)
-    return [
-        {"params": params, "lr": head_lr if is_head else backbone_lr, "weight_decay": weight_decay if decays else 0.0,
-         "name": f"{'head' if is_head else 'backbone'}{'' if decays else ' (no decay)'}"}
-        for (is_head, decays), params in sorted(groups.items(), key=lambda item: item[0])
-    ]
 
 
 class TextCNN(nn.Module):

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tutorial_lib.files import atomic_write_text
 from tutorial_lib.runtime import get_device, get_profile, project_root
 
 RESULTS_DIR_ENV = "TUTORIAL_RESULTS_DIR"
@@ -58,12 +59,7 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
         **record,
     }
     path = results_dir() / f"{chapter}.{full['profile']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(full, indent=2, sort_keys=False)
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_text(text + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, json.dumps(full, indent=2, sort_keys=False) + "\n")
 
 
 def read_result_record(chapter: str, profile: str | None = None) -> dict[str, Any] | None:

@@ -23,12 +23,56 @@ reading on a laptop, ``gpu`` runs the full recipe on a CUDA device."""
 
 PROFILE_ENV = "TUTORIAL_PROFILE"
 DATA_DIR_ENV = "TUTORIAL_DATA_DIR"
+OFFLINE_ENV = "TUTORIAL_OFFLINE"
+"""Set to 1 to skip every download attempt (data sets and pretrained weights)."""
+HF_OFFLINE_ENV = "HF_HUB_OFFLINE"
+"""Hugging Face's own switch; it also stops :mod:`tutorial_lib.weights` from trying the Hub."""
+NONINTERACTIVE_ENV = "TUTORIAL_NONINTERACTIVE"
+"""Set to 1 for executions nobody watches (book build, nbmake, scripts): no progress bars."""
+
+_TRUE_WORDS = ("1", "true", "yes", "on")
 
 BudgetT = TypeVar("BudgetT")
 
 
 class UnknownProfileError(ValueError):
     """Raised when a profile name is not one of :data:`PROFILES`."""
+
+
+def env_flag(name: str) -> bool:
+    """Return whether the environment variable ``name`` is switched on (``1``, ``true``, ``yes``
+    or ``on``, any case). The one parser of the project's boolean flags."""
+    return os.environ.get(name, "").strip().lower() in _TRUE_WORDS
+
+
+def offline() -> bool:
+    """Return whether downloads are switched off: ``TUTORIAL_OFFLINE`` or ``HF_HUB_OFFLINE``."""
+    return env_flag(OFFLINE_ENV) or env_flag(HF_OFFLINE_ENV)
+
+
+def interactive() -> bool:
+    """Return whether someone may be watching (no ``TUTORIAL_NONINTERACTIVE``): progress bars."""
+    return not env_flag(NONINTERACTIVE_ENV)
+
+
+def notice(message: str) -> None:
+    """Show ``message`` as one clearly marked block: a note the reader must not miss (a data or
+    weights fallback, a budget adapted to the data there is).
+
+    In a notebook it is displayed as a Markdown block quote (the built book renders it as a
+    highlighted note); elsewhere it is printed as one line starting with ``NOTICE:``.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        in_kernel = get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except ImportError:
+        in_kernel = False
+    if in_kernel:
+        display(Markdown("> **Notice** — " + message.replace("\n", "\n> ")))
+    else:
+        print(f"NOTICE: {message}")
 
 
 def get_device() -> torch.device:

@@ -14,7 +14,6 @@ always prints, so static pages stay clean.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,16 +24,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tutorial_lib.runtime import get_device
-
-NONINTERACTIVE_ENV = "TUTORIAL_NONINTERACTIVE"
+from tutorial_lib.files import atomic_write
+from tutorial_lib.runtime import get_device, interactive
 
 Batch = tuple[Any, torch.Tensor] | list | Mapping[str, torch.Tensor]
 
 
 def progress_bar(iterable: Iterable, **kwargs) -> Iterable:
     """Wrap ``iterable`` in a tqdm bar when running interactively; return it unchanged otherwise."""
-    if os.environ.get(NONINTERACTIVE_ENV, "").strip().lower() in ("1", "true", "yes"):
+    if not interactive():
         return iterable
     try:
         import ipywidgets  # noqa: F401  (tqdm.auto needs it for notebook widgets)
@@ -134,10 +132,7 @@ def evaluate(
 
 
 def _save_checkpoint(path: Path, **state: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.part")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

