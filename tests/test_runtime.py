@@ -90,3 +90,26 @@ def test_cuda_only_note_explains_the_skip(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.cuda_only_note("224-pixel fine-tuning") is False
     assert "224-pixel fine-tuning" in capsys.readouterr().out
+
+
+def test_start_chapter_prints_seeds_and_returns_the_profiles_budget(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("TUTORIAL_PROFILE", "cpu")
+    run = runtime.start_chapter({"smoke": 1, "cpu": 2, "gpu": 3}, seed=5)
+    assert (run.budget, run.profile, run.device.type) == (2, "cpu", runtime.get_device().type)
+    assert "profile cpu" in capsys.readouterr().out
+    first = torch.rand(3)
+    runtime.start_chapter({"smoke": 1, "cpu": 2, "gpu": 3}, seed=5)
+    assert torch.equal(first, torch.rand(3)), "start_chapter must seed torch"
+    folder = run.scratch_dir("ckpt")
+    assert folder.is_dir() and folder.name.startswith("ckpt-") and not any(folder.iterdir())
+    assert run.seconds() >= 0
+    # the scratch folder disappears with the process that made it
+    code = ("from tutorial_lib import runtime; "
+            "print(runtime.start_chapter({'smoke': 0, 'cpu': 0, 'gpu': 0}).scratch_dir('x'))")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from pathlib import Path
+
+    assert not Path(printed.strip().splitlines()[-1]).exists()

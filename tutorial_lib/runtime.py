@@ -1,18 +1,24 @@
 """Where and how a chapter runs: device, seeding, run profile, data directory.
 
-Every chapter starts with :func:`print_environment` and declares its budget once with
-:func:`select_budget`, so no chapter carries scattered ``if profile == ...`` checks.
+Every chapter declares its budget for each profile once, at the top, and opens with
+:func:`start_chapter` (environment report, seeding, device, the budget of this run), so no
+chapter carries scattered ``if profile == ...`` checks.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import random
+import shutil
+import tempfile
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -192,3 +198,44 @@ def cuda_only_note(what: str) -> bool:
         return True
     print(f"Skipped on this machine (no CUDA device): {what}.")
     return False
+
+
+@dataclass(frozen=True)
+class ChapterRun(Generic[BudgetT]):
+    """What :func:`start_chapter` hands a chapter: its budget, device, seeded generator, the
+    profile and the start time, plus a scratch folder removed when the kernel exits."""
+
+    budget: BudgetT
+    device: torch.device
+    generator: torch.Generator
+    profile: str
+    started: float
+    _scratch: Path
+
+    def seconds(self) -> float:
+        """Return the seconds since the chapter started (for its result record)."""
+        return time.perf_counter() - self.started
+
+    def scratch_dir(self, name: str) -> Path:
+        """Return a new, empty folder ``name-N`` for checkpoints and other throw-away files;
+        everything under it is deleted when the Python process ends."""
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self._scratch))
+
+
+def start_chapter(budgets: Mapping[str, BudgetT], seed: int = 0) -> ChapterRun[BudgetT]:
+    """Open a chapter: print the environment report, seed every generator with ``seed``, pick
+    the device and select the budget of the current profile (see :func:`select_budget`).
+
+    Returns:
+        A :class:`ChapterRun` with ``budget``, ``device``, ``generator`` and ``profile``.
+
+    Raises:
+        ValueError: if ``budgets`` does not give exactly the profiles in :data:`PROFILES`.
+        UnknownProfileError: if ``TUTORIAL_PROFILE`` names no known profile.
+    """
+    budget = select_budget(budgets)
+    print_environment()
+    generator = seed_everything(seed)
+    scratch = Path(tempfile.mkdtemp(prefix="tutorial-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    return ChapterRun(budget, get_device(), generator, get_profile(), time.perf_counter(), scratch)
