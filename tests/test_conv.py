@@ -180,3 +180,41 @@ def test_wrong_tensor_shapes_are_clear_value_errors():
         cross_correlate2d_im2col(torch.zeros(1, 1, 5, 5), torch.zeros(2, 1, 3, 3), bias=torch.zeros(3))
     with pytest.raises(ValueError, match="mode"):
         pool2d(torch.zeros(1, 1, 4, 4), 2, mode="median")
+
+
+# ----------------------------------------------------------------------------- hardening (issue 10)
+
+
+@pytest.mark.parametrize("implementation", [cross_correlate2d_loops, cross_correlate2d_im2col])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_input_is_refused_rather_than_wrapped(implementation, dtype):
+    # 200 * 9 overflows uint8: the loops used to return the sum modulo 256 without a word
+    x = torch.full((1, 1, 3, 3), 200, dtype=dtype)
+    with pytest.raises(TypeError, match=r"floating-point.*\.float\(\)"):
+        implementation(x, torch.ones(1, 1, 3, 3, dtype=dtype))
+    with pytest.raises(TypeError, match="weight must be a floating-point"):
+        implementation(x.float(), torch.ones(1, 1, 3, 3, dtype=dtype))
+
+
+def test_pooling_refuses_integer_input():
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.uint8"):
+        pool2d(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 2)
+
+
+@pytest.mark.parametrize("stride", [1.5, (1, 2.0), "2"])
+def test_non_integer_stride_is_a_clear_value_error(stride):
+    x, weight = torch.zeros(1, 1, 5, 5), torch.zeros(1, 1, 3, 3)
+    for implementation in (cross_correlate2d_loops, cross_correlate2d_im2col):
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            implementation(x, weight, stride=stride)
+    with pytest.raises(ValueError, match="must be ints"):
+        conv_output_size(5, 3, stride=1.5)
+
+
+def test_empty_batch_gives_the_empty_result_conv2d_gives():
+    x, weight, bias = torch.zeros(0, 2, 6, 6), torch.randn(4, 2, 3, 3), torch.randn(4)
+    expected = F.conv2d(x, weight, bias, stride=2)
+    for implementation in (cross_correlate2d_loops, cross_correlate2d_im2col):
+        out = implementation(x, weight, bias, stride=2)
+        assert out.shape == expected.shape == (0, 4, 2, 2) and out.dtype == expected.dtype
+    assert pool2d(torch.zeros(0, 3, 4, 4), 2).shape == F.max_pool2d(torch.zeros(0, 3, 4, 4), 2).shape
