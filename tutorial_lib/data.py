@@ -15,12 +15,24 @@ Every loader returns a :class:`LoadedData` whose ``source`` says which of the th
 how many examples each split has. A local copy that is present but broken is an error, never a
 reason to fall back. Shrinking a data set for a profile is a separate, explicit, seeded step:
 :func:`stratified_indices`, :func:`subset` and :func:`train_val_split`.
+
+What is trusted: nothing in the data directory runs as code. MNIST's IDX files and IMDB's text
+files are parsed as data. CIFAR-10's python batches are pickles, and a pickle can call any
+function while it loads; they are read with a restricted unpickler that admits only what the
+official batches contain (dicts, lists, strings, bytes, ints and numpy's array reconstruction)
+and refuses any other reference (``os.system``, ``eval``, ...) before it runs. Archives are
+checked member by member before anything is written (no absolute paths, ``..``, links or
+devices). Every file is then checked against its format (uint8 pixels, labels in range, sizes
+that agree, UTF-8 text); a failure names the file and what to do. Downloads are trusted only
+once their MD5 equals the published one.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import io
 import json
 import os
 import pickle
@@ -85,6 +97,12 @@ class CorruptDataError(DataError):
 
 class UnsafeArchiveError(DataError):
     """An archive member would write outside the target, or is a link or a device."""
+
+
+class DownloadError(DataError, OSError):
+    """The official download broke off, timed out, or could not be stored on disk; the message
+    names the URL or the path. An ``OSError``, so the resolution rule treats it like a network
+    failure: announced, then the bundled sample."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,28 +406,59 @@ def _open_url(url: str, timeout: float):
     return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - fixed https URLs
 
 
+def _cannot_write(path: Path, error: OSError) -> DownloadError:
+    return DownloadError(
+        f"could not write {path} ({error.strerror or error}); the disk may be full or the folder "
+        "read-only: free some space, or set TUTORIAL_DATA_DIR to a writable folder"
+    )
+
+
 def download_file(url: str, destination: Path, md5: str, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``destination`` through a temporary file in the same folder.
 
     The file is renamed into place only after its MD5 equals ``md5``, so an interrupted or
-    corrupted download never leaves a file under the final name.
+    corrupted download never leaves a file under the final name. ``timeout`` bounds the wait
+    for the connection and for each read.
 
     Returns:
         ``destination``.
 
     Raises:
         ChecksumError: if the downloaded bytes do not have the expected MD5.
-        OSError: if the network or the disk fails (``urllib.error.URLError`` is an ``OSError``).
+        DownloadError: if the connection fails, stalls or breaks off (the message names the
+            URL), or the file cannot be written (the message names the path).
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    temporary = Path(temporary_name)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary_name = tempfile.mkstemp(
+            dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
+        )
+    except OSError as error:
+        raise _cannot_write(destination.parent, error) from error
+    temporary, received = Path(temporary_name), 0
     try:
         digest = hashlib.md5()
         with os.fdopen(handle, "wb") as out, _open_url(url, timeout) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
+            # read1 hands over what has arrived, so an error can say how far the transfer got
+            read = getattr(response, "read1", response.read)
+            while block := read(1 << 20):
+                received += len(block)
                 digest.update(block)
-                out.write(block)
+                try:
+                    out.write(block)
+                    out.flush()
+                except OSError as error:
+                    raise _cannot_write(temporary, error) from error
+    except DownloadError:
+        temporary.unlink(missing_ok=True)
+        raise
+    except (OSError, http.client.HTTPException) as error:
+        temporary.unlink(missing_ok=True)
+        raise DownloadError(
+            f"the download of {url} failed after {received:,} bytes ({error!r}); nothing was "
+            "kept. Try again later, or place a copy in the official layout in the data directory."
+        ) from error
+    try:
         if digest.hexdigest() != md5:
             raise ChecksumError(
                 f"{url} downloaded with MD5 {digest.hexdigest()}, expected {md5}; nothing was kept. "
@@ -458,8 +507,10 @@ def safe_extract(archive: Path, destination: Path, keep: Callable[[PurePosixPath
             os.replace(entry, target)
             created.append(target)
         return created
-    except (tarfile.TarError, EOFError, zlib.error) as error:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise CorruptDataError(f"{archive} is not a complete tar archive ({error}); delete it and download it again") from error
+    except OSError as error:
+        raise _cannot_write(destination, error) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -522,45 +573,113 @@ _MNIST_FILES = {
 }
 
 
-def _check_idx(path: Path, magic: int) -> None:
-    """Check an IDX file's header against its size, so a truncated file gets a clear error."""
-    with open(path, "rb") as stream:
-        header = stream.read(4)
-        if len(header) < 4 or int.from_bytes(header, "big") != magic:
-            raise CorruptDataError(f"{path} is not an IDX file with magic number {magic}; delete it and fetch MNIST again")
-        dims = [int.from_bytes(stream.read(4), "big") for _ in range(header[3])]
-    expected = 4 + 4 * len(dims) + int(np.prod(dims))
-    if path.stat().st_size != expected:
+_MNIST_IMAGE_MAGIC, _MNIST_LABEL_MAGIC = 2051, 2049
+
+
+def _mnist_file(raw: Path, name: str) -> Path | None:
+    """The unpacked file if present, else the official ``.gz``, else ``None``."""
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read an IDX file (or its ``.gz``) into memory and check its header against its size.
+
+    Reading the ``.gz`` directly means a read-only data directory works and nothing is unpacked.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as stream:
+                content = stream.read()
+        else:
+            content = path.read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise CorruptDataError(f"{path} is not a complete gzip file ({error}); delete it and fetch MNIST again") from error
+    if len(content) < 4 or int.from_bytes(content[:4], "big") != magic:
+        raise CorruptDataError(f"{path} is not an IDX file with magic number {magic}; delete it and fetch MNIST again")
+    rank = content[3]
+    dims = [int.from_bytes(content[4 + 4 * k : 8 + 4 * k], "big") for k in range(rank)]
+    expected = 4 + 4 * rank + int(np.prod(dims))
+    if len(content) != expected:
         raise CorruptDataError(
-            f"{path} should hold {expected:,} bytes for shape {tuple(dims)} but holds {path.stat().st_size:,}; "
+            f"{path} should hold {expected:,} bytes for shape {tuple(dims)} but holds {len(content):,}; "
             "the file is truncated or corrupt: delete it and fetch MNIST again"
         )
+    return np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
 
 
-def _gunzip(source: Path, destination: Path) -> None:
-    handle, temporary_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, gzip.open(source, "rb") as stream:
-            shutil.copyfileobj(stream, out)
-        os.replace(temporary_name, destination)
-    except (OSError, EOFError) as error:
-        raise CorruptDataError(f"{source} is not a complete gzip file ({error}); delete it and fetch MNIST again") from error
-    finally:
-        Path(temporary_name).unlink(missing_ok=True)
+def _read_mnist_split(images_path: Path, labels_path: Path) -> ImageDataset:
+    images = _read_idx(images_path, _MNIST_IMAGE_MAGIC)
+    labels = _read_idx(labels_path, _MNIST_LABEL_MAGIC)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise CorruptDataError(
+            f"{images_path} holds images of shape {images.shape[1:]}; MNIST images are 28 x 28. "
+            "Delete the file and fetch MNIST again"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise CorruptDataError(
+            f"{images_path} holds {len(images):,} images but {labels_path} holds labels of shape "
+            f"{labels.shape}; the two files must come from the same release: fetch both again"
+        )
+    if labels.size and labels.max() > 9:
+        raise CorruptDataError(
+            f"{labels_path} holds the label {int(labels.max())}; MNIST labels are the digits 0-9. "
+            "Delete the file and fetch MNIST again"
+        )
+    return ImageDataset(
+        torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), MNIST_CLASSES
+    )
 
 
-def _read_mnist_folder(root: Path, kind: str) -> LoadedData[ImageDataset]:
-    from torchvision.datasets import MNIST
+def _read_mnist_folder(raw: Path, kind: str) -> LoadedData[ImageDataset] | None:
+    """Read the four MNIST files (each unpacked or ``.gz``); ``None`` if none of them is there.
 
-    raw = root / "MNIST" / "raw"
-    splits = {}
-    for split, (images_name, labels_name) in _MNIST_FILES.items():
-        _check_idx(raw / images_name, 2051)
-        _check_idx(raw / labels_name, 2049)
-        mnist = MNIST(str(root), train=(split == "train"), download=False)
-        splits[split] = ImageDataset(mnist.data.unsqueeze(1).contiguous(), mnist.targets, MNIST_CLASSES)
+    Raises:
+        CorruptDataError: if some files are there and others missing, or one is malformed.
+    """
+    found = {name: _mnist_file(raw, name) for pair in _MNIST_FILES.values() for name in pair}
+    missing = [name for name, path in found.items() if path is None]
+    if len(missing) == len(found):
+        return None
+    if missing:
+        raise CorruptDataError(
+            f"{raw} holds part of MNIST but lacks {', '.join(missing)} (or its .gz); add the "
+            "missing file, or delete the folder to download MNIST again"
+        )
+    splits = {split: _read_mnist_split(found[images], found[labels]) for split, (images, labels) in _MNIST_FILES.items()}
     source = DataSource("MNIST", kind, str(raw), {s: len(d) for s, d in splits.items()})
     return LoadedData(splits["train"], splits["test"], source)
+
+
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+def _download_from_mirrors(mirrors: Sequence[str], filename: str, destination: Path, md5: str) -> None:
+    """Try each mirror in turn; a failed or corrupted download moves on to the next one.
+
+    Raises:
+        ChecksumError: if every mirror failed and at least one served wrong bytes.
+        DownloadError: if every mirror failed to deliver.
+    """
+    errors: list[DataError] = []
+    for mirror in mirrors:
+        try:
+            download_file(f"{mirror}{filename}", destination, md5)
+            return
+        except (ChecksumError, DownloadError) as error:
+            errors.append(error)
+    summary = " | ".join(str(error) for error in errors)
+    if any(isinstance(error, ChecksumError) for error in errors):
+        raise ChecksumError(f"no mirror served a verified {filename}: {summary}")
+    raise DownloadError(f"no mirror served {filename}: {summary}")
 
 
 def load_mnist(
@@ -579,38 +698,23 @@ def load_mnist(
     """
     root = Path(root).resolve() if root is not None else default_data_dir()
     raw = root / "MNIST" / "raw"
-    needed = [name for pair in _MNIST_FILES.values() for name in pair]
 
     def read_local() -> LoadedData | None:
-        if all((raw / name).is_file() for name in needed):
-            return _read_mnist_folder(root, SOURCE_LOCAL)
-        if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in needed):
-            for name in needed:
-                if not (raw / name).is_file():
-                    _gunzip(raw / f"{name}.gz", raw / name)
-            return _read_mnist_folder(root, SOURCE_LOCAL)
-        return None
+        return _read_mnist_folder(raw, SOURCE_LOCAL)
 
     def download_and_read() -> LoadedData:
-        from torchvision.datasets import MNIST
-
+        # All four files land in a staging folder first: a download that fails half-way
+        # leaves no partial copy, which the next run would have to refuse.
         raw.mkdir(parents=True, exist_ok=True)
-        last_error: OSError | None = None
-        for filename, md5 in MNIST.resources:
-            target = raw / filename.removesuffix(".gz")
-            if target.is_file():
-                continue
-            for mirror in MNIST.mirrors:
-                try:
-                    download_file(f"{mirror}{filename}", raw / filename, md5)
-                    break
-                except OSError as error:
-                    last_error = error
-            else:
-                raise last_error or OSError(f"could not download {filename}")
-            _gunzip(raw / filename, target)
-            (raw / filename).unlink()
-        return _read_mnist_folder(root, SOURCE_DOWNLOAD)
+        staging = Path(tempfile.mkdtemp(dir=raw, prefix=".download-"))
+        try:
+            for filename, md5 in MNIST_MD5.items():
+                _download_from_mirrors(MNIST_MIRRORS, filename, staging / filename, md5)
+            for filename in MNIST_MD5:
+                os.replace(staging / filename, raw / filename)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return _read_mnist_folder(raw, SOURCE_DOWNLOAD)
 
     def read_sample() -> LoadedData:
         with np.load(SAMPLES_DIR / "mnist_sample.npz") as arrays:
@@ -642,17 +746,57 @@ def mnist_transform() -> Callable[[torch.Tensor], torch.Tensor]:
 _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what the official CIFAR-10 batches contain: dicts, lists, strings,
+    bytes and ints, and numpy arrays. Any other global (``os.system``, ``eval``, a class of
+    some package) is refused before it can be called, so a planted batch cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),  # written by numpy < 2
+        ("numpy._core.multiarray", "_reconstruct"),  # written by numpy >= 2
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *(("builtins", name) for name in ("dict", "list", "bytes", "int", "str")),
+        *(("__builtin__", name) for name in ("dict", "list", "bytes", "int", "str")),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which official CIFAR-10 batches never contain"
+            )
+        return super().find_class(module, name)
+
+
+def _describe_values(array: np.ndarray) -> str:
+    """Say what is wrong with pixels that are not uint8, for the error message."""
+    if array.dtype.kind == "f":
+        nan = ", some NaN" if np.isnan(array).any() else ""
+        return f"{array.dtype} pixels{nan}"
+    if array.dtype.kind in "iu" and array.size:
+        return f"{array.dtype} pixels ranging {array.min()}..{array.max()}"
+    return f"{array.dtype} pixels"
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickled batch with :class:`_BatchUnpickler` and check what it holds."""
+    redo = "delete the folder and fetch CIFAR-10 again"
     try:
         with open(path, "rb") as stream:
-            batch = pickle.load(stream, encoding="latin1")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise CorruptDataError(f"{path} is not a readable CIFAR-10 python batch ({error!r}); delete the folder and fetch CIFAR-10 again") from error
+            batch = _BatchUnpickler(stream, encoding="latin1").load()
+        data, labels = batch["data"], np.asarray(batch["labels"])
+    except pickle.UnpicklingError as error:
+        raise CorruptDataError(f"{path} was refused: {error}. It may be malicious; {redo}") from error
+    except (EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise CorruptDataError(f"{path} is not a readable CIFAR-10 python batch ({error!r}); {redo}") from error
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        found = _describe_values(data) if isinstance(data, np.ndarray) else type(data).__name__
+        raise CorruptDataError(f"{path} holds {found}; CIFAR-10 batches store uint8 pixels in 0..255. {redo}")
+    if labels.dtype.kind not in "iu":
+        raise CorruptDataError(f"{path} holds {labels.dtype} labels; CIFAR-10 labels are the integers 0..9. {redo}")
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],) or not np.isin(labels, range(10)).all():
         raise CorruptDataError(f"{path} should hold N x 3072 uint8 pixels and N labels in 0..9, got {data.shape} and {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _read_cifar_folder(folder: Path, kind: str) -> LoadedData[ImageDataset]:
@@ -750,15 +894,29 @@ def cifar10_transforms(
 # ---------------------------------------------------------------------------------------------
 
 _IMDB_REVIEW = re.compile(r"^aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
+_IMDB_CLASS_FOLDER = re.compile(r"^aclImdb/(train|test)/(pos|neg)/[^/]+$")
+_IMDB_REDO = "delete it and fetch IMDB again, or restore the official aclImdb layout"
 
 
-def _imdb_from_records(records: Iterable[tuple[str, str, int, int, str]]) -> dict[str, TextDataset]:
-    """Build the splits from ``(split, label_name, id, rating, text)``, sorted by label then id."""
+def _imdb_from_records(
+    records: Iterable[tuple[str, str, int, int, str]], location: Path
+) -> dict[str, TextDataset]:
+    """Build the splits from ``(split, label_name, id, rating, text)``, sorted by label then id.
+
+    Raises:
+        CorruptDataError: if a split has no review of some class (``location`` is named).
+    """
     by_split: dict[str, list] = {"train": [], "test": []}
     for split, label_name, review_id, rating, text in records:
         by_split[split].append((IMDB_CLASSES.index(label_name), review_id, rating, text))
     datasets = {}
     for split, rows in by_split.items():
+        empty = [name for k, name in enumerate(IMDB_CLASSES) if not any(row[0] == k for row in rows)]
+        if empty:
+            raise CorruptDataError(
+                f"{location} holds no review in aclImdb/{split}/{empty[0]}/ (official file names: "
+                f"<id>_<rating>.txt); {_IMDB_REDO}"
+            )
         rows.sort()
         datasets[split] = TextDataset(
             texts=[row[3] for row in rows],
@@ -770,6 +928,22 @@ def _imdb_from_records(records: Iterable[tuple[str, str, int, int, str]]) -> dic
     return datasets
 
 
+def _review_record(name: str, payload: bytes, where: str) -> tuple[str, str, int, int, str]:
+    """Turn one review file into a record; ``where`` names it in errors (a path, or a member
+    of an archive)."""
+    match = _IMDB_REVIEW.match(name)
+    if not match:
+        raise CorruptDataError(f"{where} is not named <id>_<rating>.txt as IMDB reviews are; {_IMDB_REDO}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CorruptDataError(
+            f"{where} is not UTF-8 text ({error.reason} at byte {error.start}); IMDB reviews are "
+            f"UTF-8: re-save the file as UTF-8, or {_IMDB_REDO}"
+        ) from error
+    return match[1], match[2], int(match[3]), int(match[4]), text
+
+
 def _read_imdb_folder(folder: Path) -> dict[str, TextDataset]:
     def records():
         for split in ("train", "test"):
@@ -778,11 +952,11 @@ def _read_imdb_folder(folder: Path) -> dict[str, TextDataset]:
                 if not directory.is_dir():
                     raise CorruptDataError(f"{folder} exists but lacks {split}/{label_name}/; complete it or delete it")
                 for path in directory.iterdir():
-                    match = _IMDB_REVIEW.match(f"aclImdb/{split}/{label_name}/{path.name}")
-                    if match:
-                        yield split, label_name, int(match[3]), int(match[4]), path.read_text(encoding="utf-8")
+                    if not path.name.startswith("."):  # .DS_Store and editors' files
+                        name = f"aclImdb/{split}/{label_name}/{path.name}"
+                        yield _review_record(name, path.read_bytes(), str(path))
 
-    return _imdb_from_records(records())
+    return _imdb_from_records(records(), folder)
 
 
 def _read_imdb_archive(archive: Path) -> dict[str, TextDataset]:
@@ -792,19 +966,15 @@ def _read_imdb_archive(archive: Path) -> dict[str, TextDataset]:
     def records():
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
-                name = _checked_member_name(member, archive)
-                match = _IMDB_REVIEW.match(str(name))
-                if match and member.isfile():
-                    text = tar.extractfile(member).read().decode("utf-8")
-                    yield match[1], match[2], int(match[3]), int(match[4]), text
+                name = str(_checked_member_name(member, archive))
+                if member.isfile() and _IMDB_CLASS_FOLDER.match(name):
+                    payload = tar.extractfile(member).read()
+                    yield _review_record(name, payload, f"{name} in {archive}")
 
     try:
-        splits = _imdb_from_records(records())
+        return _imdb_from_records(records(), archive)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise CorruptDataError(f"{archive} is not a complete tar.gz archive ({error}); delete it and fetch IMDB again") from error
-    if not len(splits["train"]) or not len(splits["test"]):
-        raise CorruptDataError(f"{archive} holds no aclImdb/{{train,test}}/{{pos,neg}}/*.txt reviews; is it the IMDB archive?")
-    return splits
 
 
 def load_imdb(
@@ -847,7 +1017,7 @@ def load_imdb(
         with gzip.open(path, "rt", encoding="utf-8") as stream:
             rows = [json.loads(line) for line in stream]
         records = ((row["split"], row["label"], row["id"], row["rating"], row["text"]) for row in rows)
-        return loaded(_imdb_from_records(records), SOURCE_SAMPLE, path)
+        return loaded(_imdb_from_records(records, path), SOURCE_SAMPLE, path)
 
     return _resolve(
         "IMDB", root, read_local, download_and_read, read_sample,
