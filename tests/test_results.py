@@ -18,8 +18,9 @@ def _write_records(writer: int, results_folder: str, start) -> None:
     os.environ[results.RESULTS_DIR_ENV] = results_folder
     start.wait(timeout=30)  # all writers begin together, so their writes overlap
     for attempt in range(WRITES_EACH):
-        results.write_result_record("02_mnist_cnn", {"writer": writer, "attempt": attempt,
-                                                     "padding": "x" * 2_000_000})
+        results.write_result_record(
+            "02_mnist_cnn", {"writer": writer, "attempt": attempt, "padding": "x" * 2_000_000}
+        )
 
 
 def test_concurrent_writers_of_one_record_never_crash_or_leave_temporary_files(tmp_path):
@@ -27,8 +28,10 @@ def test_concurrent_writers_of_one_record_never_crash_or_leave_temporary_files(t
     # other's half-written files away (FileNotFoundError) and left .part files behind.
     context = multiprocessing.get_context("fork")
     start = context.Barrier(WRITERS)
-    writers = [context.Process(target=_write_records, args=(k, str(tmp_path), start))
-               for k in range(WRITERS)]
+    writers = [
+        context.Process(target=_write_records, args=(k, str(tmp_path), start))
+        for k in range(WRITERS)
+    ]
     for process in writers:
         process.start()
     for process in writers:

@@ -47,7 +47,9 @@ def _check_floating(**tensors: torch.Tensor | None) -> None:
             )
 
 
-def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+def conv_output_size(
+    size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> int:
     """Return the output length along one axis: ``floor((size + 2p - d(k-1) - 1) / s) + 1``.
 
     Raises:
@@ -55,8 +57,9 @@ def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int 
             positive, padding is negative, or the (dilated) kernel is larger than the padded
             input.
     """
-    arguments = dict(size=size, kernel_size=kernel_size, stride=stride, padding=padding,
-                     dilation=dilation)
+    arguments = dict(
+        size=size, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation
+    )
     not_ints = {name: value for name, value in arguments.items() if not _is_int(value)}
     if not_ints:
         raise ValueError(f"sizes, strides, paddings and dilations must be ints, got {not_ints}")
@@ -115,12 +118,16 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
         )
 
 
-def _check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> None:
+def _check_conv_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> None:
     _check_floating(x=x, weight=weight, bias=bias)
     if x.dim() != 4:
         raise ValueError(f"expected input of shape (N, C, H, W), got shape {tuple(x.shape)}")
     if weight.dim() != 4:
-        raise ValueError(f"expected weight of shape (C_out, C_in/groups, kH, kW), got {tuple(weight.shape)}")
+        raise ValueError(
+            f"expected weight of shape (C_out, C_in/groups, kH, kW), got {tuple(weight.shape)}"
+        )
     _check_groups(x.shape[1], weight.shape[0], groups)
     if weight.shape[1] * groups != x.shape[1]:
         raise ValueError(
@@ -153,7 +160,11 @@ def cross_correlate2d_loops(
     n_out, c_out, h_out, w_out = conv2d_output_shape(
         x.shape, weight.shape[0], weight.shape[2:], stride, padding, dilation, groups
     )
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    (sh, sw), (ph, pw), (dh, dw) = (
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
     kh, kw = weight.shape[2:]
     x_padded = F.pad(x, (pw, pw, ph, ph))
     in_per_group, out_per_group = x.shape[1] // groups, c_out // groups
@@ -165,7 +176,9 @@ def cross_correlate2d_loops(
             for i in range(h_out):
                 for j in range(w_out):
                     top, left = i * sh, j * sw
-                    patch = channels[:, top : top + dh * (kh - 1) + 1 : dh, left : left + dw * (kw - 1) + 1 : dw]
+                    patch = channels[
+                        :, top : top + dh * (kh - 1) + 1 : dh, left : left + dw * (kw - 1) + 1 : dw
+                    ]
                     out[n, o, i, j] = (patch * weight[o]).sum()
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
@@ -246,7 +259,9 @@ def pool2d(
     h_out, w_out = conv_output_size(height, kh, sh, ph), conv_output_size(width, kw, sw, pw)
     fill = float("-inf") if mode == "max" else 0.0
     x_padded = F.pad(x, (pw, pw, ph, ph), value=fill)
-    windows = F.unfold(x_padded.reshape(batch * channels, 1, *x_padded.shape[2:]), (kh, kw), stride=(sh, sw))
+    windows = F.unfold(
+        x_padded.reshape(batch * channels, 1, *x_padded.shape[2:]), (kh, kw), stride=(sh, sw)
+    )
     pooled = windows.amax(dim=1) if mode == "max" else windows.mean(dim=1)
     return pooled.view(batch, channels, h_out, w_out)
 
@@ -265,7 +280,11 @@ def conv2d_parameter_count(
 
 
 def conv2d_macs(
-    in_channels: int, out_channels: int, kernel_size: IntPair, output_hw: tuple[int, int], groups: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel_size: IntPair,
+    output_hw: tuple[int, int],
+    groups: int = 1,
 ) -> int:
     """Return the multiply-accumulates of one ``Conv2d`` forward pass for one sample.
 
@@ -327,12 +346,22 @@ def model_macs(model: torch.nn.Module, sample_shape: Sequence[int]) -> dict[str,
     hooks = []
     for name, layer in model.named_modules():
         if isinstance(layer, torch.nn.Conv2d):
+
             def record_conv(mod, _inputs, output, name=name):
-                macs[name] = conv2d_macs(mod.in_channels, mod.out_channels, mod.kernel_size, tuple(output.shape[2:]), mod.groups)
+                macs[name] = conv2d_macs(
+                    mod.in_channels,
+                    mod.out_channels,
+                    mod.kernel_size,
+                    tuple(output.shape[2:]),
+                    mod.groups,
+                )
+
             hooks.append(layer.register_forward_hook(record_conv))
         elif isinstance(layer, torch.nn.Linear):
+
             def record_linear(mod, _inputs, output, name=name):
                 macs[name] = mod.in_features * mod.out_features
+
             hooks.append(layer.register_forward_hook(record_linear))
     try:
         with torch.no_grad():
