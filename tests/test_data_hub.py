@@ -160,3 +160,27 @@ def test_a_reader_error_after_download_is_not_turned_into_a_fallback(tmp_path, m
     fake_url(monkeypatch, {data.CIFAR10_URL: blob})
     with pytest.raises(CorruptDataError, match="test_batch"):
         data.load_cifar10(tmp_path / "fresh")
+
+
+def test_a_spec_whose_place_step_misses_its_own_layout_is_an_error(tmp_path, toy_spec, monkeypatch):
+    monkeypatch.setitem(
+        data.DATA_HUB, "toy", dataclasses.replace(toy_spec, place=place_in("Elsewhere"))
+    )
+    with pytest.raises(CorruptDataError, match="no copy in the layout Toy/toy.npz"):
+        load_dataset("toy", tmp_path)
+
+
+def test_a_failed_download_keeps_a_verified_file_from_an_earlier_attempt(
+    tmp_path, toy_spec, monkeypatch
+):
+    earlier, root = _npz_bytes(per_class=3), tmp_path / "root"
+    root.mkdir()
+    (root / "toy.npz").write_bytes(earlier)
+    second = RemoteFile("second.bin", "0" * 32, ("https://mirror-a.example/",))
+    monkeypatch.setitem(
+        data.DATA_HUB, "toy", dataclasses.replace(toy_spec, files=(toy_spec.files[0], second))
+    )
+    with pytest.raises(DataNotFoundError, match="second.bin"):
+        load_dataset("toy", root, allow_sample=False)
+    assert sorted(p.name for p in root.iterdir()) == ["toy.npz"]
+    assert (root / "toy.npz").read_bytes() == earlier

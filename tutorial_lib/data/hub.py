@@ -37,7 +37,7 @@ from tutorial_lib.data.containers import (
     loaded_data,
 )
 from tutorial_lib.data.download import cannot_write, download_from_mirrors, md5_of
-from tutorial_lib.data.errors import DataNotFoundError
+from tutorial_lib.data.errors import CorruptDataError, DataNotFoundError
 from tutorial_lib.runtime import OFFLINE_ENV, env_flag, notice
 from tutorial_lib.runtime import data_dir as default_data_dir
 
@@ -105,11 +105,15 @@ def _download_into(spec: DataSpec, root: Path) -> None:
     except OSError as error:
         raise cannot_write(root, error) from error
     try:
+        # a verified copy from an earlier attempt is reused, and moved only once the rest
+        # has arrived, so a failed download never costs it
+        kept = [
+            remote
+            for remote in spec.files
+            if (root / remote.filename).is_file() and md5_of(root / remote.filename) == remote.md5
+        ]
         for remote in spec.files:
-            kept = root / remote.filename  # a verified copy from an earlier attempt is reused
-            if kept.is_file() and md5_of(kept) == remote.md5:
-                os.replace(kept, staging / remote.filename)
-            else:
+            if remote not in kept:
                 download_from_mirrors(
                     remote.mirrors,
                     remote.filename,
@@ -117,6 +121,8 @@ def _download_into(spec: DataSpec, root: Path) -> None:
                     remote.md5,
                     remote.timeout,
                 )
+        for remote in kept:
+            os.replace(root / remote.filename, staging / remote.filename)
         for remote in spec.files:
             spec.place(staging / remote.filename, root)
     finally:
@@ -165,6 +171,11 @@ def load_dataset(
         try:
             _download_into(spec, root)
             loaded = spec.read(root, SOURCE_DOWNLOAD)
+            if loaded is None:  # the spec's place step and reader disagree on the layout
+                raise CorruptDataError(
+                    f"the {spec.name} download was verified and placed under {root}, but no "
+                    f"copy in the layout {spec.layout} was found there"
+                )
         except OSError as error:  # DownloadError included: network or disk, never the data
             reason += f", and the official download failed ({error})"
     elif loaded is None:
