@@ -21,13 +21,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
 
 
-def _network_module():
-    """The module whose ``_open_url`` is the data layer's one door to the network."""
-    import tutorial_lib.data as data
-
-    return getattr(data, "download", data)
-
-
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Any attempt of tutorial_lib.data to reach the network fails as it would offline, except
@@ -36,9 +29,9 @@ def no_network(monkeypatch):
     Tests that fake a download replace ``_open_url`` themselves, after this fixture ran.
     """
     import tutorial_lib.data as data
+    import tutorial_lib.data.download as network
 
     monkeypatch.delenv(data.OFFLINE_ENV, raising=False)  # downloads are faked, so let them be tried
-    network = _network_module()
     real_open_url = network._open_url
 
     def local_only(url: str, timeout: float):
