@@ -6,13 +6,16 @@ is put into that layout, and the bundled sample. Adding a data set is one spec a
 
     register(DataSpec(
         key="fashion_mnist", name="Fashion-MNIST", layout="FashionMNIST/raw/*-ubyte.gz",
-        read=read_fashion_mnist,                      # (root, kind) -> LoadedData | None
-        files=(RemoteFile("train-images-idx3-ubyte.gz", "8d4fb7e6...", (MIRROR,)), ...),
+        read=read_fashion_mnist,  # (root, kind) -> LoadedData | None; the one new function
+        files=tuple(RemoteFile(name, md5, (MIRROR,)) for name, md5 in FASHION_MD5.items()),
         place=place_in("FashionMNIST/raw"),
-        sample="fashion_mnist_sample.npz", read_sample=read_image_sample(CLASSES),
+        sample="fashion_mnist_sample.npz",
+        read_sample=read_image_sample("Fashion-MNIST", CLASSES),
     ))
 
-and :func:`load_dataset` (``"fashion_mnist"``) then resolves it like every other data set.
+after which ``load_dataset("fashion_mnist")`` resolves it like every other data set (a
+``load_fashion_mnist`` wrapper only adds a docstring). ``tests/test_data_hub.py`` registers
+such a data set and walks it through the three sources.
 """
 
 from __future__ import annotations
