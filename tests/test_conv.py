@@ -16,7 +16,6 @@ from tutorial_lib.conv import (
     conv2d_parameter_count,
     conv_output_size,
     convolve2d_true,
-
     cross_correlate2d_im2col,
     cross_correlate2d_loops,
     pool2d,
@@ -41,8 +40,12 @@ def conv_configs(draw):
     with_bias = draw(st.booleans())
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_channels, height, width, generator=generator, dtype=torch.float64)
-    weight = torch.randn(out_channels, in_channels // groups, kh, kw, generator=generator, dtype=torch.float64)
-    bias = torch.randn(out_channels, generator=generator, dtype=torch.float64) if with_bias else None
+    weight = torch.randn(
+        out_channels, in_channels // groups, kh, kw, generator=generator, dtype=torch.float64
+    )
+    bias = (
+        torch.randn(out_channels, generator=generator, dtype=torch.float64) if with_bias else None
+    )
     return x, weight, bias, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
@@ -69,11 +72,17 @@ def test_im2col_gradients_match_autograd_of_conv2d():
     weight = torch.randn(6, 2, 3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, generator=generator, dtype=torch.float64, requires_grad=True)
     options = dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
-    upstream = torch.randn(F.conv2d(x, weight, bias, **options).shape, generator=generator, dtype=torch.float64)
+    upstream = torch.randn(
+        F.conv2d(x, weight, bias, **options).shape, generator=generator, dtype=torch.float64
+    )
 
-    ours = torch.autograd.grad((cross_correlate2d_im2col(x, weight, bias, **options) * upstream).sum(), (x, weight, bias))
-    reference = torch.autograd.grad((F.conv2d(x, weight, bias, **options) * upstream).sum(), (x, weight, bias))
-    for mine, theirs in zip(ours, reference):
+    ours = torch.autograd.grad(
+        (cross_correlate2d_im2col(x, weight, bias, **options) * upstream).sum(), (x, weight, bias)
+    )
+    reference = torch.autograd.grad(
+        (F.conv2d(x, weight, bias, **options) * upstream).sum(), (x, weight, bias)
+    )
+    for mine, theirs in zip(ours, reference, strict=True):
         torch.testing.assert_close(mine, theirs)
 
 
@@ -116,9 +125,15 @@ def test_source_series_max_pooling_example():
 
 
 def test_parameter_count_matches_nn_conv2d():
-    for in_channels, out_channels, kernel, groups, bias in [(3, 8, 3, 1, True), (8, 8, (3, 5), 8, False), (6, 4, 1, 2, True)]:
+    for in_channels, out_channels, kernel, groups, bias in [
+        (3, 8, 3, 1, True),
+        (8, 8, (3, 5), 8, False),
+        (6, 4, 1, 2, True),
+    ]:
         layer = torch.nn.Conv2d(in_channels, out_channels, kernel, groups=groups, bias=bias)
-        assert conv2d_parameter_count(in_channels, out_channels, kernel, groups, bias) == count_parameters(layer)
+        assert conv2d_parameter_count(
+            in_channels, out_channels, kernel, groups, bias
+        ) == count_parameters(layer)
 
 
 def test_macs_count_one_multiply_add_per_weight_per_output_position():
@@ -132,13 +147,17 @@ def test_receptive_field_of_stacks():
     assert receptive_field([LayerGeometry(3)] * 2) == 5
     assert receptive_field([LayerGeometry(3), LayerGeometry(2, 2), LayerGeometry(3)]) == 8
     assert receptive_field([LayerGeometry(3, dilation=2)]) == 5
-    network = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.MaxPool2d(2), torch.nn.Conv2d(1, 1, 3))
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 3), torch.nn.MaxPool2d(2), torch.nn.Conv2d(1, 1, 3)
+    )
     assert receptive_field_of(network) == 8
 
 
 def test_receptive_field_is_what_the_gradient_touches():
     # average pooling, not max: max pooling would pass the gradient to one pixel per window only
-    network = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.AvgPool2d(2), torch.nn.Conv2d(1, 1, 3, dilation=2))
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 3), torch.nn.AvgPool2d(2), torch.nn.Conv2d(1, 1, 3, dilation=2)
+    )
     torch.nn.init.constant_(network[0].weight, 1.0)
     torch.nn.init.constant_(network[2].weight, 1.0)
     x = torch.rand(1, 1, 40, 40, requires_grad=True)
@@ -177,6 +196,48 @@ def test_wrong_tensor_shapes_are_clear_value_errors():
     with pytest.raises(ValueError, match="input channels"):
         cross_correlate2d_loops(torch.zeros(1, 2, 5, 5), torch.zeros(1, 3, 3, 3))
     with pytest.raises(ValueError, match="bias"):
-        cross_correlate2d_im2col(torch.zeros(1, 1, 5, 5), torch.zeros(2, 1, 3, 3), bias=torch.zeros(3))
+        cross_correlate2d_im2col(
+            torch.zeros(1, 1, 5, 5), torch.zeros(2, 1, 3, 3), bias=torch.zeros(3)
+        )
     with pytest.raises(ValueError, match="mode"):
         pool2d(torch.zeros(1, 1, 4, 4), 2, mode="median")
+
+
+# ----------------------------------------------------------------------------- hardening (issue 10)
+
+
+@pytest.mark.parametrize("implementation", [cross_correlate2d_loops, cross_correlate2d_im2col])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_input_is_refused_rather_than_wrapped(implementation, dtype):
+    # 200 * 9 overflows uint8: the loops used to return the sum modulo 256 without a word
+    x = torch.full((1, 1, 3, 3), 200, dtype=dtype)
+    with pytest.raises(TypeError, match=r"floating-point.*\.float\(\)"):
+        implementation(x, torch.ones(1, 1, 3, 3, dtype=dtype))
+    with pytest.raises(TypeError, match="weight must be a floating-point"):
+        implementation(x.float(), torch.ones(1, 1, 3, 3, dtype=dtype))
+
+
+def test_pooling_refuses_integer_input():
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.uint8"):
+        pool2d(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 2)
+
+
+@pytest.mark.parametrize("stride", [1.5, (1, 2.0), "2"])
+def test_non_integer_stride_is_a_clear_value_error(stride):
+    x, weight = torch.zeros(1, 1, 5, 5), torch.zeros(1, 1, 3, 3)
+    for implementation in (cross_correlate2d_loops, cross_correlate2d_im2col):
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            implementation(x, weight, stride=stride)
+    with pytest.raises(ValueError, match="must be ints"):
+        conv_output_size(5, 3, stride=1.5)
+
+
+def test_empty_batch_gives_the_empty_result_conv2d_gives():
+    x, weight, bias = torch.zeros(0, 2, 6, 6), torch.randn(4, 2, 3, 3), torch.randn(4)
+    expected = F.conv2d(x, weight, bias, stride=2)
+    for implementation in (cross_correlate2d_loops, cross_correlate2d_im2col):
+        out = implementation(x, weight, bias, stride=2)
+        assert out.shape == expected.shape == (0, 4, 2, 2) and out.dtype == expected.dtype
+    assert (
+        pool2d(torch.zeros(0, 3, 4, 4), 2).shape == F.max_pool2d(torch.zeros(0, 3, 4, 4), 2).shape
+    )

@@ -23,20 +23,46 @@ import torch.nn.functional as F
 IntPair = int | tuple[int, int]
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+    if _is_int(value):
+        return value, value  # type: ignore[return-value]
+    pair = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
+    if len(pair) != 2 or not all(_is_int(v) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
-def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+def _check_floating(**tensors: torch.Tensor | None) -> None:
+    """Refuse integer tensors: their sums would wrap around (uint8 200 + 100 = 44) silently."""
+    for name, tensor in tensors.items():
+        if tensor is not None and not tensor.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got {tensor.dtype}; convert it first "
+                f"(e.g. {name}.float(), or transforms.v2.ToDtype(torch.float32, scale=True) for "
+                "images), since integer sums would silently wrap around"
+            )
+
+
+def conv_output_size(
+    size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> int:
     """Return the output length along one axis: ``floor((size + 2p - d(k-1) - 1) / s) + 1``.
 
     Raises:
-        ValueError: if stride, kernel size or dilation is not positive, padding is negative,
-            or the (dilated) kernel is larger than the padded input.
+        ValueError: if an argument is not an int, stride, kernel size or dilation is not
+            positive, padding is negative, or the (dilated) kernel is larger than the padded
+            input.
     """
+    arguments = dict(
+        size=size, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation
+    )
+    not_ints = {name: value for name, value in arguments.items() if not _is_int(value)}
+    if not_ints:
+        raise ValueError(f"sizes, strides, paddings and dilations must be ints, got {not_ints}")
     if stride < 1 or kernel_size < 1 or dilation < 1:
         raise ValueError(
             f"stride, kernel_size and dilation must be positive, got stride={stride}, "
@@ -92,11 +118,16 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
         )
 
 
-def _check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> None:
+def _check_conv_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> None:
+    _check_floating(x=x, weight=weight, bias=bias)
     if x.dim() != 4:
         raise ValueError(f"expected input of shape (N, C, H, W), got shape {tuple(x.shape)}")
     if weight.dim() != 4:
-        raise ValueError(f"expected weight of shape (C_out, C_in/groups, kH, kW), got {tuple(weight.shape)}")
+        raise ValueError(
+            f"expected weight of shape (C_out, C_in/groups, kH, kW), got {tuple(weight.shape)}"
+        )
     _check_groups(x.shape[1], weight.shape[0], groups)
     if weight.shape[1] * groups != x.shape[1]:
         raise ValueError(
@@ -122,13 +153,18 @@ def cross_correlate2d_loops(
     Returns a tensor of shape ``(N, C_out, H_out, W_out)``.
 
     Raises:
+        TypeError: if ``x``, ``weight`` or ``bias`` is not floating point.
         ValueError: on malformed shapes or arguments (see :func:`conv2d_output_shape`).
     """
     _check_conv_inputs(x, weight, bias, groups)
     n_out, c_out, h_out, w_out = conv2d_output_shape(
         x.shape, weight.shape[0], weight.shape[2:], stride, padding, dilation, groups
     )
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    (sh, sw), (ph, pw), (dh, dw) = (
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
     kh, kw = weight.shape[2:]
     x_padded = F.pad(x, (pw, pw, ph, ph))
     in_per_group, out_per_group = x.shape[1] // groups, c_out // groups
@@ -140,7 +176,9 @@ def cross_correlate2d_loops(
             for i in range(h_out):
                 for j in range(w_out):
                     top, left = i * sh, j * sw
-                    patch = channels[:, top : top + dh * (kh - 1) + 1 : dh, left : left + dw * (kw - 1) + 1 : dw]
+                    patch = channels[
+                        :, top : top + dh * (kh - 1) + 1 : dh, left : left + dw * (kw - 1) + 1 : dw
+                    ]
                     out[n, o, i, j] = (patch * weight[o]).sum()
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
@@ -163,12 +201,15 @@ def cross_correlate2d_im2col(
     as ``torch.nn.functional.conv2d``. Returns ``(N, C_out, H_out, W_out)``.
 
     Raises:
+        TypeError: if ``x``, ``weight`` or ``bias`` is not floating point.
         ValueError: on malformed shapes or arguments (see :func:`conv2d_output_shape`).
     """
     _check_conv_inputs(x, weight, bias, groups)
     n_out, c_out, h_out, w_out = conv2d_output_shape(
         x.shape, weight.shape[0], weight.shape[2:], stride, padding, dilation, groups
     )
+    if n_out == 0:  # F.unfold cannot lay out zero samples; F.conv2d returns an empty batch
+        return x.new_zeros(0, c_out, h_out, w_out)
     columns = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)
     columns = columns.view(n_out, groups, -1, h_out * w_out)  # (N, G, C_in/G * kH * kW, L)
     rows = weight.reshape(groups, c_out // groups, -1)  # (G, C_out/G, C_in/G * kH * kW)
@@ -200,11 +241,13 @@ def pool2d(
     mean (PyTorch's default ``count_include_pad=True``). Returns ``(N, C, H_out, W_out)``.
 
     Raises:
+        TypeError: if ``x`` is not floating point.
         ValueError: on an unknown mode, a non-4-D input, padding over half the kernel, or any
             condition of :func:`conv_output_size`.
     """
     if mode not in ("max", "avg"):
         raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+    _check_floating(x=x)
     if x.dim() != 4:
         raise ValueError(f"expected input of shape (N, C, H, W), got shape {tuple(x.shape)}")
     kh, kw = _pair(kernel_size, "kernel_size")
@@ -216,7 +259,9 @@ def pool2d(
     h_out, w_out = conv_output_size(height, kh, sh, ph), conv_output_size(width, kw, sw, pw)
     fill = float("-inf") if mode == "max" else 0.0
     x_padded = F.pad(x, (pw, pw, ph, ph), value=fill)
-    windows = F.unfold(x_padded.reshape(batch * channels, 1, *x_padded.shape[2:]), (kh, kw), stride=(sh, sw))
+    windows = F.unfold(
+        x_padded.reshape(batch * channels, 1, *x_padded.shape[2:]), (kh, kw), stride=(sh, sw)
+    )
     pooled = windows.amax(dim=1) if mode == "max" else windows.mean(dim=1)
     return pooled.view(batch, channels, h_out, w_out)
 
@@ -235,7 +280,11 @@ def conv2d_parameter_count(
 
 
 def conv2d_macs(
-    in_channels: int, out_channels: int, kernel_size: IntPair, output_hw: tuple[int, int], groups: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel_size: IntPair,
+    output_hw: tuple[int, int],
+    groups: int = 1,
 ) -> int:
     """Return the multiply-accumulates of one ``Conv2d`` forward pass for one sample.
 
@@ -297,12 +346,22 @@ def model_macs(model: torch.nn.Module, sample_shape: Sequence[int]) -> dict[str,
     hooks = []
     for name, layer in model.named_modules():
         if isinstance(layer, torch.nn.Conv2d):
+
             def record_conv(mod, _inputs, output, name=name):
-                macs[name] = conv2d_macs(mod.in_channels, mod.out_channels, mod.kernel_size, tuple(output.shape[2:]), mod.groups)
+                macs[name] = conv2d_macs(
+                    mod.in_channels,
+                    mod.out_channels,
+                    mod.kernel_size,
+                    tuple(output.shape[2:]),
+                    mod.groups,
+                )
+
             hooks.append(layer.register_forward_hook(record_conv))
         elif isinstance(layer, torch.nn.Linear):
+
             def record_linear(mod, _inputs, output, name=name):
                 macs[name] = mod.in_features * mod.out_features
+
             hooks.append(layer.register_forward_hook(record_linear))
     try:
         with torch.no_grad():

@@ -53,8 +53,12 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
         "profile": get_profile(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "versions": _versions(),
         **record,
     }
@@ -63,6 +67,7 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
 
 
 def read_result_record(chapter: str, profile: str | None = None) -> dict[str, Any] | None:
-    """Return the record a chapter wrote under ``profile`` (default: the current one), or ``None``."""
+    """Return the record a chapter wrote under ``profile`` (default: the current one), or
+    ``None`` when there is none."""
     path = results_dir() / f"{chapter}.{profile or get_profile()}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -1,0 +1,192 @@
+"""IMDB: 25,000 training and 25,000 test movie reviews labelled negative or positive
+(Maas et al. 2011).
+
+Official layout: ``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``, extracted or still
+inside ``aclImdb_v1.tar.gz`` (read without extracting, so the data directory may be
+read-only). Reviews are UTF-8 text; the star rating and id come from the file name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tutorial_lib.data.containers import (
+    SOURCE_SAMPLE,
+    LoadedData,
+    TextDataset,
+    loaded_data,
+)
+from tutorial_lib.data.download import checked_member_name, place_in
+from tutorial_lib.data.errors import CorruptDataError
+from tutorial_lib.data.hub import DataSpec, RemoteFile, load_dataset, register
+
+IMDB_CLASSES = ("neg", "pos")
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
+
+FOLDER, ARCHIVE = "aclImdb", "aclImdb_v1.tar.gz"
+_REVIEW = re.compile(r"^aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
+_IN_CLASS_FOLDER = re.compile(r"^aclImdb/(train|test)/(pos|neg)/[^/]+$")
+_REDO = "delete it and fetch IMDB again, or restore the official aclImdb layout"
+
+Record = tuple[str, str, int, int, str]
+"""``(split, label_name, review_id, rating, text)``."""
+
+
+def _splits_from_records(records: Iterable[Record], location: Path) -> dict[str, TextDataset]:
+    """Build the splits from records, sorted by label then id.
+
+    Raises:
+        CorruptDataError: if a split has no review of some class (``location`` is named).
+    """
+    by_split: dict[str, list] = {"train": [], "test": []}
+    for split, label_name, review_id, rating, text in records:
+        by_split[split].append((IMDB_CLASSES.index(label_name), review_id, rating, text))
+    datasets = {}
+    for split, rows in by_split.items():
+        present = {row[0] for row in rows}
+        empty = [name for k, name in enumerate(IMDB_CLASSES) if k not in present]
+        if empty:
+            raise CorruptDataError(
+                f"{location} holds no review in aclImdb/{split}/{empty[0]}/ (official file "
+                f"names: <id>_<rating>.txt); {_REDO}"
+            )
+        rows.sort()
+        datasets[split] = TextDataset(
+            texts=[row[3] for row in rows],
+            labels=[row[0] for row in rows],
+            classes=IMDB_CLASSES,
+            ratings=[row[2] for row in rows],
+            ids=[row[1] for row in rows],
+        )
+    return datasets
+
+
+def _review(name: str, payload: bytes, where: str) -> Record:
+    """Turn one review file into a record; ``where`` names it in errors (a path, or a member
+    of an archive)."""
+    match = _REVIEW.match(name)
+    if not match:
+        raise CorruptDataError(
+            f"{where} is not named <id>_<rating>.txt as IMDB reviews are; {_REDO}"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CorruptDataError(
+            f"{where} is not UTF-8 text ({error.reason} at byte {error.start}); IMDB reviews are "
+            f"UTF-8: re-save the file as UTF-8, or {_REDO}"
+        ) from error
+    return match[1], match[2], int(match[3]), int(match[4]), text
+
+
+def _folder_records(folder: Path) -> Iterator[Record]:
+    for split in ("train", "test"):
+        for label_name in IMDB_CLASSES:
+            directory = folder / split / label_name
+            if not directory.is_dir():
+                raise CorruptDataError(
+                    f"{folder} exists but lacks {split}/{label_name}/; complete it or delete it"
+                )
+            for path in directory.iterdir():
+                if not path.name.startswith("."):  # .DS_Store and editors' files
+                    yield _review(
+                        f"{FOLDER}/{split}/{label_name}/{path.name}", path.read_bytes(), str(path)
+                    )
+
+
+def _archive_records(archive: Path) -> Iterator[Record]:
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            name = str(checked_member_name(member, archive))
+            if member.isfile() and _IN_CLASS_FOLDER.match(name):
+                yield _review(name, tar.extractfile(member).read(), f"{name} in {archive}")
+
+
+def read_imdb(root: Path, kind: str) -> LoadedData[TextDataset] | None:
+    """Read ``root/aclImdb/`` or else ``root/aclImdb_v1.tar.gz``; ``None`` if neither is there.
+
+    Raises:
+        CorruptDataError: if a class folder is missing or empty, a review is misnamed or not
+            UTF-8, or the archive is truncated.
+        UnsafeArchiveError: if the archive holds links, devices or paths leaving the folder.
+    """
+    folder, archive = root / FOLDER, root / ARCHIVE
+    if folder.is_dir():
+        splits = _splits_from_records(_folder_records(folder), folder)
+        return loaded_data("IMDB", kind, folder, splits["train"], splits["test"])
+    if not archive.is_file():
+        return None
+    try:
+        splits = _splits_from_records(_archive_records(archive), archive)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise CorruptDataError(
+            f"{archive} is not a complete tar.gz archive ({error}); delete it and fetch IMDB again"
+        ) from error
+    return loaded_data("IMDB", kind, archive, splits["train"], splits["test"])
+
+
+def read_imdb_sample(path: Path) -> LoadedData[TextDataset]:
+    """Read the bundled sample: gzipped JSON lines with split, label, id, rating and text."""
+    with gzip.open(path, "rt", encoding="utf-8") as stream:
+        rows = [json.loads(line) for line in stream]
+    records = ((row["split"], row["label"], row["id"], row["rating"], row["text"]) for row in rows)
+    splits = _splits_from_records(records, path)
+    return loaded_data("IMDB", SOURCE_SAMPLE, path, splits["train"], splits["test"])
+
+
+IMDB = register(
+    DataSpec(
+        key="imdb",
+        name="IMDB",
+        layout=f"{FOLDER}/ or {ARCHIVE}",
+        read=read_imdb,
+        files=(RemoteFile(ARCHIVE, IMDB_MD5, (IMDB_URL.removesuffix(ARCHIVE),), timeout=60.0),),
+        place=place_in("."),
+        sample="imdb_sample.jsonl.gz",
+        read_sample=read_imdb_sample,
+    )
+)
+
+
+def load_imdb(
+    root: Path | str | None = None,
+    *,
+    download: bool = True,
+    allow_sample: bool = True,
+    verbose: bool = True,
+) -> LoadedData[TextDataset]:
+    """Load the labelled IMDB reviews (Maas et al. 2011), 25,000 training and 25,000 test, by
+    the resolution rule of :func:`load_dataset`.
+
+    Labels: 0 = neg, 1 = pos; the star rating and id come from the file name. Texts are
+    returned unchanged (they still hold ``<br />`` tags).
+
+    Returns:
+        :class:`LoadedData` of :class:`TextDataset`, sorted by label then review id.
+
+    Raises:
+        CorruptDataError: if the local folder is incomplete or malformed, or the archive is
+            truncated.
+        UnsafeArchiveError: if the archive holds links, devices or paths leaving the folder.
+        ChecksumError: if the download does not match the published MD5.
+        DataNotFoundError: if nothing could be found or fetched and ``allow_sample`` is false.
+    """
+    return load_dataset("imdb", root, download=download, allow_sample=allow_sample, verbose=verbose)
+
+
+__all__ = [
+    "IMDB",
+    "IMDB_CLASSES",
+    "IMDB_MD5",
+    "IMDB_URL",
+    "load_imdb",
+    "read_imdb",
+    "read_imdb_sample",
+]
