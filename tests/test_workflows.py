@@ -24,8 +24,13 @@ def _actionlint() -> str:
 
 
 def _lint(*paths: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([_actionlint(), "-no-color", *map(str, paths)], capture_output=True,
-                          text=True, timeout=60, cwd=REPO_ROOT)
+    return subprocess.run(
+        [_actionlint(), "-no-color", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
 
 
 def _load(name: str) -> dict:
@@ -50,8 +55,10 @@ def test_actionlint_rejects_a_broken_workflow(tmp_path: Path):
     broken = tmp_path / ".github" / "workflows" / "broken.yml"
     broken.parent.mkdir(parents=True)
     # An unknown event, a job without runs-on and an expression that reads an undefined context.
-    broken.write_text("on: pushh\njobs:\n  test:\n    steps:\n"
-                      "      - run: echo ${{ matrix.nothing }}\n", encoding="utf-8")
+    broken.write_text(
+        "on: pushh\njobs:\n  test:\n    steps:\n      - run: echo ${{ matrix.nothing }}\n",
+        encoding="utf-8",
+    )
     result = _lint(broken)
     assert result.returncode != 0
     assert "pushh" in result.stdout and "runs-on" in result.stdout
@@ -68,7 +75,9 @@ def test_tests_workflow_runs_the_readme_test_command_on_every_push_and_pull_requ
     assert ".ci/run" in runs
     ci_run = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test" in ci_run and "TUTORIAL_OFFLINE=1 HF_HUB_OFFLINE=1" in ci_run
-    assert "apt-get install" in ci_run and "chromium" in ci_run and "playwright install" not in ci_run
+    assert (
+        "apt-get install" in ci_run and "chromium" in ci_run and "playwright install" not in ci_run
+    )
 
 
 def test_book_workflow_builds_under_cpu_with_cached_downloads_and_deploys_to_pages():
