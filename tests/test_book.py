@@ -286,6 +286,10 @@ async (tolerance) => {
   });
   await Promise.race([Promise.all(images.map(loaded)),
                       new Promise((done) => setTimeout(done, 10000))]);
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await Promise.race([MathJax.startup.promise,
+                        new Promise((done) => setTimeout(done, 20000))]);
+  }
   const describe = (element) => {
     const classes = [...element.classList].slice(0, 3).join('.');
     const text = (element.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 80);
@@ -318,8 +322,11 @@ async (tolerance) => {
       })),
     outputTexts: all('.cell_output').map((output) => output.textContent),
     mathjaxScripts: all('script[src]').map((s) => s.src).filter((src) => /mathjax/i.test(src)),
-    inlineMath: all('span.math').map((span) => span.textContent),
-    displayMath: all('div.math').map((div) => div.textContent),
+    typesetMath: all('mjx-container').length,
+    untypesetMath: all('span.math, div.math').filter((math) => !math.querySelector('mjx-container'))
+      .map((math) => math.textContent.trim().slice(0, 80)),
+    mathErrors: all('mjx-merror').map((error) => error.getAttribute('data-mjx-error')
+                                              || error.textContent),
   };
 }
 """
@@ -351,6 +358,34 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+MATHJAX_CDN = re.compile(r"^https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/([^?#]+)")
+"""Sphinx's default ``mathjax_path`` (MathJax 3, tex-mml-chtml) and the fonts it loads."""
+
+
+def _local_mathjax() -> Path:
+    """The ``es5`` folder of MathJax 3 shipped by the ``django-static-mathjax`` wheel."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution("django-static-mathjax")
+    except metadata.PackageNotFoundError:
+        pytest.fail(
+            "the browser test serves MathJax from django-static-mathjax: "
+            "pip install -r requirements.txt"
+        )
+    es5 = Path(distribution.locate_file("mathjax/static/mathjax/es5"))
+    assert (es5 / "tex-mml-chtml.js").is_file(), f"no MathJax bundle in {es5}"
+    return es5
+
+
+def _serve_mathjax(es5: Path, route) -> None:
+    local = es5 / MATHJAX_CDN.match(route.request.url).group(1)
+    if local.is_file():
+        route.fulfill(path=local)
+    else:
+        route.fulfill(status=404, body=f"{local.name} is not in the local MathJax copy")
+
+
 def _block_request(blocked: set[str], route) -> None:
     blocked.add(route.request.url)
     route.abort("blockedbyclient")
@@ -361,8 +396,10 @@ def site_visits(built_book: Path, site_url: str) -> dict[tuple[str, str], dict]:
     """Open every page at desktop and phone width in Chromium and record what a reader gets:
     console errors, images, links, widths, code blocks, outputs and math, per (page, viewport).
 
-    Requests that leave 127.0.0.1 (the MathJax CDN, for instance) are blocked so the result does
-    not depend on the network; their failures are not counted as console errors."""
+    Requests that leave 127.0.0.1 are blocked so the result does not depend on the network;
+    their failures are not counted as console errors. MathJax, which the pages load from its
+    CDN, is served from the copy in the ``django-static-mathjax`` wheel instead, so the math is
+    really typeset."""
     assert CHROMIUM.is_file(), (
         f"the browser test needs Chromium at {CHROMIUM}: install Debian's "
         "package (apt-get install chromium; .ci/run does) or set TUTORIAL_CHROMIUM"
@@ -380,6 +417,8 @@ def site_visits(built_book: Path, site_url: str) -> dict[tuple[str, str], dict]:
                     re.compile(r"^(?!https?://127\.0\.0\.1[:/]).*"),
                     functools.partial(_block_request, blocked),
                 )
+                # Registered last, so it answers before the blocking route.
+                context.route(MATHJAX_CDN, functools.partial(_serve_mathjax, _local_mathjax()))
                 for page_path in _site_pages(built_book):
                     page = context.new_page()
                     errors: list[str] = []
@@ -496,18 +535,23 @@ def test_outputs_carry_no_path_of_the_build_machine(site_visits):
     assert not leaks, f"outputs that print paths of the build machine, per page: {leaks}"
 
 
-def test_math_is_marked_up_for_mathjax(site_visits):
-    chapter_one = site_visits[("chapters/01_convolution_math.html", "desktop")]
-    assert chapter_one["mathjaxScripts"], "chapter 1 has math but loads no MathJax"
-    assert any(
-        math.startswith("\\(") and math.endswith("\\)") for math in chapter_one["inlineMath"]
-    )
-    assert any(
-        math.strip().startswith(("\\[", "$$", "\\begin")) for math in chapter_one["displayMath"]
-    )
-    for (page, _), visit in site_visits.items():
-        if visit["inlineMath"] or visit["displayMath"]:
-            assert visit["mathjaxScripts"], f"{page} has math but loads no MathJax"
+def test_math_is_typeset_by_mathjax_without_errors(built_book: Path, site_visits):
+    chapter_one = (built_book / "chapters" / "01_convolution_math.html").read_text(encoding="utf-8")
+    assert '<span class="math notranslate nohighlight">\\(' in chapter_one, "no inline math"
+    assert '<div class="math notranslate nohighlight">' in chapter_one, "no display math"
+    pages_with_math = {
+        page
+        for page in _site_pages(built_book)
+        if 'class="math notranslate' in (built_book / page).read_text(encoding="utf-8")
+    }
+    assert "chapters/01_convolution_math.html" in pages_with_math
+    for (page, viewport), visit in site_visits.items():
+        if page not in pages_with_math:
+            continue
+        assert visit["mathjaxScripts"], f"{page} has math but loads no MathJax"
+        assert visit["typesetMath"] > 0, f"{page} ({viewport}): MathJax typeset nothing"
+        assert not visit["untypesetMath"], f"{page}: math left as TeX: {visit['untypesetMath']}"
+        assert not visit["mathErrors"], f"{page}: TeX errors: {visit['mathErrors']}"
 
 
 def test_general_index_is_not_published(built_book: Path, site_visits):
