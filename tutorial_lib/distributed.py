@@ -127,12 +127,14 @@ class Strategy:
         return f"{self.world_size} processes ({self.parallel}, {backend}) on {self.device.type}, {precision}"
 
     # --- the model -------------------------------------------------------------------------
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
         """Move ``model`` to the device and return the module the loop trains through.
 
         One process: ``model`` itself. DDP: a ``DistributedDataParallel`` around it (it shares
         the parameters, so ``model`` is trained). FSDP2: ``model`` sharded in place — each
-        direct child holding parameters becomes one FSDP unit, then the root.
+        direct child holding parameters becomes one FSDP unit, then the root. Sharding replaces
+        the parameters, so the ``optimizer`` built on the old ones is pointed at the new ones
+        (it must not hold state yet: resume loads its state after wrapping).
         """
         model.to(self.device)
         if not self.distributed:
@@ -142,10 +144,14 @@ class Strategy:
             return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         from torch.distributed.fsdp import fully_shard
 
+        names = {id(parameter): name for name, parameter in model.named_parameters()}
         for child in model.children():
             if any(parameter.requires_grad for parameter in child.parameters()):
                 fully_shard(child)
-        return fully_shard(model)
+        fully_shard(model)
+        if optimizer is not None:
+            _rebind(optimizer, names, dict(model.named_parameters()))
+        return model
 
     def autocast(self):
         """Return the autocast context of the chosen precision (a no-op in full precision)."""
@@ -301,6 +307,16 @@ class Strategy:
 
     def _collective_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _rebind(optimizer: torch.optim.Optimizer, names: dict[int, str],
+            sharded: dict[str, nn.Parameter]) -> None:
+    """Point ``optimizer`` at the sharded parameters that replaced the ones it was built with."""
+    if optimizer.state:
+        raise ValueError("FSDP2 replaces the parameters: pass an optimiser that has not stepped "
+                         "yet (build it right before fit)")
+    for group in optimizer.param_groups:
+        group["params"] = [sharded[names[id(parameter)]] for parameter in group["params"]]
 
 
 def _rebuildable(loader: Iterable) -> bool:

@@ -241,7 +241,7 @@ def fit(
     _check_arguments(monitor, val_loader, patience, resume, checkpoint_dir, accumulation_steps)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     say = print if verbose and strategy.is_main else _silent
-    wrapped = strategy.wrap(model)
+    wrapped = strategy.wrap(model, optimizer)
     train_loader = strategy.shard_loader(train_loader, training=True)
     steps = _steps_per_epoch(train_loader, max_steps_per_epoch, accumulation_steps)
     progress, best_in_memory = _Progress(), None
