@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tutorial_lib import train
+from tutorial_lib import checkpoints, train
 from tutorial_lib.distributed import Strategy
 
 
@@ -60,14 +60,14 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def _record_checkpoint_writes(out: Path, rank: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    original = train.save_checkpoint
+    original = checkpoints.save_checkpoint
 
     def recording(path, **state):
         with open(out / f"writes.rank{rank}.txt", "a", encoding="utf-8") as log:
             log.write(Path(path).name + "\n")
         return original(path, **state)
 
-    train.save_checkpoint = recording
+    checkpoints.save_checkpoint = recording
 
 
 if __name__ == "__main__":

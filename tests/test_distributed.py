@@ -14,11 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_worker
 import pytest
 import torch
-
-import distributed_worker
 from conftest import REPO_ROOT
+
 from tutorial_lib import train
 
 WORKER = Path(distributed_worker.__file__)
@@ -74,11 +74,11 @@ def results(folder: Path, world_size: int = 2) -> list[dict]:
 
 def assert_same_parameters(first: dict, second: dict, exact: bool = False) -> None:
     assert first.keys() == second.keys()
-    for name in first:
+    for name, tensor in first.items():
         if exact:
-            assert torch.equal(first[name], second[name]), name
+            assert torch.equal(tensor, second[name]), name
         else:
-            torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(tensor, second[name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ shuffles and dropout masks as the uninterrupted one.
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError here
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         # `from None`: torch's own message for a foreign pickle suggests unsafe loading.
         raise CheckpointError(
             f"cannot read the checkpoint {path} ({type(error).__name__}): the file is empty, "

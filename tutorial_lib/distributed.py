@@ -123,8 +123,8 @@ class Strategy:
         precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype)[6:]
         if not self.distributed:
             return f"1 process on {self.device}, {precision}"
-        backend = dist.get_backend()
-        return f"{self.world_size} processes ({self.parallel}, {backend}) on {self.device.type}, {precision}"
+        return (f"{self.world_size} processes ({self.parallel}, {dist.get_backend()}) "
+                f"on {self.device.type}, {precision}")
 
     # --- the model -------------------------------------------------------------------------
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
@@ -267,8 +267,10 @@ class Strategy:
         """Return the full, unsharded ``state_dict`` of ``model`` on every rank (under FSDP2 the
         shards are gathered: a collective call, so every rank must make it)."""
         if self.distributed and self.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                 get_model_state_dict)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
 
             return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         return model.state_dict()
@@ -276,8 +278,10 @@ class Strategy:
     def load_model_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load a full ``state_dict`` into ``model`` (sharding it under FSDP2)."""
         if self.distributed and self.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                 set_model_state_dict)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+            )
 
             set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
             return
@@ -286,8 +290,10 @@ class Strategy:
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         """Return the optimiser's full state (collective under FSDP2, like the model's)."""
         if self.distributed and self.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                 get_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
 
             options = StateDictOptions(full_state_dict=True)
             return get_optimizer_state_dict(model, optimizer, options=options)
@@ -297,8 +303,10 @@ class Strategy:
                                   state: dict) -> None:
         """Load a full optimiser state written by :meth:`optimizer_state_dict`."""
         if self.distributed and self.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                 set_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
 
             set_optimizer_state_dict(model, optimizer, state,
                                      options=StateDictOptions(full_state_dict=True))

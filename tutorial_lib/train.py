@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tutorial_lib.checkpoints import (CheckpointError, load_checkpoint, load_model, rng_state,
-                                      save_checkpoint, save_model, set_rng_state)
+from tutorial_lib.checkpoints import CheckpointError, load_checkpoint, load_model, save_model
 from tutorial_lib.distributed import Strategy
+from tutorial_lib.run_state import (
+    History,
+    Progress,
+    restore_best,
+    resume_from,
+    save_last,
+    track_best,
+)
 from tutorial_lib.runtime import interactive
 
 Batch = tuple[Any, torch.Tensor] | list | Mapping[str, torch.Tensor]
@@ -85,24 +91,6 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 def _batch_size(targets: torch.Tensor) -> int:
     return int(targets.shape[0])
-
-
-@dataclass
-class History:
-    """Per-epoch records of :func:`fit`: ``records[k]`` maps metric names to values of epoch k+1."""
-
-    records: list[dict[str, float]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, key: str) -> list[float]:
-        """Return the values of one metric over the epochs, e.g. ``history["val_accuracy"]``."""
-        return [record[key] for record in self.records]
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self.records[0]) if self.records else []
 
 
 MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
@@ -175,17 +163,6 @@ def optimizer_steps_per_epoch(loader: Iterable[Batch], accumulation_steps: int =
     return math.ceil(len(strategy.shard_loader(loader, training=True)) / accumulation_steps)
 
 
-@dataclass
-class _Progress:
-    """What survives an epoch boundary: written into ``last.pt``, read back on resume."""
-
-    history: History = field(default_factory=History)
-    epoch: int = 0
-    best_value: float | None = None
-    best_epoch: int | None = None
-    stale_epochs: int = 0
-
-
 def fit(
     model: nn.Module,
     train_loader: DataLoader | Iterable[Batch],
@@ -244,9 +221,9 @@ def fit(
     wrapped = strategy.wrap(model, optimizer)
     train_loader = strategy.shard_loader(train_loader, training=True)
     steps = _steps_per_epoch(train_loader, max_steps_per_epoch, accumulation_steps)
-    progress, best_in_memory = _Progress(), None
+    progress, best_in_memory = Progress(), None
     if resume:
-        progress = _resume(checkpoint_dir / "last.pt", strategy, model, optimizer, scheduler,
+        progress = resume_from(checkpoint_dir / "last.pt", strategy, model, optimizer, scheduler,
                            train_loader, say)
     optimizer.zero_grad(set_to_none=True)
 
@@ -293,11 +270,11 @@ def fit(
             metrics = evaluate(model, val_loader, loss_fn, strategy=strategy)
             record.update({f"val_{key}": value for key, value in metrics.items()})
         progress.history.records.append(record)
-        best_in_memory = _track_best(progress, record, monitor, strategy, model, checkpoint_dir,
+        best_in_memory = track_best(progress, record, monitor, strategy, model, checkpoint_dir,
                                      keep_in_memory=checkpoint_dir is None and patience is not None,
                                      best_in_memory=best_in_memory)
         if checkpoint_dir is not None:
-            _save_last(checkpoint_dir / "last.pt", progress, strategy, model, optimizer,
+            save_last(checkpoint_dir / "last.pt", progress, strategy, model, optimizer,
                        scheduler, train_loader)
         say(_epoch_line(record, epochs))
         if patience is not None and progress.stale_epochs >= patience:
@@ -305,7 +282,7 @@ def fit(
                 f"(best {progress.best_value:.4f} at epoch {progress.best_epoch})")
             break
 
-    _restore_best(progress, strategy, model, checkpoint_dir, best_in_memory, say)
+    restore_best(progress, strategy, model, checkpoint_dir, best_in_memory, say)
     return progress.history
 
 
@@ -322,7 +299,8 @@ def _check_arguments(monitor: str, val_loader: Any, patience: int | None, resume
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be a whole number ≥ 1, not {accumulation_steps!r}")
+        raise ValueError(f"accumulation_steps must be a whole number ≥ 1, "
+                         f"not {accumulation_steps!r}")
 
 
 def _steps_per_epoch(loader: Any, max_steps_per_epoch: int | None,
@@ -340,110 +318,6 @@ def _steps_per_epoch(loader: Any, max_steps_per_epoch: int | None,
     return steps
 
 
-def _improves(value: float, best: float | None, monitor: str) -> bool:
-    if best is None:
-        return True
-    return value < best if "loss" in monitor else value > best
-
-
-def _track_best(progress: _Progress, record: dict[str, float], monitor: str, strategy: Strategy,
-                model: nn.Module, checkpoint_dir: Path | None, keep_in_memory: bool,
-                best_in_memory: dict[str, torch.Tensor] | None) -> dict | None:
-    """Update the best value; write ``best.pt`` or keep a copy when it improved. Returns the
-    in-memory best weights (unchanged when it did not improve)."""
-    if math.isnan(record.get("val_loss", 0.0)):
-        raise FloatingPointError(f"the validation loss is NaN at epoch {record['epoch']}: the "
-                                 "model outputs non-numbers on some example; lower the learning "
-                                 "rate or check the validation data")
-    value = record.get(monitor)
-    if value is None:  # a validation metric without a val_loader: nothing to compare
-        return best_in_memory
-    if not _improves(value, progress.best_value, monitor):
-        progress.stale_epochs += 1
-        return best_in_memory
-    progress.best_value, progress.best_epoch, progress.stale_epochs = value, record["epoch"], 0
-    if checkpoint_dir is None and not keep_in_memory:
-        return best_in_memory
-    weights = strategy.model_state_dict(model)
-    if keep_in_memory:
-        return {key: tensor.detach().to("cpu", copy=True) for key, tensor in weights.items()}
-    if strategy.is_main:
-        save_checkpoint(checkpoint_dir / "best.pt", model=weights, epoch=record["epoch"],
-                        monitor=monitor, value=value)
-    strategy.barrier()
-    return best_in_memory
-
-
-def _save_last(path: Path, progress: _Progress, strategy: Strategy, model: nn.Module,
-               optimizer: torch.optim.Optimizer, scheduler: Any, train_loader: Any) -> None:
-    """Write ``last.pt`` from rank 0; the state is gathered on every rank (collectives)."""
-    state = {
-        "model": strategy.model_state_dict(model),
-        "optimizer": strategy.optimizer_state_dict(model, optimizer),
-        "optimizer_class": type(optimizer).__name__,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "history": progress.history.records,
-        "epoch": progress.history.records[-1]["epoch"],
-        "best_value": progress.best_value,
-        "best_epoch": progress.best_epoch,
-        "stale_epochs": progress.stale_epochs,
-        "rng_states": strategy.gather_object(rng_state(train_loader)),  # one per process
-    }
-    if strategy.is_main:
-        save_checkpoint(path, **state)
-    strategy.barrier()
-
-
-def _resume(path: Path, strategy: Strategy, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, train_loader: Any, say: Callable[..., None]) -> _Progress:
-    """Load ``last.pt`` into the run and return its progress (a fresh one without the file)."""
-    if not path.is_file():
-        say(f"resume: there is no {path.name} in {path.parent} yet, so training starts afresh")
-        return _Progress()
-    state = load_checkpoint(path)
-    saved_class = state.get("optimizer_class")
-    if saved_class is not None and saved_class != type(optimizer).__name__:
-        raise CheckpointError(f"{path} holds the state of a {saved_class} optimiser but this run "
-                              f"uses {type(optimizer).__name__}; build the same optimiser as the "
-                              "run that wrote it, or start afresh in another checkpoint_dir")
-    strategy.load_model_state_dict(model, state["model"])
-    try:
-        strategy.load_optimizer_state_dict(model, optimizer, state["optimizer"])
-    except (KeyError, ValueError) as error:
-        raise CheckpointError(f"the optimiser state in {path} does not fit this optimiser "
-                              f"({error}); its parameter groups or settings differ from the run "
-                              "that wrote it") from None
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    rng_states = state.get("rng_states") or []
-    if len(rng_states) == strategy.world_size:
-        set_rng_state(rng_states[strategy.rank], train_loader)
-    else:
-        say(f"resume: {path.name} was written by {len(rng_states)} process(es), this run has "
-            f"{strategy.world_size}; the random streams continue from new seeds")
-    say(f"resumed from {path} after epoch {state['epoch']}")
-    return _Progress(History(list(state["history"])), state["epoch"], state["best_value"],
-                     state.get("best_epoch"), state["stale_epochs"])
-
-
-def _restore_best(progress: _Progress, strategy: Strategy, model: nn.Module,
-                  checkpoint_dir: Path | None, best_in_memory: dict | None,
-                  say: Callable[..., None]) -> None:
-    """Load back the best weights, only if this run (or the run it resumed) kept them."""
-    if best_in_memory is not None:
-        strategy.load_model_state_dict(model, best_in_memory)
-        return
-    best_path = checkpoint_dir / "best.pt" if checkpoint_dir is not None else None
-    if progress.best_epoch is None or best_path is None or not best_path.is_file():
-        return
-    best = load_checkpoint(best_path)
-    if best.get("epoch") != progress.best_epoch:
-        say(f"not loading {best_path}: it holds epoch {best.get('epoch')}, but this run's best "
-            f"was epoch {progress.best_epoch} (another run wrote it)")
-        return
-    strategy.load_model_state_dict(model, best["model"])
-
-
 def _epoch_line(record: dict[str, float], epochs: int) -> str:
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     shown = "  ".join(f"{key} {record[key]:.4f}" for key in keys if key in record)
@@ -451,7 +325,8 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
             f"{record['samples_per_second']:.0f} samples/s)")
 
 
-_save_checkpoint = save_checkpoint  # the name earlier code used
-__all__ = ["History", "MONITORS", "CheckpointError", "Strategy", "evaluate", "fit", "forward",
-           "load_checkpoint", "load_model", "optimizer_steps_per_epoch", "predict",
-           "progress_bar", "save_checkpoint", "save_model", "split_batch", "to_device"]
+__all__ = [
+    "MONITORS", "CheckpointError", "History", "Strategy", "evaluate", "fit", "forward",
+    "load_checkpoint", "load_model", "optimizer_steps_per_epoch", "predict", "progress_bar",
+    "save_model", "split_batch", "to_device",
+]
