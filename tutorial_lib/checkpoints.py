@@ -45,7 +45,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
+        # torch says RuntimeError, OSError (a cut zip), EOFError or UnpicklingError here.
         # `from None`: torch's own message for a foreign pickle suggests unsafe loading.
         raise CheckpointError(
             f"cannot read the checkpoint {path} ({type(error).__name__}): the file is empty, "
