@@ -13,15 +13,10 @@ class only decides which piece to call.
 from __future__ import annotations
 
 import atexit
-import json
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,8 +95,13 @@ class Strategy:
             ValueError: for an unknown ``parallel`` or ``mixed_precision`` value.
         """
         if launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             if device is None and torch.cuda.is_available():
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                if local_rank >= torch.cuda.device_count():
+                    raise ValueError(f"LOCAL_RANK {local_rank} but only "
+                                     f"{torch.cuda.device_count()} GPU(s): start at most that many "
+                                     "processes per node (--nproc_per_node), or pass device='cpu'")
+                device = torch.device("cuda", local_rank)
             device = torch.device(device) if device is not None else torch.device("cpu")
             if device.type == "cuda":
                 torch.cuda.set_device(device)
@@ -340,46 +340,3 @@ def _rebuildable(loader: Iterable) -> bool:
 def _destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-# --- launching: what a notebook uses to run a script under torchrun --------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` now (the operating system picks it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def torchrun(script: str | os.PathLike, *args: str, nproc_per_node: int = 2,
-             threads_per_process: int = 1, timeout: float = 600) -> str:
-    """Run ``torchrun --nproc_per_node=N script args`` on this machine and return its output.
-
-    It is ``python -m torch.distributed.run`` (the ``torchrun`` command) of this interpreter, on
-    127.0.0.1 with a free port, each process limited to ``threads_per_process`` CPU threads
-    (``OMP_NUM_THREADS``), and the checkout of ``tutorial_lib`` on ``PYTHONPATH``.
-
-    Raises:
-        RuntimeError: with the end of the output, if the run fails or exceeds ``timeout`` s.
-    """
-    package_root = str(Path(__file__).resolve().parents[1])
-    paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths),
-           "OMP_NUM_THREADS": str(threads_per_process), "TUTORIAL_NONINTERACTIVE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), *args]
-    try:
-        finished = subprocess.run(command, env=env, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError(f"torchrun did not finish within {timeout} s: "
-                           f"{(error.stdout or '')[-2000:]}") from None
-    if finished.returncode != 0:
-        raise RuntimeError(f"torchrun failed (exit {finished.returncode}):\n"
-                           f"{(finished.stdout + finished.stderr)[-4000:]}")
-    return finished.stdout
-
-
-def result_lines(output: str) -> list[dict[str, Any]]:
-    """Return the JSON objects a launched script printed on lines starting with ``RESULT ``."""
-    return [json.loads(line[len("RESULT "):]) for line in output.splitlines()
-            if line.startswith("RESULT ")]
