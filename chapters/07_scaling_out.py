@@ -234,10 +234,11 @@ print(source[body_start : source.index("            size = _batch_size", body_st
 # \text{accumulation steps}.$$
 #
 # The training script below is an ordinary chapter-2-style script: nothing in it mentions
-# processes, except that only rank 0 prints the result line at the end. We run it twice with the
-# same global batch of 64: as one process with a batch of 64 — inside this notebook's kernel,
-# exactly as `python train_mnist.py` would, using all the machine's cores through PyTorch's
-# threads — and with `torchrun` as two processes with a batch of 32 each and half the cores each.
+# processes, except that only rank 0 prints the result line at the end. We run it with the same
+# global batch of 64 three ways: as one process with a batch of 64 — inside this notebook's
+# kernel, exactly as `python train_mnist.py` would — first on one CPU thread, then on all the
+# cores through PyTorch's threads; and with `torchrun` as two processes with a batch of 32 and
+# half the cores each.
 
 # %%
 TRAIN_SCRIPT = '''
@@ -290,36 +291,43 @@ on_cpu = ["--device", "cpu"]  # the comparison is about this machine's cores, GP
 cores = os.cpu_count() or 1
 
 
-def run_in_this_process(script: Path, *args: str) -> str:
-    """Run ``python script args`` inside this kernel (no second torch start-up); return what it
-    printed."""
-    saved_argv, captured = sys.argv, io.StringIO()
+def run_in_this_process(script: Path, *args: str, threads: int) -> str:
+    """Run ``python script args`` inside this kernel with ``threads`` CPU threads (no second torch
+    start-up) and return what it printed."""
+    saved_argv, saved_threads, captured = sys.argv, torch.get_num_threads(), io.StringIO()
     sys.argv = [str(script), *args]
+    torch.set_num_threads(threads)
     try:
         with contextlib.redirect_stdout(captured):
             runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = saved_argv
+        torch.set_num_threads(saved_threads)
     return captured.getvalue()
 
 
-started = time.perf_counter()
-one_output = run_in_this_process(train_script, "--batch-size", str(global_batch), *common, *on_cpu)
-one_wall = time.perf_counter() - started
+runs, walls = {}, {}
+for threads in sorted({1, cores}):
+    started = time.perf_counter()
+    output = run_in_this_process(train_script, "--batch-size", str(global_batch), *common,
+                                 *on_cpu, threads=threads)
+    runs[f"1 process x {threads} thread(s)"] = launch.result_lines(output)[-1]
+    walls[f"1 process x {threads} thread(s)"] = time.perf_counter() - started
+two_name = f"2 processes x {max(1, cores // 2)} thread(s)"
 started = time.perf_counter()
 two_output = launch.torchrun(train_script, "--batch-size", str(global_batch // 2), *common,
                              *on_cpu, nproc_per_node=2, threads_per_process=max(1, cores // 2))
-two_wall = time.perf_counter() - started
-one_process, two_processes = (launch.result_lines(out)[-1] for out in (one_output, two_output))
+walls[two_name] = time.perf_counter() - started
+runs[two_name] = launch.result_lines(two_output)[-1]
 print("the epoch lines of the 2-process run (printed by rank 0 only):")
 print("\n".join(line for line in two_output.splitlines() if line.startswith("epoch")))
-print(f"\n{'run':<44}{'train s':>9}{'samples/s':>11}{'wall s':>8}{'val acc':>9}")
-for run, wall in ((one_process, one_wall), (two_processes, two_wall)):
-    print(f"{run['strategy']:<44}{run['seconds']:>9.1f}{run['samples_per_second']:>11.0f}"
-          f"{wall:>8.1f}{100 * run['val_accuracy']:>8.2f}%")
+print(f"\n{'run (global batch 64)':<28}{'train s':>9}{'samples/s':>11}{'wall s':>8}{'val acc':>9}")
+for name, run in runs.items():
+    print(f"{name:<28}{run['seconds']:>9.1f}{run['samples_per_second']:>11.0f}"
+          f"{walls[name]:>8.1f}{100 * run['val_accuracy']:>8.2f}%")
 
 # %% [markdown]
-# Both runs train with a global batch of 64 — one process × 64, or two × 32 — for the same
+# All runs train with a global batch of 64 — one process × 64, or two × 32 — for the same
 # number of optimiser steps on the same data, and reach similar validation accuracy. The numbers
 # are not identical because the shuffling differs: a `DistributedSampler` draws its own
 # permutation. (With
@@ -330,23 +338,28 @@ for run, wall in ((one_process, one_wall), (two_processes, two_wall)):
 # ### Why two processes are not faster here
 
 # %%
-cpu_overhead = two_processes["seconds"] / one_process["seconds"] - 1
-gradient_megabytes = 4 * one_process["parameters"] / 1e6
-steps = one_process["train_examples"] // global_batch * BUDGET.epochs
+one_thread, all_threads = runs["1 process x 1 thread(s)"], runs[f"1 process x {cores} thread(s)"]
+two_processes = runs[two_name]
+same_cores_overhead = two_processes["seconds"] / all_threads["seconds"] - 1
+speedup_over_one_core = one_thread["seconds"] / two_processes["seconds"]
+gradient_megabytes = 4 * two_processes["parameters"] / 1e6
+steps = two_processes["train_examples"] // global_batch * BUDGET.epochs
 print(f"CPU cores on this machine: {cores}")
-print(f"training time, 1 process x {cores} threads: {one_process['seconds']:.1f} s; "
-      f"2 processes x {max(1, cores // 2)} thread(s): {two_processes['seconds']:.1f} s "
-      f"({100 * cpu_overhead:+.0f}% for two processes)")
+print(f"2 processes vs. 1 process on the same {cores} cores: {100 * same_cores_overhead:+.0f}% "
+      "training time")
+print(f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast "
+      f"(2.00x would be perfect; parallel efficiency {50 * speedup_over_one_core:.0f}%)")
 print(f"per optimiser step the 2 processes all-reduce {gradient_megabytes:.2f} MB of fp32 "
       f"gradients: {steps} steps, {steps * gradient_megabytes:.0f} MB through gloo")
 print(f"start-up of the 2-process job (launcher, a torch import per process, data loading): "
-      f"{two_wall - two_processes['seconds']:.1f} s; in the kernel: "
-      f"{one_wall - one_process['seconds']:.1f} s")
+      f"{walls[two_name] - two_processes['seconds']:.1f} s")
 
 # %% [markdown]
 # Data parallelism speeds training up by adding *hardware*: $N$ GPUs do $N$ times the arithmetic.
-# This machine has the same cores either way — one process using all of them through intra-op
-# threads, or two processes using their share each — so the arithmetic per second cannot grow.
+# Against one process on one core, the second process brings a second core, and the speed-up
+# above is what data parallelism gives for it, minus its overhead. Against one process that
+# already uses every core through intra-op threads, it brings nothing: this machine has the same
+# cores either way, so the arithmetic per second cannot grow.
 # What the second process adds is overhead: the gradient all-reduce above after every step, a
 # second copy of the model and data, a second start-up (the largest item here). Whatever the sign
 # of the measured difference, it says how well each arrangement uses the same cores, not what a
@@ -685,10 +698,9 @@ record_path = results.write_result_record("07_scaling_out", {
              "adjustments": list(splits.adjustments)},
     "allreduce_by_hand": by_hand,
     "one_vs_two_processes": {
-        "global_batch": global_batch, "cpu_cores": cores,
-        "one_process": one_process, "two_processes": two_processes,
-        "two_process_training_overhead": cpu_overhead,
-        "wall_seconds": {"one_process": one_wall, "two_processes": two_wall},
+        "global_batch": global_batch, "cpu_cores": cores, "runs": runs, "wall_seconds": walls,
+        "two_processes_vs_one_on_same_cores_overhead": same_cores_overhead,
+        "two_processes_speedup_over_one_core": speedup_over_one_core,
     },
     "memory": {"parameters": model_sizes, "bytes_per_parameter": BYTES_PER_PARAMETER,
                "activation_bytes_per_sequence": plain_bytes,

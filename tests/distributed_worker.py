@@ -74,4 +74,8 @@ if __name__ == "__main__":
     os.environ.setdefault("TUTORIAL_NONINTERACTIVE", "1")
     settings = json.loads(sys.argv[1])
     _record_checkpoint_writes(Path(settings["out"]), int(os.environ.get("RANK", "0")))
-    run(settings)
+    finished = run(settings)
+    if finished["rank"] == 0:  # the line tutorial_lib.launch.measure_scaling reads
+        last = finished["history"][-1]
+        print("RESULT " + json.dumps({"samples_per_second": last["samples_per_second"],
+                                      "world_size": finished["world_size"]}))

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from tutorial_lib import train
+from tutorial_lib import launch, train
 
 WORKER = Path(distributed_worker.__file__)
 TIMEOUT_SECONDS = 120
@@ -191,3 +191,16 @@ def test_fsdp2_on_two_cpu_processes_equals_one_process(tmp_path, one_process):
     assert_same_parameters(sharded[0]["model"], one_process["model"])
     assert_same_parameters(sharded[0]["model"], sharded[1]["model"], exact=True)
     assert sharded[0]["history"][-1]["val_accuracy"] == one_process["history"][-1]["val_accuracy"]
+
+
+def test_measure_scaling_launches_each_process_count_and_reports_efficiency(tmp_path):
+    """The chapter's GPU scaling cell, run on the CPU with a tiny configuration."""
+    config = {**EQUIVALENCE, "out": str(tmp_path)}
+    rows = launch.measure_scaling(WORKER, (1, 2), json.dumps(config), timeout=TIMEOUT_SECONDS)
+    assert [row["processes"] for row in rows] == [1, 2]
+    assert rows[0]["efficiency"] == 1.0
+    assert rows[1]["efficiency"] == pytest.approx(
+        rows[1]["samples_per_second"] / (2 * rows[0]["samples_per_second"]))
+    assert all(row["samples_per_second"] > 0 for row in rows)
+    with pytest.raises(RuntimeError, match="failed"):
+        launch.torchrun(WORKER, "not json", nproc_per_node=1, timeout=TIMEOUT_SECONDS)
