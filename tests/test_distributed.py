@@ -40,7 +40,7 @@ def torchrun_command(config: dict, *launcher_options: str) -> list[str]:
             str(WORKER), json.dumps(config)]
 
 
-def launch(*commands: list[str]) -> None:
+def run_jobs(*commands: list[str]) -> None:
     """Run the commands at once (the nodes of one job) and fail with their output if any fails."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
            "TUTORIAL_NONINTERACTIVE": "1"}
@@ -65,7 +65,7 @@ def one_node_command(config: dict, processes: int = 2) -> list[str]:
 
 
 def run_on_one_node(config: dict, processes: int = 2) -> None:
-    launch(one_node_command(config, processes))
+    run_jobs(one_node_command(config, processes))
 
 
 def results(folder: Path, world_size: int = 2) -> list[dict]:
@@ -129,7 +129,7 @@ def test_only_rank_0_writes_and_a_stopped_run_resumes_exactly(tmp_path):
     whole, first_half, second_half = tmp_path / "whole", tmp_path / "a", tmp_path / "b"
     checkpoints = tmp_path / "checkpoints"
     # The uninterrupted run and the first half are independent jobs: run them side by side.
-    launch(one_node_command({**shuffled, "epochs": 3, "out": str(whole),
+    run_jobs(one_node_command({**shuffled, "epochs": 3, "out": str(whole),
                              "checkpoint_dir": str(tmp_path / "whole_checkpoints")}),
            one_node_command({**shuffled, "epochs": 1, "out": str(first_half),
                              "checkpoint_dir": str(checkpoints)}))
@@ -163,7 +163,7 @@ def test_two_nodes_on_loopback_equal_two_processes_on_one_node(tmp_path, two_pro
     nodes = [torchrun_command(config, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
                               "--master_addr=127.0.0.1", f"--master_port={port}")
              for rank in (0, 1)]
-    launch(*nodes)
+    run_jobs(*nodes)
     for node, one_node in zip(results(out), two_processes):
         assert_same_parameters(node["model"], one_node["model"], exact=True)
         assert_same_numbers(node["history"], one_node["history"])
@@ -202,5 +202,7 @@ def test_measure_scaling_launches_each_process_count_and_reports_efficiency(tmp_
     assert rows[1]["efficiency"] == pytest.approx(
         rows[1]["samples_per_second"] / (2 * rows[0]["samples_per_second"]))
     assert all(row["samples_per_second"] > 0 for row in rows)
-    with pytest.raises(RuntimeError, match="failed"):
-        launch.torchrun(WORKER, "not json", nproc_per_node=1, timeout=TIMEOUT_SECONDS)
+    failing = tmp_path / "fails.py"
+    failing.write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
+    with pytest.raises(RuntimeError, match=r"failed \(exit 3\):\nabout to fail"):
+        launch.python_script(failing, timeout=TIMEOUT_SECONDS)
