@@ -325,3 +325,13 @@ def test_global_batch_is_per_process_batch_times_accumulation_steps():
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
     assert train.optimizer_steps_per_epoch(DataLoader(data, batch_size=16), accumulation_steps=2) == 2
+
+
+def test_a_schedule_sized_for_one_process_is_announced_under_torchrun(capsys):
+    optimizer = torch.optim.SGD(small_model().parameters(), lr=0.1)
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=16)
+    two_processes = train.Strategy(torch.device("cpu"), world_size=2)  # as under torchrun
+    train._check_schedule(one_cycle, epochs=2, steps=4, accumulation_steps=1, strategy=two_processes, say=print)
+    assert "plans 16 steps but each of the 2 processes takes 8" in capsys.readouterr().out
+    train._check_schedule(one_cycle, epochs=2, steps=8, accumulation_steps=1, strategy=two_processes, say=print)
+    assert capsys.readouterr().out == ""

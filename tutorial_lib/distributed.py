@@ -88,7 +88,8 @@ class Strategy:
 
         Under ``torchrun`` (its ``WORLD_SIZE``/``LOCAL_RANK`` variables) the default process
         group is initialised if the script has not done so — NCCL on CUDA, gloo on the CPU —
-        and ``LOCAL_RANK`` picks the GPU. Otherwise it is one process on ``device`` (default:
+        and ``LOCAL_RANK`` picks the GPU (also when ``device`` is just ``"cuda"``, as chapters
+        pass it). Otherwise it is one process on ``device`` (default:
         :func:`tutorial_lib.runtime.get_device`).
 
         Raises:
@@ -96,13 +97,15 @@ class Strategy:
         """
         if launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            if device is None and torch.cuda.is_available():
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = torch.device(device)
+            if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU
                 if local_rank >= torch.cuda.device_count():
                     raise ValueError(f"LOCAL_RANK {local_rank} but only "
                                      f"{torch.cuda.device_count()} GPU(s): start at most that many "
                                      "processes per node (--nproc_per_node), or pass device='cpu'")
                 device = torch.device("cuda", local_rank)
-            device = torch.device(device) if device is not None else torch.device("cpu")
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             if not dist.is_initialized():

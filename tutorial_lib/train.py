@@ -221,6 +221,7 @@ def fit(
     wrapped = strategy.wrap(model, optimizer)
     train_loader = strategy.shard_loader(train_loader, training=True)
     steps = _steps_per_epoch(train_loader, max_steps_per_epoch, accumulation_steps)
+    _check_schedule(scheduler, epochs, steps, accumulation_steps, strategy, say)
     progress, best_in_memory = Progress(), None
     if resume:
         progress = resume_from(checkpoint_dir / "last.pt", strategy, model, optimizer, scheduler,
@@ -301,6 +302,20 @@ def _check_arguments(monitor: str, val_loader: Any, patience: int | None, resume
     if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be a whole number ≥ 1, "
                          f"not {accumulation_steps!r}")
+
+
+def _check_schedule(scheduler: Any, epochs: int, steps: int | None, accumulation_steps: int,
+                    strategy: Strategy, say: Callable[..., None]) -> None:
+    """Under torchrun each process takes 1/N of the steps: a schedule sized with
+    ``len(train_loader)`` would stop part-way (one-cycle would never anneal). Say so."""
+    planned = getattr(scheduler, "total_steps", None)
+    if not strategy.distributed or planned is None or steps is None:
+        return
+    taken = epochs * math.ceil(steps / accumulation_steps)
+    if planned > taken:
+        say(f"NOTICE: the learning-rate schedule plans {planned} steps but each of the "
+            f"{strategy.world_size} processes takes {taken}; size it with "
+            "train.optimizer_steps_per_epoch(train_loader) so it completes")
 
 
 def _steps_per_epoch(loader: Any, max_steps_per_epoch: int | None,
