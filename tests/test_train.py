@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import matplotlib
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tutorial_lib import metrics, plots, results, train
+from tutorial_lib import checkpoints, metrics, plots, results, train
 
 
 def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
@@ -173,3 +174,164 @@ def test_result_record_holds_the_context_and_round_trips(tmp_path, monkeypatch):
     assert "torch" in record["versions"] and record["machine"]["cpu_count"]
     assert results.read_result_record("02_mnist_cnn") == record
     assert results.read_result_record("05_missing") is None
+
+
+# --- hardening (issue 10): bad arguments, bad files and interrupted runs ----------------------
+
+def dropout_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+
+
+def shuffled_loaders():
+    train_loader = DataLoader(blobs(), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(3))
+    return train_loader, DataLoader(blobs(64, seed=1), batch_size=64)
+
+
+def test_an_unknown_monitor_is_rejected_before_training():
+    model, (train_loader, val_loader) = small_model(), loaders()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="'val_acc' is not a metric"):
+        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                  monitor="val_acc", verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "nothing trained"
+
+
+def test_a_best_pt_this_run_did_not_write_is_never_loaded(tmp_path):
+    stranger = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    nn.init.constant_(stranger[0].weight, 42.0)
+    checkpoints.save_checkpoint(tmp_path / "best.pt", model=stranger.state_dict(), epoch=1, monitor="val_accuracy", value=1.0)
+    model, (train_loader, _) = small_model(), loaders()
+    train.fit(model, train_loader, None, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+              checkpoint_dir=tmp_path, verbose=False)  # monitors val_accuracy, has no val_loader
+    assert not torch.equal(model[0].weight, stranger[0].weight)
+
+
+def test_a_stopped_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
+    """Shuffling and dropout: resume must restore the loader's generator and the global RNGs."""
+    def run(epochs, folder, resume=False):
+        model, (train_loader, val_loader) = dropout_model(), shuffled_loaders()
+        if resume:  # a fresh process would start from other random states
+            torch.manual_seed(12345)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        history = train.fit(model, train_loader, val_loader, optimizer, epochs=epochs, checkpoint_dir=folder,
+                            resume=resume, verbose=False, monitor="train_loss")
+        return model, history
+
+    whole_model, whole_history = run(3, tmp_path / "whole")
+    run(1, tmp_path / "split")
+    resumed_model, resumed_history = run(3, tmp_path / "split", resume=True)
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert resumed_history[key] == whole_history[key]
+    for whole, resumed in zip(whole_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(whole, resumed)
+
+
+def test_empty_loaders_and_zero_steps_are_clear_errors():
+    model, (train_loader, val_loader) = small_model(), loaders()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="training loader is empty or max_steps_per_epoch is 0"):
+        train.fit(model, empty, val_loader, optimizer, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="0 training steps"):
+        train.fit(model, train_loader, val_loader, optimizer, epochs=1, max_steps_per_epoch=0, verbose=False)
+    with pytest.raises(ValueError, match="yielded no batches"):
+        train.fit(model, train_loader, empty, optimizer, epochs=1, verbose=False)
+
+
+def test_a_nan_validation_loss_is_an_error_not_a_best_value(tmp_path):
+    class NanOnValidation(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+
+        def forward(self, x):
+            logits = self.linear(x)
+            return logits if self.training else logits * float("nan")
+
+    model, (train_loader, val_loader) = NanOnValidation(), loaders()
+    with pytest.raises(FloatingPointError, match="validation loss is NaN at epoch 1"):
+        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2,
+                  checkpoint_dir=tmp_path, verbose=False)
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_resuming_into_another_optimiser_says_what_differs(tmp_path):
+    model, (train_loader, val_loader) = small_model(), loaders()
+    train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+              checkpoint_dir=tmp_path, verbose=False)
+    other = small_model()
+    with pytest.raises(train.CheckpointError, match="SGD optimiser but this run uses Adam"):
+        train.fit(other, train_loader, val_loader, torch.optim.Adam(other.parameters()), epochs=2,
+                  checkpoint_dir=tmp_path, resume=True, verbose=False)
+
+
+def test_resume_without_last_pt_says_it_starts_afresh(tmp_path, capsys):
+    model, (train_loader, val_loader) = small_model(), loaders()
+    history = train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                        checkpoint_dir=tmp_path, resume=True)
+    printed = capsys.readouterr().out
+    assert f"there is no last.pt in {tmp_path} yet, so training starts afresh" in printed
+    assert history["epoch"] == [1]
+
+
+SPOILERS = {
+    "empty": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "random": lambda good: bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()),
+    "foreign pickle": lambda good: pickle.dumps({"model": print}),
+}
+
+
+@pytest.mark.parametrize("spoil", SPOILERS.values(), ids=SPOILERS.keys())
+def test_an_unreadable_last_pt_names_the_file_and_what_to_do(tmp_path, spoil):
+    model, (train_loader, val_loader) = small_model(), loaders()
+    train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+              checkpoint_dir=tmp_path, verbose=False)
+    (tmp_path / "last.pt").write_bytes(spoil((tmp_path / "last.pt").read_bytes()))
+    with pytest.raises(train.CheckpointError) as caught:
+        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2,
+                  checkpoint_dir=tmp_path, resume=True, verbose=False)
+    message = str(caught.value)
+    assert str(tmp_path / "last.pt") in message and "Delete it" in message
+    assert "weights_only" not in message and caught.value.__cause__ is None
+
+
+def test_mixed_precision_is_a_choice_that_predict_follows():
+    cpu = torch.device("cpu")
+    assert train.Strategy.from_environment(cpu).autocast_dtype is None, "off on the CPU by default"
+    assert train.Strategy.from_environment(cpu, mixed_precision=True).autocast_dtype is None
+    bf16 = train.Strategy.from_environment(cpu, mixed_precision="bf16")
+    assert bf16.autocast_dtype == torch.bfloat16 and not bf16.scaler.is_enabled()
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+        train.Strategy.from_environment(cpu, mixed_precision="fp16")
+    model, (_, val_loader) = small_model(), loaders()
+    full, _ = train.predict(model, val_loader, cpu)
+    reduced, _ = train.predict(model, val_loader, strategy=bf16)
+    assert not torch.equal(full, reduced), "bf16 autocast changes the logits' rounding"
+    torch.testing.assert_close(full, reduced, atol=0.1, rtol=0.05)
+
+
+def test_global_batch_is_per_process_batch_times_accumulation_steps():
+    """Two accumulated micro-batches of 16 give the update of one batch of 32 (no shuffling)."""
+    data = blobs(64)
+    results = []
+    for batch_size, accumulation_steps in ((32, 1), (16, 2)):
+        model = small_model()
+        train.fit(model, DataLoader(data, batch_size=batch_size), None,
+                  torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=2,
+                  accumulation_steps=accumulation_steps, monitor="train_loss", verbose=False)
+        results.append(model.state_dict())
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
+    assert train.optimizer_steps_per_epoch(DataLoader(data, batch_size=16), accumulation_steps=2) == 2
+
+
+def test_a_schedule_sized_for_one_process_is_announced_under_torchrun(capsys):
+    optimizer = torch.optim.SGD(small_model().parameters(), lr=0.1)
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=16)
+    two_processes = train.Strategy(torch.device("cpu"), world_size=2)  # as under torchrun
+    train._check_schedule(one_cycle, epochs=2, steps=4, accumulation_steps=1, strategy=two_processes, say=print)
+    assert "plans 16 steps but each of the 2 processes takes 8" in capsys.readouterr().out
+    train._check_schedule(one_cycle, epochs=2, steps=8, accumulation_steps=1, strategy=two_processes, say=print)
+    assert capsys.readouterr().out == ""

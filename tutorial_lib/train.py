@@ -9,6 +9,10 @@ Progress: interactive notebooks get ``tqdm`` bars (widgets where ``ipywidgets`` 
 on Colab; text bars otherwise). Non-interactive executions — the book build, nbmake, scripts —
 set ``TUTORIAL_NONINTERACTIVE=1`` and get no bars, only the one line per epoch that :func:`fit`
 always prints, so static pages stay clean.
+
+Where the loop runs — one CPU, one GPU, or N processes under ``torchrun`` with DDP or FSDP2 —
+is decided by a :class:`tutorial_lib.distributed.Strategy`, so the loop itself is the same
+loop everywhere. Checkpoint files are handled by :mod:`tutorial_lib.checkpoints`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tutorial_lib.files import atomic_write
-from tutorial_lib.runtime import get_device, interactive
+from tutorial_lib.checkpoints import CheckpointError, load_checkpoint, load_model, save_model
+from tutorial_lib.distributed import Strategy
+from tutorial_lib.run_state import (
+    History,
+    Progress,
+    restore_best,
+    resume_from,
+    save_last,
+    track_best,
+)
+from tutorial_lib.runtime import interactive
 
 Batch = tuple[Any, torch.Tensor] | list | Mapping[str, torch.Tensor]
 
@@ -66,7 +78,9 @@ def split_batch(batch: Batch) -> tuple[Any, torch.Tensor]:
         return inputs, batch["labels"]
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    raise ValueError(f"expected an (inputs, targets) pair or a dict with 'labels', got {type(batch).__name__}")
+    raise ValueError(
+        f"expected an (inputs, targets) pair or a dict with 'labels', got {type(batch).__name__}"
+    )
 
 
 def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -79,37 +93,42 @@ def _batch_size(targets: torch.Tensor) -> int:
     return int(targets.shape[0])
 
 
-@dataclass
-class History:
-    """Per-epoch records of :func:`fit`: ``records[k]`` maps metric names to values of epoch k+1."""
-
-    records: list[dict[str, float]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, key: str) -> list[float]:
-        """Return the values of one metric over the epochs, e.g. ``history["val_accuracy"]``."""
-        return [record[key] for record in self.records]
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self.records[0]) if self.records else []
+MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+"""The metrics :func:`fit` can monitor for early stopping and ``best.pt``."""
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable[Batch], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(logits, targets)`` of a whole loader, on the CPU, in loader order."""
-    device = device or get_device()
+def predict(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device | None = None,
+    strategy: Strategy | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(logits, targets)`` of a whole loader, on the CPU, in loader order.
+
+    Autocast follows the mixed-precision choice of ``strategy`` (default: automatic, as in
+    :func:`fit` — bf16 or fp16 on CUDA, full precision on the CPU). Under ``torchrun`` each
+    process predicts its share of the set and every process gets the whole result.
+
+    Raises:
+        ValueError: if ``loader`` yields no batch.
+    """
+    strategy = strategy or Strategy.from_environment(device)
     model.eval()
+    shard = strategy.shard_loader(loader, training=False)
     all_logits, all_targets = [], []
-    for batch in loader:
-        inputs, targets = split_batch(to_device(batch, device))
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+    for batch in shard:
+        inputs, targets = split_batch(strategy.to_device(batch))
+        with strategy.autocast():
             logits = forward(model, inputs)
         all_logits.append(logits.float().cpu())
         all_targets.append(targets.cpu())
-    return torch.cat(all_logits), torch.cat(all_targets)
+    if not all_logits:
+        raise ValueError("the evaluation loader yielded no batches; give it at least one example")
+    sharded = shard is not loader
+    total = len(loader.dataset) if sharded else 0
+    return tuple(strategy.gather_in_order(torch.cat(part), total, sharded)
+                 for part in (all_logits, all_targets))
 
 
 def evaluate(
@@ -117,13 +136,17 @@ def evaluate(
     loader: Iterable[Batch],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | None = None,
+    strategy: Strategy | None = None,
 ) -> dict[str, float]:
     """Return ``{"loss": mean loss, "accuracy": fraction correct}`` of ``model`` over ``loader``.
 
     The loss is averaged over examples (not batches), with ``loss_fn`` defaulting to
-    cross-entropy.
+    cross-entropy. Under ``torchrun`` every process returns the numbers of the whole set.
+
+    Raises:
+        ValueError: if ``loader`` yields no batch.
     """
-    logits, targets = predict(model, loader, device)
+    logits, targets = predict(model, loader, device, strategy)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     return {
         "loss": float(loss_fn(logits, targets)),
@@ -131,33 +154,13 @@ def evaluate(
     }
 
 
-def _save_checkpoint(path: Path, **state: Any) -> None:
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
-
-
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` (or :func:`save_model`) with ``weights_only=True``.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def save_model(model: nn.Module, path: Path | str) -> Path:
-    """Save ``model.state_dict()`` to ``path`` (via a temporary file) and return the path."""
-    path = Path(path)
-    _save_checkpoint(path, model=model.state_dict())
-    return path
-
-
-def load_model(model: nn.Module, path: Path | str) -> nn.Module:
-    """Load the weights saved by :func:`save_model` or :func:`fit` into ``model`` and return it."""
-    model.load_state_dict(load_checkpoint(path)["model"])
-    return model
+def optimizer_steps_per_epoch(loader: Iterable[Batch], accumulation_steps: int = 1,
+                              strategy: Strategy | None = None) -> int:
+    """Return how many optimiser steps :func:`fit` takes per epoch on this process: the batches
+    of this process's share of ``loader`` divided by ``accumulation_steps`` (rounded up). Size a
+    learning-rate schedule with it, so it stays right under ``torchrun``."""
+    strategy = strategy or Strategy.from_environment()
+    return math.ceil(len(strategy.shard_loader(loader, training=True)) / accumulation_steps)
 
 
 def fit(
@@ -174,128 +177,171 @@ def fit(
     checkpoint_dir: Path | str | None = None,
     resume: bool = False,
     grad_clip_norm: float | None = None,
-    mixed_precision: bool | None = None,
+    mixed_precision: bool | str | None = None,
     max_steps_per_epoch: int | None = None,
     verbose: bool = True,
+    accumulation_steps: int = 1,
+    strategy: Strategy | None = None,
 ) -> History:
     """Train ``model`` for up to ``epochs`` epochs and return the per-epoch :class:`History`.
 
+    The same call runs as ``python script.py`` and as ``torchrun --nproc_per_node=N script.py``
+    (or ``--nnodes=M``): ``strategy`` (default :meth:`Strategy.from_environment` of ``device``
+    and ``mixed_precision``) then wraps the model in DDP (FSDP2 with
+    ``Strategy.from_environment(parallel="fsdp")``), gives each process its share of a
+    ``DataLoader`` through a ``DistributedSampler``, evaluates on the whole validation set and
+    lets only rank 0 print and write checkpoints. **Global batch = per-process batch × number
+    of processes × ``accumulation_steps``**: each optimiser step averages the gradients of
+    ``accumulation_steps`` micro-batches (the loss is divided by it; processes synchronise on
+    the last micro-batch only) over all processes.
+
     Each epoch records ``train_loss``, ``train_accuracy``, ``lr``, ``seconds``,
     ``samples_per_second`` and, with a ``val_loader``, ``val_loss`` and ``val_accuracy``.
-    ``scheduler`` steps after every optimiser step (warm-up and one-cycle schedules are defined
-    in steps). With ``patience``, training stops when ``monitor`` (higher is better for
-    accuracies, lower for losses) has not improved for that many epochs. With
-    ``checkpoint_dir``, ``last.pt`` (model, optimiser, scheduler, history) is written after
-    every epoch and ``best.pt`` whenever ``monitor`` improves. Whenever a best epoch is kept (on disk, or in
-    memory with ``patience`` and no ``checkpoint_dir``) its weights are loaded back into
-    ``model`` at the end. ``resume`` continues from ``last.pt``. Mixed precision is used
-    on CUDA only (``None`` = automatically).
+    ``scheduler`` steps after every optimiser step. With ``patience``, training stops when
+    ``monitor`` (one of :data:`MONITORS`; higher is better for accuracies) has not improved
+    for that many epochs. With ``checkpoint_dir``, ``last.pt`` (model, optimiser, scheduler,
+    history, random states) is written after every epoch and ``best.pt`` whenever ``monitor``
+    improves; the best weights this run (or the run it resumed) kept are loaded back into
+    ``model`` at the end. ``resume`` continues from ``last.pt`` exactly as if never stopped.
+    Mixed precision (``None`` = automatic): bf16 on CUDA where supported, else fp16 with a
+    gradient scaler; off on the CPU unless ``"bf16"`` is asked for.
 
     Raises:
-        ValueError: if ``monitor`` names a validation metric but there is no ``val_loader``,
-            ``resume`` is asked without ``checkpoint_dir``, or a batch has the wrong form.
+        ValueError: for an unknown ``monitor``, early stopping on a validation metric without
+            ``val_loader``, ``resume`` without ``checkpoint_dir``, an empty loader or
+            ``max_steps_per_epoch=0``, ``accumulation_steps < 1``, or a wrongly formed batch.
+        CheckpointError: if ``last.pt`` is unreadable or was written for another optimiser.
+        FloatingPointError: if the training or validation loss stops being a number.
     """
-    device = device or get_device()
+    strategy = strategy or Strategy.from_environment(device, mixed_precision)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    use_amp = device.type == "cuda" if mixed_precision is None else (mixed_precision and device.type == "cuda")
-    if monitor.startswith("val_") and val_loader is None and patience is not None:
-        raise ValueError(f"early stopping on {monitor!r} needs a val_loader")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    _check_arguments(monitor, val_loader, patience, resume, checkpoint_dir, accumulation_steps)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    higher_is_better = "loss" not in monitor
-    model.to(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    say = print if verbose and strategy.is_main else _silent
+    wrapped = strategy.wrap(model, optimizer)
+    train_loader = strategy.shard_loader(train_loader, training=True)
+    steps = _steps_per_epoch(train_loader, max_steps_per_epoch, accumulation_steps)
+    _check_schedule(scheduler, epochs, steps, accumulation_steps, strategy, say)
+    progress, best_in_memory = Progress(), None
+    if resume:
+        progress = resume_from(checkpoint_dir / "last.pt", strategy, model, optimizer, scheduler,
+                           train_loader, say)
+    optimizer.zero_grad(set_to_none=True)
 
-    history, start_epoch, best_value, stale_epochs = History(), 0, None, 0
-    best_in_memory: dict[str, torch.Tensor] | None = None
-    if resume and (checkpoint_dir / "last.pt").is_file():
-        state = load_checkpoint(checkpoint_dir / "last.pt", map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history = History(list(state["history"]))
-        start_epoch, best_value, stale_epochs = state["epoch"], state["best_value"], state["stale_epochs"]
-        if verbose:
-            print(f"resumed from {checkpoint_dir / 'last.pt'} after epoch {start_epoch}")
-
-    for epoch in range(start_epoch, epochs):
-        model.train()
+    for epoch in range(progress.epoch, epochs):
+        wrapped.train()
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on all ranks
         started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        steps = len(train_loader) if hasattr(train_loader, "__len__") else None
-        if max_steps_per_epoch is not None and steps is not None:
-            steps = min(steps, max_steps_per_epoch)
-        for step, batch in enumerate(progress_bar(train_loader, total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False)):
-            if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
+        batches = progress_bar(train_loader, total=steps, desc=f"epoch {epoch + 1}/{epochs}",
+                               leave=False, disable=not strategy.is_main)
+        for step, batch in enumerate(batches):
+            if steps is not None and step >= steps:
                 break
-            inputs, targets = split_batch(to_device(batch, device))
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = forward(model, inputs)
-                loss = loss_fn(logits, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
+            inputs, targets = split_batch(strategy.to_device(batch))
+            # Processes average their gradients only on the last micro-batch of a step.
+            last_micro_step = (step + 1) % accumulation_steps == 0 or step + 1 == steps
+            with strategy.sync_gradients(wrapped, last_micro_step):
+                with strategy.autocast():
+                    logits = forward(wrapped, inputs)
+                    loss = loss_fn(logits, targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1},"
+                                             f" step {step}; lower the learning rate")
+                strategy.backward(loss / accumulation_steps)  # gradients add up over micro-steps
+            if last_micro_step:
+                strategy.step(wrapped, optimizer, grad_clip_norm)  # clip, step, zero the grads
+                if scheduler is not None:
+                    scheduler.step()
             size = _batch_size(targets)
             seen += size
             loss_sum += loss.item() * size
             correct += int((logits.argmax(dim=1) == targets).sum())
         seconds = time.perf_counter() - started
+        seen, loss_sum, correct = strategy.reduce_sum(seen, loss_sum, correct)
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "samples_per_second": seen / seconds if seconds > 0 else math.nan,
         }
         if val_loader is not None:
-            record.update({f"val_{key}": value for key, value in evaluate(model, val_loader, loss_fn, device).items()})
-        history.records.append(record)
-
-        value = record.get(monitor)
-        improved = value is not None and (
-            best_value is None or (value > best_value if higher_is_better else value < best_value)
-        )
-        if improved:
-            best_value, stale_epochs = value, 0
-            if checkpoint_dir is None and patience is not None:
-                best_in_memory = {key: tensor.detach().to("cpu", copy=True) for key, tensor in model.state_dict().items()}
-            if checkpoint_dir is not None:
-                _save_checkpoint(checkpoint_dir / "best.pt", model=model.state_dict(), epoch=epoch + 1, monitor=monitor, value=value)
-        else:
-            stale_epochs += 1
+            metrics = evaluate(model, val_loader, loss_fn, strategy=strategy)
+            record.update({f"val_{key}": value for key, value in metrics.items()})
+        progress.history.records.append(record)
+        best_in_memory = track_best(progress, record, monitor, strategy, model, checkpoint_dir,
+                                     keep_in_memory=checkpoint_dir is None and patience is not None,
+                                     best_in_memory=best_in_memory)
         if checkpoint_dir is not None:
-            _save_checkpoint(
-                checkpoint_dir / "last.pt",
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                history=history.records,
-                epoch=epoch + 1,
-                best_value=best_value,
-                stale_epochs=stale_epochs,
-            )
-        if verbose:
-            shown = "  ".join(
-                f"{key} {record[key]:.4f}" for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy") if key in record
-            )
-            print(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.1f} s, {record['samples_per_second']:.0f} samples/s)")
-        if patience is not None and stale_epochs >= patience:
-            if verbose:
-                print(f"early stop: {monitor} has not improved for {patience} epochs (best {best_value:.4f})")
+            save_last(checkpoint_dir / "last.pt", progress, strategy, model, optimizer,
+                       scheduler, train_loader)
+        say(_epoch_line(record, epochs))
+        if patience is not None and progress.stale_epochs >= patience:
+            say(f"early stop: {monitor} has not improved for {patience} epochs "
+                f"(best {progress.best_value:.4f} at epoch {progress.best_epoch})")
             break
 
-    if checkpoint_dir is not None and (checkpoint_dir / "best.pt").is_file():
-        model.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt", map_location=device)["model"])
-    elif best_in_memory is not None:
-        model.load_state_dict(best_in_memory)
-    return history
+    restore_best(progress, strategy, model, checkpoint_dir, best_in_memory, say)
+    return progress.history
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The ``print`` of processes other than rank 0 and of ``verbose=False``."""
+
+
+def _check_arguments(monitor: str, val_loader: Any, patience: int | None, resume: bool,
+                     checkpoint_dir: Any, accumulation_steps: int) -> None:
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor={monitor!r} is not a metric fit records; use one of {MONITORS}")
+    if monitor.startswith("val_") and val_loader is None and patience is not None:
+        raise ValueError(f"early stopping on {monitor!r} needs a val_loader")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be a whole number ≥ 1, "
+                         f"not {accumulation_steps!r}")
+
+
+def _check_schedule(scheduler: Any, epochs: int, steps: int | None, accumulation_steps: int,
+                    strategy: Strategy, say: Callable[..., None]) -> None:
+    """Under torchrun each process takes 1/N of the steps: a schedule sized with
+    ``len(train_loader)`` would stop part-way (one-cycle would never anneal). Say so."""
+    planned = getattr(scheduler, "total_steps", None)
+    if not strategy.distributed or planned is None or steps is None:
+        return
+    taken = epochs * math.ceil(steps / accumulation_steps)
+    if planned > taken:
+        say(f"NOTICE: the learning-rate schedule plans {planned} steps but each of the "
+            f"{strategy.world_size} processes takes {taken}; size it with "
+            "train.optimizer_steps_per_epoch(train_loader) so it completes")
+
+
+def _steps_per_epoch(loader: Any, max_steps_per_epoch: int | None,
+                     accumulation_steps: int) -> int | None:
+    """Batches per epoch on this process (``None`` for an iterable without a length)."""
+    steps = len(loader) if hasattr(loader, "__len__") else None
+    if max_steps_per_epoch is not None:
+        steps = max_steps_per_epoch if steps is None else min(steps, max_steps_per_epoch)
+    if steps is not None and steps <= 0:
+        raise ValueError(f"an epoch would have {steps} training steps (the training loader is "
+                         "empty or max_steps_per_epoch is 0); give it at least one batch")
+    if steps is None and accumulation_steps > 1:
+        raise ValueError("accumulation_steps > 1 needs a training loader with a length (or "
+                         "max_steps_per_epoch) so that an epoch's last optimiser step is known")
+    return steps
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    shown = "  ".join(f"{key} {record[key]:.4f}" for key in keys if key in record)
+    return (f"epoch {record['epoch']}/{epochs}  {shown}  ({record['seconds']:.1f} s, "
+            f"{record['samples_per_second']:.0f} samples/s)")
+
+
+__all__ = [
+    "MONITORS", "CheckpointError", "History", "Strategy", "evaluate", "fit", "forward",
+    "load_checkpoint", "load_model", "optimizer_steps_per_epoch", "predict", "progress_bar",
+    "save_model", "split_batch", "to_device",
+]

@@ -1,0 +1,345 @@
+"""Where the training loop runs: one device, or many processes under ``torchrun``.
+
+:class:`Strategy` owns everything that differs between ``python script.py`` and
+``torchrun --nproc_per_node=8 script.py``: the device, the process group, wrapping the model in
+``DistributedDataParallel`` or sharding it with FSDP2 (``fully_shard``), autocast and the
+gradient scaler, gradient synchronisation (``no_sync`` on accumulation micro-steps), the
+reductions that make every rank report the same metrics, and which rank writes files. The loop
+in :mod:`tutorial_lib.train` calls these methods and stays the same loop on one CPU, N GPUs and
+N nodes. Everything here is PyTorch's own engine (``torch.distributed``, c10d, DDP, FSDP2); the
+class only decides which piece to call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+
+from tutorial_lib.runtime import get_device
+
+PARALLEL_MODES = ("ddp", "fsdp")
+"""How a multi-process run shares the model: replicate it (DDP) or shard it (FSDP2)."""
+
+
+def launched_by_torchrun() -> bool:
+    """Return whether this process was started by ``torchrun`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def _autocast_dtype(device: torch.device, mixed_precision: bool | str | None) -> torch.dtype | None:
+    """Resolve the mixed-precision choice: ``None`` (automatic) and ``True`` mean bf16 on a CUDA
+    device that has it, fp16 on an older one, and off on the CPU; ``"bf16"``/``"fp16"`` force a
+    type; ``False`` switches it off."""
+    if mixed_precision is None or mixed_precision is True:
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mixed_precision is False:
+        return None
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or False on "
+                             f"{device.type}")
+        return torch.float16
+    raise ValueError(f"mixed_precision must be None, True, False, 'bf16' or 'fp16', "
+                     f"not {mixed_precision!r}")
+
+
+@dataclass
+class Strategy:
+    """The placement of one training run; build it with :meth:`from_environment`.
+
+    ``rank``/``world_size`` are 0/1 for a single process. ``parallel`` is ``"ddp"`` or
+    ``"fsdp"`` (used only when ``world_size > 1``). ``autocast_dtype`` is ``None`` for full
+    precision, else the autocast type; fp16 comes with a gradient scaler.
+    """
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    parallel: str = "ddp"
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, not {self.parallel!r}")
+        fp16 = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+
+    @classmethod
+    def from_environment(
+        cls,
+        device: torch.device | str | None = None,
+        mixed_precision: bool | str | None = None,
+        parallel: str = "ddp",
+    ) -> Strategy:
+        """Return the strategy for this process.
+
+        Under ``torchrun`` (its ``WORLD_SIZE``/``LOCAL_RANK`` variables) the default process
+        group is initialised if the script has not done so — NCCL on CUDA, gloo on the CPU —
+        and ``LOCAL_RANK`` picks the GPU (also when ``device`` is just ``"cuda"``, as chapters
+        pass it). Otherwise it is one process on ``device`` (default:
+        :func:`tutorial_lib.runtime.get_device`).
+
+        Raises:
+            ValueError: for an unknown ``parallel`` or ``mixed_precision`` value.
+        """
+        if launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = torch.device(device)
+            if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU
+                if local_rank >= torch.cuda.device_count():
+                    raise ValueError(f"LOCAL_RANK {local_rank} but only "
+                                     f"{torch.cuda.device_count()} GPU(s): start at most that many "
+                                     "processes per node (--nproc_per_node), or pass device='cpu'")
+                device = torch.device("cuda", local_rank)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                atexit.register(_destroy_process_group)
+            return cls(device, _autocast_dtype(device, mixed_precision), parallel,
+                       dist.get_rank(), dist.get_world_size())
+        device = torch.device(device) if device is not None else get_device()
+        return cls(device, _autocast_dtype(device, mixed_precision), parallel)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the one process that prints and writes files."""
+        return self.rank == 0
+
+    def describe(self) -> str:
+        """Return a one-line description, e.g. ``2 processes (ddp, gloo) on cpu, fp32``."""
+        precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype)[6:]
+        if not self.distributed:
+            return f"1 process on {self.device}, {precision}"
+        return (f"{self.world_size} processes ({self.parallel}, {dist.get_backend()}) "
+                f"on {self.device.type}, {precision}")
+
+    # --- the model -------------------------------------------------------------------------
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+        """Move ``model`` to the device and return the module the loop trains through.
+
+        One process: ``model`` itself. DDP: a ``DistributedDataParallel`` around it (it shares
+        the parameters, so ``model`` is trained). FSDP2: ``model`` sharded in place — each
+        direct child holding parameters becomes one FSDP unit, then the root. Sharding replaces
+        the parameters, so the ``optimizer`` built on the old ones is pointed at the new ones
+        (it must not hold state yet: resume loads its state after wrapping).
+        """
+        model.to(self.device)
+        if not self.distributed:
+            return model
+        if self.parallel == "ddp":
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        from torch.distributed.fsdp import fully_shard
+
+        names = {id(parameter): name for name, parameter in model.named_parameters()}
+        for child in model.children():
+            if any(parameter.requires_grad for parameter in child.parameters()):
+                fully_shard(child)
+        fully_shard(model)
+        if optimizer is not None:
+            _rebind(optimizer, names, dict(model.named_parameters()))
+        return model
+
+    def autocast(self):
+        """Return the autocast context of the chosen precision (a no-op in full precision)."""
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
+
+    @contextmanager
+    def sync_gradients(self, model: nn.Module, sync: bool) -> Iterator[None]:
+        """Context for one micro-step's forward and backward: with ``sync=False`` (a non-final
+        accumulation micro-step) DDP skips its all-reduce (``no_sync``) and FSDP2 its
+        reduce-scatter, so gradients accumulate locally and are averaged once per step."""
+        if self.distributed and self.parallel == "ddp" and not sync:
+            with model.no_sync():
+                yield
+            return
+        if self.distributed and self.parallel == "fsdp":
+            model.set_requires_gradient_sync(sync)
+        yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` (scaled first when fp16 needs the gradient scaler)."""
+        self.scaler.scale(loss).backward()
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+             grad_clip_norm: float | None = None) -> None:
+        """Unscale and clip the gradients, step the optimiser and clear the gradients."""
+        if grad_clip_norm is not None:
+            self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    # --- the data --------------------------------------------------------------------------
+    def shard_loader(self, loader: Iterable, training: bool) -> Iterable:
+        """Return the loader this process iterates.
+
+        One process: ``loader`` unchanged. Several: a ``DataLoader`` is rebuilt around a
+        ``DistributedSampler`` with the same dataset, per-process batch size, collate function,
+        workers and ``drop_last``; a shuffled loader keeps shuffling with a seed shared by all
+        ranks (its generator's initial seed, else 0). Evaluation loaders are never shuffled
+        and never drop, so :meth:`gather_in_order` can rebuild the whole set. Anything else
+        (a list of batches, a custom batch sampler) is returned unchanged: every process then
+        sees every batch — correct, but no faster.
+        """
+        if not self.distributed or not _rebuildable(loader):
+            return loader
+        shuffle = training and isinstance(loader.sampler, RandomSampler)
+        seed = loader.generator.initial_seed() if loader.generator is not None else 0
+        sampler = DistributedSampler(loader.dataset, self.world_size, self.rank, shuffle=shuffle,
+                                     seed=seed, drop_last=training and loader.drop_last)
+        return DataLoader(
+            loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+            collate_fn=loader.collate_fn, drop_last=training and loader.drop_last,
+            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+            persistent_workers=loader.persistent_workers,
+        )
+
+    def to_device(self, value: Any) -> Any:
+        """Return ``value`` with every tensor inside it on this process's device."""
+        from tutorial_lib.train import to_device
+
+        return to_device(value, self.device)
+
+    # --- reductions and files --------------------------------------------------------------
+    def reduce_sum(self, *values: float) -> list[float]:
+        """Return each value summed over all processes (float64, so counts stay exact)."""
+        if not self.distributed:
+            return [float(value) for value in values]
+        totals = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        return totals.tolist()
+
+    def gather_in_order(self, local: torch.Tensor, total: int, sharded: bool) -> torch.Tensor:
+        """Return the rows of a whole evaluation set from each rank's part, in loader order.
+
+        A ``DistributedSampler`` without shuffling gives rank ``r`` the examples
+        ``r, r + N, r + 2N, …`` of the set padded (by repeating its first examples) to a
+        multiple of ``N`` processes; interleaving the parts and cutting at ``total`` undoes
+        both, so metrics over the result equal the one-process ones exactly.
+        """
+        if not (self.distributed and sharded):
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        moved = local.to(self._collective_device())
+        parts = [part.to(moved.device) for part in parts]
+        dist.all_gather(parts, moved.contiguous())
+        return torch.stack(parts, dim=1).flatten(0, 1)[:total].to(local.device)
+
+    def gather_object(self, value: Any) -> list[Any]:
+        """Return ``[value of rank 0, value of rank 1, …]`` on every rank."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Return rank 0's ``value`` on every rank."""
+        if not self.distributed:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (e.g. until rank 0 has written a checkpoint)."""
+        if self.distributed:
+            dist.barrier()
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Return the full, unsharded ``state_dict`` of ``model`` on every rank (under FSDP2 the
+        shards are gathered: a collective call, so every rank must make it)."""
+        if self.distributed and self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        return model.state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load a full ``state_dict`` into ``model`` (sharding it under FSDP2)."""
+        if self.distributed and self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+            )
+
+            set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+            return
+        model.load_state_dict(state)
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Return the optimiser's full state (collective under FSDP2, like the model's)."""
+        if self.distributed and self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True)
+            return get_optimizer_state_dict(model, optimizer, options=options)
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                                  state: dict) -> None:
+        """Load a full optimiser state written by :meth:`optimizer_state_dict`."""
+        if self.distributed and self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(model, optimizer, state,
+                                     options=StateDictOptions(full_state_dict=True))
+            return
+        optimizer.load_state_dict(state)
+
+    def _collective_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _rebind(optimizer: torch.optim.Optimizer, names: dict[int, str],
+            sharded: dict[str, nn.Parameter]) -> None:
+    """Point ``optimizer`` at the sharded parameters that replaced the ones it was built with."""
+    if optimizer.state:
+        raise ValueError("FSDP2 replaces the parameters: pass an optimiser that has not stepped "
+                         "yet (build it right before fit)")
+    for group in optimizer.param_groups:
+        group["params"] = [sharded[names[id(parameter)]] for parameter in group["params"]]
+
+
+def _rebuildable(loader: Iterable) -> bool:
+    return (isinstance(loader, DataLoader) and loader.batch_size is not None
+            and type(loader.batch_sampler) is BatchSampler)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
