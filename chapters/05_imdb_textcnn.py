@@ -160,7 +160,8 @@ plt.show()
 long_review = max(train_tokens[:200], key=len)
 kept = truncate(long_review, 16, keep="head+tail")
 print(f"a {len(long_review)}-token review cut to 16 tokens, head + tail:\n{' '.join(kept[:8])} ... {' '.join(kept[8:])}")
-#
+
+# %% [markdown]
 # ## The vocabulary
 #
 # The vocabulary is built from the **training split only** — building it on test reviews would
