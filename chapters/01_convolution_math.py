@@ -132,12 +132,39 @@ print("largest difference from nn.Conv2d:", (ours - theirs).abs().max().item())
 # In signal processing, the convolution of an image $x$ with a kernel $w$ flips the kernel:
 #
 # $$
-# (x * w)[i, j] = \sum_{u, v} x[i - u, j - v] \; w[u, v]
-# \quad\Longleftrightarrow\quad
-# \sum_{u, v} x[i + u, j + v] \; w[k_h - 1 - u, k_w - 1 - v].
+# (x * w)[i, j] = \sum_{u=0}^{k_h-1} \sum_{v=0}^{k_w-1} x[i - u, j - v] \; w[u, v].
 # $$
 #
-# The source series writes this flipped formula and calls it what a CNN computes. PyTorch
+# Substituting $u' = k_h - 1 - u$ and $v' = k_w - 1 - v$ turns it into a cross-correlation with
+# the flipped kernel $\tilde w[u', v'] = w[k_h - 1 - u', k_w - 1 - v']$, **shifted by $k - 1$**:
+#
+# $$
+# (x * w)[i + k_h - 1, \; j + k_w - 1] = \sum_{u', v'} x[i + u', j + v'] \; \tilde w[u', v']
+# = (x \star \tilde w)[i, j].
+# $$
+#
+# So the two sides agree only after the output index moves by $k_h - 1$ rows and $k_w - 1$
+# columns: the convolution's first complete output sits at $(k_h - 1, k_w - 1)$, the
+# cross-correlation's at $(0, 0)$. A few lines of loops check the identity, index by index:
+
+# %%
+signal = torch.randn(5, 6)
+small_kernel = torch.randn(2, 3)
+k_h, k_w = small_kernel.shape
+flipped = small_kernel.flip(0, 1)
+worst = 0.0
+for i in range(signal.shape[0] - k_h + 1):
+    for j in range(signal.shape[1] - k_w + 1):
+        # left side: the textbook convolution evaluated at the shifted index (i + k_h - 1, j + k_w - 1)
+        convolution = sum(signal[i + k_h - 1 - u, j + k_w - 1 - v] * small_kernel[u, v]
+                          for u in range(k_h) for v in range(k_w))
+        correlation = sum(signal[i + u, j + v] * flipped[u, v] for u in range(k_h) for v in range(k_w))
+        worst = max(worst, abs(convolution - correlation).item())
+print(f"largest difference over all {(5 - k_h + 1) * (6 - k_w + 1)} valid positions: {worst:.1e}")
+
+# %% [markdown]
+# The source series' convolution article writes this flipped formula and calls it what a CNN
+# computes. PyTorch
 # (like every deep-learning library) computes the formula of the previous section, without the
 # flip — mathematically a **cross-correlation** (互相关). For a learned kernel the difference
 # does not matter (the network would simply learn the flipped kernel), but when you apply a
@@ -156,8 +183,11 @@ print("true convolution (flipped kernel):\n", conv.convolve2d_true(image, kernel
 #
 # ### The source series' worked example
 #
-# The source series convolves the $3 \times 3$ input $1, 2, \ldots, 9$ with the $2 \times 2$ kernel
-# that has ones on its diagonal, and states that the top-left output is $1 + 5 = 6$:
+# The source series' one numeric example is in its TextCNN article, and it uses the *unflipped*
+# formula — the cross-correlation — there; the flipped formula appears only in its convolution
+# article, which gives no numeric example. The example convolves the $3 \times 3$ input
+# $1, 2, \ldots, 9$ with the $2 \times 2$ kernel that has ones on its diagonal, and states that
+# the top-left output is $1 + 5 = 6$:
 
 # %%
 worked_input = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
@@ -168,8 +198,9 @@ print("output:\n", worked_output[0, 0])
 assert worked_output[0, 0, 0, 0].item() == 6.0
 
 # %% [markdown]
-# The diagonal kernel is symmetric under the flip, which is why the source's flipped formula
-# still produced the right number here.
+# The numbers agree with what `nn.Conv2d` computes. This diagonal kernel happens to be symmetric
+# under the half-turn flip, so the flipped formula would give $6$ as well; the asymmetric kernel
+# above shows that in general it does not.
 
 # %% [markdown]
 # ## The output size
