@@ -27,7 +27,10 @@
 # - the output-size formula, and what padding, stride, dilation and groups do to it;
 # - two implementations of the layer — explicit loops and `unfold` (im2col) — that match
 #   `torch.nn.functional.conv2d` to the last digit;
-# - max and average pooling, parameter and multiply-accumulate counts, and receptive fields;
+# - $1 \times 1$ convolutions, max and average pooling, parameter and multiply-accumulate counts,
+#   and receptive fields;
+# - the backward pass of a convolution — the gradients for the input and for the kernel are
+#   themselves convolutions — checked against autograd, and a kernel learned by gradient descent;
 # - what classic hand-made kernels (edges, blur, sharpen) do to a real handwritten digit.
 #
 # **Prerequisites**: Python, basic tensor operations in PyTorch (`torch.tensor`, indexing,
@@ -278,6 +281,27 @@ print(f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_
 print(f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute")
 
 # %% [markdown]
+# ### $1 \times 1$ convolutions
+#
+# The pointwise half of that pair is a $1 \times 1$ convolution. Its kernel sees one pixel, so it
+# cannot detect any spatial pattern; what it does is mix channels: at every pixel, the $C_{in}$
+# values go through the same linear map to $C_{out}$ values. It is a linear layer applied to each
+# pixel's channel vector — the cheap way to change the channel count (ResNet's bottlenecks,
+# MobileNet's pointwise step). The check: the layer and an `nn.Linear` holding the same weights.
+
+# %%
+pointwise = nn.Conv2d(64, 16, kernel_size=1)
+per_pixel_linear = nn.Linear(64, 16)
+with torch.no_grad():
+    per_pixel_linear.weight.copy_(pointwise.weight[:, :, 0, 0])
+    per_pixel_linear.bias.copy_(pointwise.bias)
+feature_map = torch.randn(2, 64, 7, 7)
+channels_last = feature_map.permute(0, 2, 3, 1)  # (N, H, W, C): one channel vector per pixel
+linear_output = per_pixel_linear(channels_last).permute(0, 3, 1, 2)
+print(f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear layer: "
+      f"{(pointwise(feature_map) - linear_output).abs().max().item():.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
+
+# %% [markdown]
 # ## im2col: convolution as one matrix product
 #
 # Loops over output positions are easy to read and slow to run. The trick every fast
@@ -296,6 +320,51 @@ print(inspect.getsource(conv.cross_correlate2d_im2col))
 # heavy lifting becomes a matrix multiplication, which libraries run at close to peak speed.
 # Because it is built from differentiable operations, autograd gives its gradients for free —
 # the test suite checks them against those of `F.conv2d`.
+
+# %% [markdown]
+# ## The backward pass
+#
+# Training needs the gradient of a loss $L$ with respect to the layer's input (to pass it on to
+# the layers below) and to its kernel (to update it), given the gradient $\delta = \partial L /
+# \partial y$ that arrives from above. Differentiating $y[i, j] = \sum_{u,v} x[i+u, j+v]\,w[u, v]$
+# (stride 1, one channel; channels add up the same way) gives two convolutions:
+#
+# - **weight gradient** — every output position used $w[u, v]$ once, on the input pixel
+#   $x[i+u, j+v]$: $\;\partial L / \partial w[u, v] = \sum_{i, j} x[i+u, j+v]\, \delta[i, j]$, the
+#   cross-correlation of the input with the output gradient;
+# - **input gradient** — pixel $x[a, b]$ fed every output $y[a-u, b-v]$ with weight $w[u, v]$:
+#   $\;\partial L / \partial x[a, b] = \sum_{u, v} \delta[a-u, b-v]\, w[u, v]$, a *true* convolution
+#   of $\delta$ with the kernel, over the whole padded range ("full" convolution) — in the
+#   cross-correlation form of this chapter: pad $\delta$ by $k - 1$ and correlate it with the
+#   **flipped** kernel. Here the flip of the previous section comes back.
+#
+# With many channels, the input gradient sums over output channels and the weight gradient over the
+# batch, which the code handles by swapping the channel and batch axes. All three gradients (with
+# the bias's, a plain sum of $\delta$), computed with our own im2col correlation and compared with
+# what autograd computes for `F.conv2d`:
+
+# %%
+x = torch.randn(2, 3, 7, 6, requires_grad=True)
+weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+bias = torch.randn(4, requires_grad=True)
+upstream = torch.randn(2, 4, 5, 4)  # dL/dy for the (2, 4, 5, 4) output, as if from the layers above
+(F.conv2d(x, weight, bias) * upstream).sum().backward()  # autograd: L = sum(y * upstream)
+
+k = weight.shape[-1]
+with torch.no_grad():
+    # input gradient: full correlation of dL/dy with the flipped kernel, channels in/out swapped
+    grad_input = conv.cross_correlate2d_im2col(upstream, weight.transpose(0, 1).flip(-2, -1), padding=k - 1)
+    # weight gradient: correlation of the input with dL/dy, batch and channel axes swapped
+    grad_weight = conv.cross_correlate2d_im2col(x.transpose(0, 1), upstream.transpose(0, 1)).transpose(0, 1)
+    grad_bias = upstream.sum(dim=(0, 2, 3))
+for name, ours, autograd in (("input", grad_input, x.grad), ("weight", grad_weight, weight.grad), ("bias", grad_bias, bias.grad)):
+    print(f"dL/d{name:<7} shape {str(tuple(ours.shape)):<15} max |ours - autograd| {(ours - autograd).abs().max().item():.1e}")
+
+# %% [markdown]
+# So the backward pass of a convolution costs about two more convolutions of the same size, which
+# is why a training step takes roughly three times the compute of a forward pass. (With stride $s$
+# the same formulas hold with $\delta$ dilated by $s$; PyTorch's `conv_transpose2d` is exactly the
+# input-gradient computation, used as a layer of its own in upsampling networks.)
 
 # %% [markdown]
 # ## Pooling
@@ -371,6 +440,37 @@ plt.show()
 # every outline; the blur softens the strokes; the sharpen kernel (identity plus a negative
 # Laplacian) exaggerates the contrast at their borders. A CNN's first layer learns kernels of
 # this kind on its own, as chapter 2 shows.
+
+# %% [markdown]
+# ## Learning a kernel by gradient descent
+#
+# Can gradient descent find such a kernel by itself? Give it the Sobel-$x$ responses of some digits
+# as targets, start from a random $3 \times 3$ kernel, and minimise the mean squared error with the
+# gradients of the previous section — nothing else:
+
+# %%
+learning_digits = mnist.test.images[:64].float() / 255  # (64, 1, 28, 28)
+sobel_x = kernels[:1]  # (1, 1, 3, 3)
+targets = F.conv2d(learning_digits, sobel_x, padding=1)
+torch.manual_seed(0)
+learned = (0.1 * torch.randn(1, 1, 3, 3)).requires_grad_()
+losses = []
+for step in range(300):
+    loss = F.mse_loss(F.conv2d(learning_digits, learned, padding=1), targets)
+    loss.backward()
+    with torch.no_grad():
+        learned -= 1.5 * learned.grad  # plain gradient descent, learning rate 1.5
+        learned.grad.zero_()
+    losses.append(loss.item())
+print(f"mean squared error: {losses[0]:.4f} at the start, {losses[-1]:.2e} after {len(losses)} steps")
+print("learned kernel:\n", learned.detach()[0, 0].numpy().round(3))
+print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item():.1e}")
+
+# %% [markdown]
+# The loss is a quadratic function of the nine weights, so gradient descent slides down to its one
+# minimum, and with enough varied pixels that minimum is the Sobel kernel itself. (The learning
+# rate matters even here: at 3.0 the steps overshoot and the loss explodes — try it.) A CNN does the
+# same with a loss that only says which digit it was, and finds whatever kernels serve that goal.
 
 # %% [markdown]
 # ## Counting the MNIST network of chapter 2
@@ -468,7 +568,11 @@ print(f"wrote {record_path}")
 #   stride 2 halves it, dilation widens the view without adding weights, groups split the channels.
 # - im2col turns a convolution into one matrix product — the same numbers as the loops, orders of
 #   magnitude faster.
-# - Pooling takes the maximum or mean of each window and has no parameters.
+# - Pooling takes the maximum or mean of each window and has no parameters. A $1 \times 1$
+#   convolution is a linear layer applied to every pixel's channels.
+# - Backward: the kernel's gradient is the correlation of the input with the output gradient; the
+#   input's gradient is a full convolution of the output gradient with the kernel (correlation with
+#   the flipped kernel). Gradient descent with them recovers a Sobel kernel from its outputs.
 # - In a small CNN, convolutions carry the compute and the first linear layer the parameters.
 
 # %% [markdown]
