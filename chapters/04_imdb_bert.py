@@ -331,17 +331,21 @@ print("head 0: how much [CLS] of the short review attends to each position:",
 
 # %% [markdown]
 # The weights on the two `[PAD]` positions of the short review are exactly 0. A consequence worth
-# checking on the whole 6-layer model: *what* the padding tokens are cannot change any real
+# checking on the whole model: *what* the padding tokens are cannot change any real
 # token's output. Replace the `[PAD]` ids by an arbitrary word and compare the `[CLS]` vectors —
 # once with the attention mask, once without it:
 
 # %%
+@torch.no_grad()
+def cls_vectors(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    output = plain_encoder(input_ids=input_ids, attention_mask=mask, token_type_ids=segments)
+    return output.last_hidden_state[:, 0]
+
+
 scrambled = ids.masked_fill(attention_mask == 0, tokenizer.convert_tokens_to_ids("terrible"))
-with torch.no_grad():
-    def cls_vectors(input_ids, mask):
-        return plain_encoder(input_ids=input_ids, attention_mask=mask, token_type_ids=segments).last_hidden_state[:, 0]
-    with_mask = (cls_vectors(ids, attention_mask) - cls_vectors(scrambled, attention_mask)).abs().max()
-    no_mask = (cls_vectors(ids, torch.ones_like(attention_mask)) - cls_vectors(scrambled, torch.ones_like(attention_mask))).abs().max()
+no_padding_mask = torch.ones_like(attention_mask)
+with_mask = (cls_vectors(ids, attention_mask) - cls_vectors(scrambled, attention_mask)).abs().max()
+no_mask = (cls_vectors(ids, no_padding_mask) - cls_vectors(scrambled, no_padding_mask)).abs().max()
 print(f"[CLS] change when the padding tokens change: {with_mask:.1e} with the attention mask, {no_mask:.3f} without")
 
 # %% [markdown]
@@ -368,7 +372,6 @@ if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architecture
 else:
     print(f"{bert_source.model} is stored as {architectures}: an encoder without the masked-language-model head, "
           "so there is no fill-mask example on this run (bert-base-uncased, under the gpu profile, has one).")
-del plain_encoder
 
 # %% [markdown]
 # The CPU model, `all-MiniLM-L6-v2`, was not pre-trained this way itself: it comes from

@@ -71,7 +71,8 @@ MARKDOWN_HEADING_AS_COMMENT = re.compile(r"^# #{1,4} \w", re.MULTILINE)
 def test_no_markdown_heading_hides_inside_a_code_cell(source: Path):
     """A heading commented out inside a code cell vanishes from the book's table of contents
     and renders as code; it belongs in a markdown cell."""
-    for kind, notebook in (("py", jupytext.read(source)), ("ipynb", jupytext.read(source.with_suffix(".ipynb")))):
+    pair = (("py", source), ("ipynb", source.with_suffix(".ipynb")))
+    for kind, notebook in ((kind, jupytext.read(path)) for kind, path in pair):
         hidden = [
             (index, match.group(0))
             for index, cell in enumerate(notebook.cells)

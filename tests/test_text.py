@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tutorial_lib.models import TextCNN, conv1d_as_conv2d
-from tutorial_lib.text import PAD, UNK, Vocabulary, encode_texts, normalize, tokenize
+from tutorial_lib.models import BagOfNgrams, TextCNN, conv1d_as_conv2d
+from tutorial_lib.text import PAD, UNK, Vocabulary, encode_texts, normalize, tokenize, with_bigrams
 
 TRAIN = ["A great movie!<br /><br />Great acting.", "A dull, dull film. Don't watch it."]
 TEST = ["An unseen word: great"]
@@ -69,8 +69,9 @@ def test_masked_padding_makes_features_independent_of_the_padding_length():
     torch.manual_seed(0)
     ids = torch.tensor([[3, 4, 5, 6]])
     padded = torch.tensor([[3, 4, 5, 6, 0, 0, 0, 0, 0, 0]])
-    masked = TextCNN(vocab_size=10, embedding_dim=4, num_filters=3, widths=(2, 3), dropout=0.0).eval()
-    unmasked = TextCNN(vocab_size=10, embedding_dim=4, num_filters=3, widths=(2, 3), dropout=0.0, mask_padding=False).eval()
+    sizes = dict(vocab_size=10, embedding_dim=4, num_filters=3, widths=(2, 3), dropout=0.0)
+    masked = TextCNN(**sizes).eval()
+    unmasked = TextCNN(**sizes, mask_padding=False).eval()
     unmasked.load_state_dict(masked.state_dict())
     with torch.no_grad():
         for model in (masked, unmasked):
@@ -178,7 +179,7 @@ def test_bert_head_tail_keeps_the_first_and_last_pieces_inside_cls_and_sep(tmp_p
     from tutorial_lib.text import TokenizedTexts, encode_for_bert
 
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e", "f", "g"]))
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefg"]))
     tokenizer = BertTokenizerFast(vocab_file=str(vocab))
     ids = {piece: tokenizer.convert_tokens_to_ids(piece) for piece in "abcdefg"}
     encoded = encode_for_bert(tokenizer, ["a b c d e f g", "a b"], max_length=6, keep="head+tail")
@@ -190,3 +191,15 @@ def test_bert_head_tail_keeps_the_first_and_last_pieces_inside_cls_and_sep(tmp_p
     assert head[0]["input_ids"] == [cls, ids["a"], ids["b"], ids["c"], ids["d"], sep]
     with pytest.raises(ValueError, match="keep must be"):
         encode_for_bert(tokenizer, ["a"], 6, keep="tail")
+
+
+def test_bag_of_ngrams_averages_bigram_and_word_embeddings_ignoring_padding():
+    assert with_bigrams(["not", "good", "at"]) == ["not", "good", "at", "not good", "good at"]
+    torch.manual_seed(0)
+    model = BagOfNgrams(vocab_size=6, embedding_dim=3)
+    short, padded = torch.tensor([[2, 3, 4]]), torch.tensor([[2, 3, 4, 0, 0, 0]])
+    expected = model.classifier(model.embedding.weight[[2, 3, 4]].mean(dim=0, keepdim=True))
+    torch.testing.assert_close(model(short), expected)
+    torch.testing.assert_close(model(padded), expected)  # padding is left out of the mean
+    with pytest.raises(ValueError, match=r"\(N, L\)"):
+        model(torch.tensor([2, 3]))

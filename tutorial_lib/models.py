@@ -114,7 +114,9 @@ class TextCNN(nn.Module):
         super().__init__()
         widths = tuple(widths)
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"TextCNN needs at least one filter width, each a positive int (e.g. (3, 4, 5)); got {widths}")
+            raise ValueError(
+                f"TextCNN needs at least one filter width, each a positive int (e.g. (3, 4, 5)); got {widths}"
+            )
         self.padding_idx = padding_idx
         self.mask_padding = mask_padding
         self.widths = widths
@@ -138,7 +140,8 @@ class TextCNN(nn.Module):
         is_token = token_ids != self.padding_idx  # (N, L)
         masked = []
         for width, r in zip(self.widths, responses):
-            inside_text = is_token.unfold(1, width, 1).all(dim=2)  # (N, L - width + 1): no padding in the window
+            # (N, L - width + 1): True where the window holds no padding
+            inside_text = is_token.unfold(1, width, 1).all(dim=2)
             inside_text[:, 0] = True  # a review shorter than the filter keeps its one window
             masked.append(r * inside_text.unsqueeze(1))
         return masked
@@ -146,6 +149,32 @@ class TextCNN(nn.Module):
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         pooled = [responses.amax(dim=2) for responses in self.filter_responses(token_ids)]  # max over time
         return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
+
+
+class BagOfNgrams(nn.Module):
+    """The bag-of-n-grams baseline of the PyTorch text tutorial and fastText (Joulin et al. 2017):
+    the mean of the embeddings of a text's n-grams, then a linear layer.
+
+    Input ``(N, L)`` ids of n-grams (unigrams and bigrams from one vocabulary), right-padded with
+    ``padding_idx``, which ``nn.EmbeddingBag`` leaves out of the mean. Output ``(N, num_classes)``.
+    Word order beyond the bigrams is lost: that is what makes it a baseline.
+    """
+
+    def __init__(
+        self, vocab_size: int, embedding_dim: int = 64, num_classes: int = 2, padding_idx: int = 0
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(
+            vocab_size, embedding_dim, mode="mean", padding_idx=padding_idx
+        )
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, ngram_ids: torch.Tensor) -> torch.Tensor:
+        if ngram_ids.dim() != 2:
+            raise ValueError(
+                f"BagOfNgrams expects n-gram ids of shape (N, L), got {tuple(ngram_ids.shape)}"
+            )
+        return self.classifier(self.embedding(ngram_ids))
 
 
 def conv1d_as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
