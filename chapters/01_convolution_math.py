@@ -158,10 +158,11 @@ flipped = small_kernel.flip(0, 1)
 worst = 0.0
 for i in range(signal.shape[0] - k_h + 1):
     for j in range(signal.shape[1] - k_w + 1):
-        # left side: the textbook convolution evaluated at the shifted index (i + k_h - 1, j + k_w - 1)
+        taps = [(u, v) for u in range(k_h) for v in range(k_w)]
+        # left side: the textbook convolution at the shifted index (i + k_h - 1, j + k_w - 1)
         convolution = sum(signal[i + k_h - 1 - u, j + k_w - 1 - v] * small_kernel[u, v]
-                          for u in range(k_h) for v in range(k_w))
-        correlation = sum(signal[i + u, j + v] * flipped[u, v] for u in range(k_h) for v in range(k_w))
+                          for u, v in taps)
+        correlation = sum(signal[i + u, j + v] * flipped[u, v] for u, v in taps)
         worst = max(worst, abs(convolution - correlation).item())
 print(f"largest difference over all {(5 - k_h + 1) * (6 - k_w + 1)} valid positions: {worst:.1e}")
 
@@ -298,8 +299,9 @@ with torch.no_grad():
 feature_map = torch.randn(2, 64, 7, 7)
 channels_last = feature_map.permute(0, 2, 3, 1)  # (N, H, W, C): one channel vector per pixel
 linear_output = per_pixel_linear(channels_last).permute(0, 3, 1, 2)
-print(f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear layer: "
-      f"{(pointwise(feature_map) - linear_output).abs().max().item():.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
+difference = (pointwise(feature_map) - linear_output).abs().max().item()
+print(f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear "
+      f"layer: {difference:.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
 
 # %% [markdown]
 # ## im2col: convolution as one matrix product
@@ -353,12 +355,18 @@ upstream = torch.randn(2, 4, 5, 4)  # dL/dy for the (2, 4, 5, 4) output, as if f
 k = weight.shape[-1]
 with torch.no_grad():
     # input gradient: full correlation of dL/dy with the flipped kernel, channels in/out swapped
-    grad_input = conv.cross_correlate2d_im2col(upstream, weight.transpose(0, 1).flip(-2, -1), padding=k - 1)
+    flipped_kernel = weight.transpose(0, 1).flip(-2, -1)  # (C_in, C_out, k, k), flipped
+    grad_input = conv.cross_correlate2d_im2col(upstream, flipped_kernel, padding=k - 1)
     # weight gradient: correlation of the input with dL/dy, batch and channel axes swapped
-    grad_weight = conv.cross_correlate2d_im2col(x.transpose(0, 1), upstream.transpose(0, 1)).transpose(0, 1)
+    grad_weight = conv.cross_correlate2d_im2col(x.transpose(0, 1), upstream.transpose(0, 1))
+    grad_weight = grad_weight.transpose(0, 1)
     grad_bias = upstream.sum(dim=(0, 2, 3))
-for name, ours, autograd in (("input", grad_input, x.grad), ("weight", grad_weight, weight.grad), ("bias", grad_bias, bias.grad)):
-    print(f"dL/d{name:<7} shape {str(tuple(ours.shape)):<15} max |ours - autograd| {(ours - autograd).abs().max().item():.1e}")
+checks = {"input": (grad_input, x.grad), "weight": (grad_weight, weight.grad),
+          "bias": (grad_bias, bias.grad)}
+for name, (ours, autograd) in checks.items():
+    difference = (ours - autograd).abs().max().item()
+    print(f"dL/d{name:<7} shape {str(tuple(ours.shape)):<15} "
+          f"max |ours - autograd| {difference:.1e}")
 
 # %% [markdown]
 # So the backward pass of a convolution costs about two more convolutions of the same size, which
@@ -462,14 +470,16 @@ for step in range(300):
         learned -= 1.5 * learned.grad  # plain gradient descent, learning rate 1.5
         learned.grad.zero_()
     losses.append(loss.item())
-print(f"mean squared error: {losses[0]:.4f} at the start, {losses[-1]:.2e} after {len(losses)} steps")
+print(f"mean squared error: {losses[0]:.4f} at the start, "
+      f"{losses[-1]:.2e} after {len(losses)} steps")
 print("learned kernel:\n", learned.detach()[0, 0].numpy().round(3))
 print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item():.1e}")
 
 # %% [markdown]
 # The loss is a quadratic function of the nine weights, so gradient descent slides down to its one
 # minimum, and with enough varied pixels that minimum is the Sobel kernel itself. (The learning
-# rate matters even here: at 3.0 the steps overshoot and the loss explodes — try it.) A CNN does the
+# rate matters even here: at 3.0 the steps overshoot and the loss explodes — try it.)
+# A CNN does the
 # same with a loss that only says which digit it was, and finds whatever kernels serve that goal.
 
 # %% [markdown]

@@ -99,17 +99,17 @@ class Budget:
 
 BUDGET = runtime.select_budget(
     {
-        "smoke": Budget(train_size=512, val_size=256, test_size=512, manual_train_size=256, epochs=1,
-                        compare_train_size=256, compare_epochs=1, pretrain_epochs=1, shots_per_class=5,
-                        finetune_epochs=3),
+        "smoke": Budget(train_size=512, val_size=256, test_size=512, manual_train_size=256,
+                        epochs=1, compare_train_size=256, compare_epochs=1, pretrain_epochs=1,
+                        shots_per_class=5, finetune_epochs=3),
         # cpu: sizes capped explicitly at MNIST's official 55,000 + 5,000 / 10,000, so the chapter's
         # time does not depend on which copy of the data a machine happens to have
-        "cpu": Budget(train_size=55_000, val_size=5_000, test_size=10_000, manual_train_size=6_000, epochs=3,
-                      compare_train_size=6_000, compare_epochs=1, pretrain_epochs=1, shots_per_class=10,
-                      finetune_epochs=40),
-        "gpu": Budget(train_size=None, val_size=5_000, test_size=None, manual_train_size=12_000, epochs=8,
-                      compare_train_size=20_000, compare_epochs=2, pretrain_epochs=3, shots_per_class=10,
-                      finetune_epochs=40),
+        "cpu": Budget(train_size=55_000, val_size=5_000, test_size=10_000, manual_train_size=6_000,
+                      epochs=3, compare_train_size=6_000, compare_epochs=1, pretrain_epochs=1,
+                      shots_per_class=10, finetune_epochs=40),
+        "gpu": Budget(train_size=None, val_size=5_000, test_size=None, manual_train_size=12_000,
+                      epochs=8, compare_train_size=20_000, compare_epochs=2, pretrain_epochs=3,
+                      shots_per_class=10, finetune_epochs=40),
     }
 )
 BATCH_SIZE = 64  # the source series' batch size
@@ -231,7 +231,8 @@ for step in range(5):
 # building a graph for gradients (`torch.no_grad()`):
 
 # %%
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+def train_one_epoch(model: nn.Module, loader: DataLoader,
+                    optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     """One pass over loader; returns the mean training loss and accuracy."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -247,20 +248,28 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 @torch.no_grad()
 def accuracy_on(model: nn.Module, loader: DataLoader) -> float:
     model.eval()
-    correct = sum(int((model(images.to(device)).argmax(dim=1) == labels.to(device)).sum()) for images, labels in loader)
+    correct = 0
+    for images, labels in loader:
+        correct += int((model(images.to(device)).argmax(dim=1) == labels.to(device)).sum())
     return correct / len(loader.dataset)
 
 
 manual_set = data.subset(train_images, BUDGET.manual_train_size, seed=2).with_transform(transform)
+
+
+def manual_loader() -> DataLoader:  # the same shuffled order every time it is called
+    return DataLoader(manual_set, batch_size=BATCH_SIZE, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))
+
+
 runtime.seed_everything(0)
 manual_model = MnistCNN().to(device)
 manual_optimizer = torch.optim.SGD(manual_model.parameters(), lr=0.05, momentum=0.9)
 started = time.perf_counter()
-manual_loss, manual_accuracy = train_one_epoch(
-    manual_model, DataLoader(manual_set, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0)),
-    manual_optimizer)
-print(f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: train loss {manual_loss:.4f}, "
-      f"train accuracy {100 * manual_accuracy:.2f}%, validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%")
+manual_loss, manual_accuracy = train_one_epoch(manual_model, manual_loader(), manual_optimizer)
+print(f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: "
+      f"train loss {manual_loss:.4f}, train accuracy {100 * manual_accuracy:.2f}%, "
+      f"validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%")
 
 # %% [markdown]
 # That is a complete training loop. `tutorial_lib.train.fit`, which every later chapter uses, is this
@@ -272,7 +281,8 @@ print(f"one epoch on {len(manual_set):,} images in {time.perf_counter() - starte
 
 # %%
 for name, parameter in inspect.signature(train.fit).parameters.items():
-    print(f"  {name}" + ("" if parameter.default is inspect.Parameter.empty else f" = {parameter.default!r}"))
+    has_default = parameter.default is not inspect.Parameter.empty
+    print(f"  {name}" + (f" = {parameter.default!r}" if has_default else ""))
 
 # %% [markdown]
 # "The same loop" is a claim we can check: train a network with the same seed, the same data order
@@ -283,10 +293,12 @@ for name, parameter in inspect.signature(train.fit).parameters.items():
 runtime.seed_everything(0)
 fit_model = MnistCNN()
 fit_optimizer = torch.optim.SGD(fit_model.parameters(), lr=0.05, momentum=0.9)
-train.fit(fit_model, DataLoader(manual_set, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0)),
-          None, fit_optimizer, epochs=1, device=device, monitor="train_loss", verbose=False)
-weight_difference = max((a - b).abs().max().item() for a, b in zip(manual_model.parameters(), fit_model.parameters()))
-print(f"largest difference between the weights after our loop and after train.fit: {weight_difference:.1e}")
+train.fit(fit_model, manual_loader(), None, fit_optimizer, epochs=1, device=device,
+          monitor="train_loss", verbose=False)
+weight_difference = max((ours - fits).abs().max().item()
+                        for ours, fits in zip(manual_model.parameters(), fit_model.parameters()))
+print(f"largest difference between the weights after our loop and after train.fit: "
+      f"{weight_difference:.1e}")
 
 # %% [markdown]
 # For the real run we train with AdamW (its update rule is written out below) and a one-cycle
@@ -360,20 +372,25 @@ def scheduler_rates(make_scheduler, steps: int, lr: float) -> list[float]:
 
 total_steps, warmup_steps = 200, 20
 library_rates = {
-    "one-cycle": scheduler_rates(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=3e-3, total_steps=total_steps),
-                                 total_steps, 3e-3),
-    "linear warm-up": scheduler_rates(lambda o: get_linear_schedule_with_warmup(o, warmup_steps, total_steps), total_steps, 3e-3),
+    "one-cycle": scheduler_rates(
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=3e-3, total_steps=total_steps),
+        total_steps, 3e-3),
+    "linear warm-up": scheduler_rates(
+        lambda o: get_linear_schedule_with_warmup(o, warmup_steps, total_steps), total_steps, 3e-3),
 }
 formula_rates = {
     "one-cycle": [one_cycle_lr(t, total_steps, 3e-3) for t in range(total_steps)],
-    "linear warm-up": [linear_warmup_lr(t, total_steps, warmup_steps, 3e-3) for t in range(total_steps)],
+    "linear warm-up": [linear_warmup_lr(t, total_steps, warmup_steps, 3e-3)
+                       for t in range(total_steps)],
 }
 fig, ax = plt.subplots(figsize=(7, 3.2), facecolor="white")
 for name in library_rates:
     worst = max(abs(a - b) for a, b in zip(library_rates[name], formula_rates[name]))
-    print(f"{name:<15} largest difference between formula and scheduler over {total_steps} steps: {worst:.1e}")
+    print(f"{name:<15} largest difference between formula and scheduler over {total_steps} steps: "
+          f"{worst:.1e}")
     ax.plot(library_rates[name], label=name)
-ax.set(title="Learning-rate schedules (peak 3e-3, 200 steps)", xlabel="optimiser step", ylabel="learning rate")
+ax.set(title="Learning-rate schedules (peak 3e-3, 200 steps)", xlabel="optimiser step",
+       ylabel="learning rate")
 ax.legend()
 plt.show()
 
@@ -413,10 +430,12 @@ false_negatives = int(((predictions != digit) & (targets == digit)).sum())
 precision = true_positives / max(true_positives + false_positives, 1)
 recall = true_positives / max(true_positives + false_negatives, 1)
 f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-library_p, library_r, library_f1, _ = precision_recall_fscore_support(targets, predictions, labels=[digit], zero_division=0)
+library_p, library_r, library_f1, _ = precision_recall_fscore_support(
+    targets, predictions, labels=[digit], zero_division=0)
 print(f"digit {digit}: TP {true_positives}, FP {false_positives}, FN {false_negatives}")
 print(f"by hand:      precision {precision:.4f}, recall {recall:.4f}, F1 {f1:.4f}")
-print(f"scikit-learn: precision {library_p[0]:.4f}, recall {library_r[0]:.4f}, F1 {library_f1[0]:.4f}")
+print(f"scikit-learn: precision {library_p[0]:.4f}, recall {library_r[0]:.4f}, "
+      f"F1 {library_f1[0]:.4f}")
 
 # %% [markdown]
 # Precision and recall depend on a decision rule (here: the class with the highest score). The
@@ -432,7 +451,9 @@ probabilities = torch.softmax(logits, dim=1)
 is_digit = (targets == digit).numpy()
 digit_scores = probabilities[:, digit].numpy()
 positive_scores, negative_scores = digit_scores[is_digit], digit_scores[~is_digit]
-pairs_won = (positive_scores[:, None] > negative_scores[None, :]).mean() + 0.5 * (positive_scores[:, None] == negative_scores[None, :]).mean()
+# AUC = P(positive scores higher than negative); ties count half
+pairs_won = ((positive_scores[:, None] > negative_scores[None, :]).mean()
+             + 0.5 * (positive_scores[:, None] == negative_scores[None, :]).mean())
 print(f"digit {digit} vs. the rest: AUC by pairwise comparison {pairs_won:.5f}, "
       f"scikit-learn roc_auc_score {roc_auc_score(is_digit, digit_scores):.5f}")
 macro_auc = roc_auc_score(targets.numpy(), probabilities.numpy(), multi_class="ovr")
@@ -443,8 +464,8 @@ floor = 1e-4  # a log axis cannot show 0: false-positive rates below it are draw
 ax.plot(np.maximum(false_positive_rate, floor), true_positive_rate, label=f"digit {digit} vs. rest")
 chance = np.logspace(-4, 0, 50)
 ax.plot(chance, chance, linestyle=":", color="grey", label="chance")
-ax.set(title=f"ROC curve, digit {digit}", xlabel="false-positive rate (log scale)", ylabel="true-positive rate",
-       xscale="log", xlim=(floor, 1))
+ax.set(title=f"ROC curve, digit {digit}", xlabel="false-positive rate (log scale)",
+       ylabel="true-positive rate", xscale="log", xlim=(floor, 1))
 ax.legend(loc="lower right")
 plt.show()
 
@@ -464,7 +485,8 @@ plt.show()
 torch.manual_seed(0)
 two_logits, binary_labels = torch.randn(8, 2), torch.randint(0, 2, (8,))
 softmax_ce = F.cross_entropy(two_logits, binary_labels)
-binary_ce = F.binary_cross_entropy_with_logits(two_logits[:, 1] - two_logits[:, 0], binary_labels.float())
+logit_difference = two_logits[:, 1] - two_logits[:, 0]
+binary_ce = F.binary_cross_entropy_with_logits(logit_difference, binary_labels.float())
 print(f"softmax cross-entropy {softmax_ce:.6f}, binary cross-entropy on z1 - z0 {binary_ce:.6f}")
 
 # %% [markdown]
@@ -558,9 +580,11 @@ gradients = [torch.randn(5) for _ in range(3)]
 rules = {
     "SGD, momentum 0.9": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
                           lambda th, g, st: sgd_momentum_update(th, g, st, lr=0.1, momentum=0.9)),
-    "Adam": (lambda p: torch.optim.Adam(p, lr=0.1), lambda th, g, st: adamw_update(th, g, st, lr=0.1)),
+    "Adam": (lambda p: torch.optim.Adam(p, lr=0.1),
+             lambda th, g, st: adamw_update(th, g, st, lr=0.1)),
     "AdamW, weight decay 0.1": (lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1),
-                                lambda th, g, st: adamw_update(th, g, st, lr=0.1, weight_decay=0.1)),
+                                lambda th, g, st: adamw_update(th, g, st, lr=0.1,
+                                                               weight_decay=0.1)),
 }
 table = ["| optimiser | largest difference after 3 steps | parameter moved by |", "|---|---:|---:|"]
 for name, (make_library, by_hand) in rules.items():
@@ -571,11 +595,12 @@ for name, (make_library, by_hand) in rules.items():
         parameter.grad = gradient.clone()
         library.step()
         theta = by_hand(theta, gradient, state)
-    table.append(f"| {name} | {(parameter.detach() - theta).abs().max():.1e} | {(theta - start).abs().max():.3f} |")
+    difference, moved = (parameter.detach() - theta).abs().max(), (theta - start).abs().max()
+    table.append(f"| {name} | {difference:.1e} | {moved:.3f} |")
 display(Markdown("\n".join(table)))
 first_m = (1 - 0.9) * gradients[0]
-print(f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on average "
-      f"instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient")
+print(f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on "
+      f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient")
 
 # %% [markdown]
 # The hand-written rules and `torch.optim` agree to rounding. With these definitions the comparison
@@ -654,7 +679,8 @@ print(f"new task, digits 5-9: {len(few_shot)} labelled examples ({BUDGET.shots_p
 runtime.seed_everything(0)
 pretrained = MnistCNN(num_classes=5)
 pretrain_loader = DataLoader(old_train, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
-pretrain_history = train.fit(pretrained, pretrain_loader, None, torch.optim.Adam(pretrained.parameters(), lr=1e-3),
+pretrain_history = train.fit(pretrained, pretrain_loader, None,
+                             torch.optim.Adam(pretrained.parameters(), lr=1e-3),
                              epochs=BUDGET.pretrain_epochs, device=device, monitor="train_loss")
 
 # %% [markdown]
