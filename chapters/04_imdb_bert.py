@@ -71,7 +71,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from transformers import AutoModelForMaskedLM, DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers import (
+    AutoModelForMaskedLM,
+    DataCollatorWithPadding,
+    get_linear_schedule_with_warmup,
+)
 
 from tutorial_lib import data, metrics, optim, plots, results, runtime, train, weights
 from tutorial_lib.models import BertPooledClassifier, count_parameters, freeze
@@ -180,7 +184,8 @@ for word in ("cinematography", "breathtaking", "unconvincing", "screenplay"):
     assert wordpiece(word) == tokenizer.tokenize(word)
 first_piece = wordpiece("unconvincing")[0]
 tried = ["unconvincing"[:end] for end in range(len("unconvincing"), len(first_piece) - 1, -1)]
-print("first piece of 'unconvincing', candidates tried:", " -> ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'not in'})" for c in tried))
+print("first piece of 'unconvincing', candidates tried in order:")
+print("  " + ", ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'not in'})" for c in tried))
 
 # %% [markdown]
 # How long are the reviews in these tokens? BERT's position embeddings stop at 512, and the cost of
@@ -246,11 +251,13 @@ def encode_and_time(encoder: torch.nn.Module, padding: str, max_length: int) -> 
     return sum(batch["input_ids"].numel() for batch in batches), time.perf_counter() - started
 
 
-encode_and_time(plain_encoder, "longest", 32)  # warm-up: the first calls pay one-off costs that would skew the first row
+# warm-up: the first calls pay one-off costs that would skew the first row
+encode_and_time(plain_encoder, "longest", 32)
 padding_runs = {
     "pad everything to 512 (source)": encode_and_time(plain_encoder, "max_length", 512),
     "dynamic, truncated at 512": encode_and_time(plain_encoder, "longest", 512),
-    f"dynamic, truncated at {BUDGET.max_length} (this chapter)": encode_and_time(plain_encoder, "longest", BUDGET.max_length),
+    f"dynamic, truncated at {BUDGET.max_length} (this chapter)":
+        encode_and_time(plain_encoder, "longest", BUDGET.max_length),
 }
 reference_seconds = padding_runs["pad everything to 512 (source)"][1]
 print(f"{len(padding_texts)} test reviews, batches of 16, encoder forward pass on the CPU")
@@ -278,16 +285,21 @@ for name, (tokens, seconds_taken) in padding_runs.items():
 # followed by a LayerNorm: $e = \mathrm{LayerNorm}(E_{tok}[t] + E_{pos}[p] + E_{seg}[s])$.
 
 # %%
-study_batch = tokenizer(["A gripping, beautifully shot film.", "Dull."], padding=True, return_tensors="pt")
-ids, segments, attention_mask = study_batch["input_ids"], study_batch["token_type_ids"], study_batch["attention_mask"]
+study_batch = tokenizer(["A gripping, beautifully shot film.", "Dull."], padding=True,
+                        return_tensors="pt")
+ids, segments = study_batch["input_ids"], study_batch["token_type_ids"]
+attention_mask = study_batch["attention_mask"]
 embeddings = plain_encoder.embeddings
+positions = torch.arange(ids.shape[1])
 with torch.no_grad():
-    ours = embeddings.LayerNorm(embeddings.word_embeddings(ids) + embeddings.position_embeddings(torch.arange(ids.shape[1]))
-                                + embeddings.token_type_embeddings(segments))
+    summed = (embeddings.word_embeddings(ids) + embeddings.position_embeddings(positions)
+              + embeddings.token_type_embeddings(segments))
+    ours = embeddings.LayerNorm(summed)
     theirs = embeddings(input_ids=ids, token_type_ids=segments)
 print("token ids:     ", ids.tolist())
 print("attention mask:", attention_mask.tolist())
-print(f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: {(ours - theirs).abs().max():.1e}")
+print(f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
+      f"{(ours - theirs).abs().max():.1e}")
 
 # %% [markdown]
 # **Scaled dot-product attention.** Each layer projects the vectors $h$ into queries $Q = hW_Q$,
@@ -318,12 +330,14 @@ def split_heads(x: torch.Tensor) -> torch.Tensor:  # (N, L, H * d) -> (N, H, L, 
 
 
 with torch.no_grad():
-    queries, keys, values = (split_heads(projection(theirs)) for projection in (attention.query, attention.key, attention.value))
+    projections = (attention.query, attention.key, attention.value)
+    queries, keys, values = (split_heads(projection(theirs)) for projection in projections)
     scores = queries @ keys.transpose(-1, -2) / math.sqrt(head_size)  # (N, H, L, L)
     scores = scores.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
     attention_weights = scores.softmax(dim=-1)
     context = attention_weights @ values
-    library = F.scaled_dot_product_attention(queries, keys, values, attn_mask=attention_mask[:, None, None, :].bool())
+    library = F.scaled_dot_product_attention(queries, keys, values,
+                                             attn_mask=attention_mask[:, None, None, :].bool())
 print(f"{heads} heads of size {head_size}; largest difference from F.scaled_dot_product_attention: "
       f"{(context - library).abs().max():.1e}")
 print("head 0: how much [CLS] of the short review attends to each position:",
@@ -346,7 +360,8 @@ scrambled = ids.masked_fill(attention_mask == 0, tokenizer.convert_tokens_to_ids
 no_padding_mask = torch.ones_like(attention_mask)
 with_mask = (cls_vectors(ids, attention_mask) - cls_vectors(scrambled, attention_mask)).abs().max()
 no_mask = (cls_vectors(ids, no_padding_mask) - cls_vectors(scrambled, no_padding_mask)).abs().max()
-print(f"[CLS] change when the padding tokens change: {with_mask:.1e} with the attention mask, {no_mask:.3f} without")
+print(f"[CLS] change when the padding tokens change: {with_mask:.1e} with the attention mask, "
+      f"{no_mask:.3f} without")
 
 # %% [markdown]
 # With the mask the change is zero to the last bit; without it, the short review's `[CLS]` vector
@@ -363,15 +378,19 @@ print(f"[CLS] change when the padding tokens change: {with_mask:.1e} with the at
 # %%
 architectures = plain_encoder.config.architectures or []
 if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architectures):
-    masked_lm = AutoModelForMaskedLM.from_pretrained(weights.resolve_bert(BUDGET.model_name, verbose=False)[0]).eval()
+    checkpoint = weights.resolve_bert(BUDGET.model_name, verbose=False)[0]
+    masked_lm = AutoModelForMaskedLM.from_pretrained(checkpoint).eval()
     blank = tokenizer("The film was a complete [MASK] of time.", return_tensors="pt")
+    is_blank = blank["input_ids"][0] == tokenizer.mask_token_id
     with torch.no_grad():
-        mask_logits = masked_lm(**blank).logits[0, blank["input_ids"][0] == tokenizer.mask_token_id][0]
-    print("top fillers for [MASK]:", tokenizer.convert_ids_to_tokens(mask_logits.topk(5).indices.tolist()))
+        mask_logits = masked_lm(**blank).logits[0, is_blank][0]
+    top_ids = mask_logits.topk(5).indices.tolist()
+    print("top fillers for [MASK]:", tokenizer.convert_ids_to_tokens(top_ids))
     del masked_lm
 else:
-    print(f"{bert_source.model} is stored as {architectures}: an encoder without the masked-language-model head, "
-          "so there is no fill-mask example on this run (bert-base-uncased, under the gpu profile, has one).")
+    print(f"{bert_source.model} is stored as {architectures}: an encoder without the "
+          "masked-language-model head, so there is no fill-mask example on this run "
+          "(bert-base-uncased, under the gpu profile, has one).")
 
 # %% [markdown]
 # The CPU model, `all-MiniLM-L6-v2`, was not pre-trained this way itself: it comes from
@@ -384,9 +403,13 @@ else:
 
 # %%
 collator = DataCollatorWithPadding(tokenizer)
-train_set = TokenizedTexts(tokenizer, train_reviews.texts, train_reviews.labels, BUDGET.max_length, keep="head+tail")
-val_set = TokenizedTexts(tokenizer, val_reviews.texts, val_reviews.labels, BUDGET.max_length, keep="head+tail")
-test_set = TokenizedTexts(tokenizer, test_reviews.texts, test_reviews.labels, BUDGET.max_length, keep="head+tail")
+def tokenized(reviews: data.TextDataset) -> TokenizedTexts:
+    return TokenizedTexts(tokenizer, reviews.texts, reviews.labels, BUDGET.max_length,
+                          keep="head+tail")
+
+
+train_set, val_set = tokenized(train_reviews), tokenized(val_reviews)
+test_set = tokenized(test_reviews)
 
 
 def loader(dataset, shuffle: bool) -> DataLoader:
@@ -435,15 +458,17 @@ WARMUP_FRACTION = 0.1
 
 
 def adamw_with_linear_warmup(model: torch.nn.Module, learning_rate: float, total_steps: int):
-    """AdamW over optim.param_groups (no decay on biases and norms) and linear warm-up then decay."""
+    """AdamW over optim.param_groups (no decay on biases and norms); linear warm-up, then decay."""
     optimizer = torch.optim.AdamW(optim.param_groups(model, lr=learning_rate, weight_decay=0.01))
-    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, int(WARMUP_FRACTION * total_steps)),
+    warmup_steps = max(1, int(WARMUP_FRACTION * total_steps))
+    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps,
                                                 num_training_steps=total_steps)
     return optimizer, scheduler
 
 
 def fine_tune(model: torch.nn.Module, train_loader: DataLoader, epochs: int, learning_rate: float):
-    optimizer, scheduler = adamw_with_linear_warmup(model, learning_rate, epochs * len(train_loader))
+    total_steps = epochs * len(train_loader)
+    optimizer, scheduler = adamw_with_linear_warmup(model, learning_rate, total_steps)
     started = time.perf_counter()
     history = train.fit(model, train_loader, val_loader, optimizer, epochs=epochs, scheduler=scheduler,
                         device=device, grad_clip_norm=1.0)
@@ -480,7 +505,7 @@ with torch.no_grad():
     pooled = frozen_model.base_model(**{key: value for key, value in batch.items() if key != "labels"}).pooler_output
 print(f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, standard deviation {pooled.std():.3f}")
 head_only_reviews = data.subset(train_reviews, BUDGET.head_only_train_size, seed=3)
-head_only_set = TokenizedTexts(tokenizer, head_only_reviews.texts, head_only_reviews.labels, BUDGET.max_length, keep="head+tail")
+head_only_set = tokenized(head_only_reviews)
 _, frozen_seconds = fine_tune(frozen_model, loader(head_only_set, True), 1, learning_rate=0.1)
 comparison[f"head only, frozen encoder ({len(head_only_set):,} reviews)"] = (count_parameters(frozen_model, trainable_only=True), frozen_seconds,
                                             train.evaluate(frozen_model, val_loader, device=device)["accuracy"])
@@ -497,7 +522,7 @@ runtime.seed_everything(0)
 _, encoder, _ = weights.load_bert(BUDGET.model_name, verbose=False)
 custom_model = BertPooledClassifier(encoder, num_classes=2)
 custom_reviews = data.subset(train_reviews, BUDGET.custom_head_train_size, seed=3)
-custom_subset = TokenizedTexts(tokenizer, custom_reviews.texts, custom_reviews.labels, BUDGET.max_length, keep="head+tail")
+custom_subset = tokenized(custom_reviews)
 _, custom_seconds = fine_tune(custom_model, loader(custom_subset, True), 1, BUDGET.learning_rate)
 comparison[f"hand-written head ({len(custom_subset):,} reviews)"] = (
     count_parameters(custom_model, trainable_only=True), custom_seconds,
@@ -573,22 +598,31 @@ for sentence, positive in zip(new_sentences, new_probabilities):
 # warm-up, no layer-wise decay — so expect a somewhat higher error than theirs.
 
 # %%
-def bert_base_recipe(model_name: str, train_reviews: data.TextDataset, test_reviews: data.TextDataset,
-                     max_length: int = 512, batch_size: int = 32, epochs: int = 2, learning_rate: float = 2e-5,
+def bert_base_recipe(model_name: str, train_reviews: data.TextDataset,
+                     test_reviews: data.TextDataset, max_length: int = 512, batch_size: int = 32,
+                     epochs: int = 2, learning_rate: float = 2e-5,
                      max_steps_per_epoch: int | None = None) -> dict:
-    """Fine-tune model_name on train_reviews and return its test accuracy and training time."""
+    """Fine-tune model_name on train_reviews; return its test accuracy and training time."""
     runtime.seed_everything(0)
     big_tokenizer, big_model, big_source = weights.load_bert(model_name, num_labels=2)
     big_collator = DataCollatorWithPadding(big_tokenizer)
-    big_train = DataLoader(TokenizedTexts(big_tokenizer, train_reviews.texts, train_reviews.labels, max_length, keep="head+tail"),
-                           batch_size=batch_size, shuffle=True, collate_fn=big_collator, generator=torch.Generator().manual_seed(0))
-    big_test = DataLoader(TokenizedTexts(big_tokenizer, test_reviews.texts, test_reviews.labels, max_length, keep="head+tail"),
-                          batch_size=4 * batch_size, collate_fn=big_collator)
+
+    def big_tokenized(reviews: data.TextDataset) -> TokenizedTexts:
+        return TokenizedTexts(big_tokenizer, reviews.texts, reviews.labels, max_length,
+                              keep="head+tail")
+
+    big_train = DataLoader(big_tokenized(train_reviews), batch_size=batch_size, shuffle=True,
+                           collate_fn=big_collator, generator=torch.Generator().manual_seed(0))
+    big_test = DataLoader(big_tokenized(test_reviews), batch_size=4 * batch_size,
+                          collate_fn=big_collator)
     steps_per_epoch = min(len(big_train), max_steps_per_epoch or len(big_train))
-    optimizer, scheduler = adamw_with_linear_warmup(big_model, learning_rate, epochs * steps_per_epoch)
-    big_history = train.fit(big_model, big_train, None, optimizer, epochs=epochs, scheduler=scheduler, device=device,
-                            grad_clip_norm=1.0, monitor="train_loss", max_steps_per_epoch=max_steps_per_epoch)
-    return {"model": big_source.model, "train_reviews": len(train_reviews), "max_length": max_length,
+    optimizer, scheduler = adamw_with_linear_warmup(big_model, learning_rate,
+                                                    epochs * steps_per_epoch)
+    big_history = train.fit(big_model, big_train, None, optimizer, epochs=epochs,
+                            scheduler=scheduler, device=device, grad_clip_norm=1.0,
+                            monitor="train_loss", max_steps_per_epoch=max_steps_per_epoch)
+    return {"model": big_source.model, "train_reviews": len(train_reviews),
+            "max_length": max_length,
             "test_accuracy": train.evaluate(big_model, big_test, device=device)["accuracy"],
             "train_seconds": sum(big_history["seconds"])}
 
@@ -601,10 +635,12 @@ def bert_base_recipe(model_name: str, train_reviews: data.TextDataset, test_revi
 gpu_result = None
 if runtime.cuda_only_note("fine-tuning bert-base-uncased on 25,000 reviews at 512 tokens"):
     gpu_result = bert_base_recipe("bert-base-uncased", imdb.train, imdb.test)
-    print(f"{gpu_result['model']}, 512 tokens, full data: test accuracy {100 * gpu_result['test_accuracy']:.2f}%")
+    print(f"{gpu_result['model']}, 512 tokens, full data: "
+          f"test accuracy {100 * gpu_result['test_accuracy']:.2f}%")
 else:
-    recipe_check = bert_base_recipe(BUDGET.model_name, data.subset(train_reviews, 32, seed=4), data.subset(test_reviews, 32, seed=4),
-                                    max_length=64, batch_size=16, epochs=1, max_steps_per_epoch=2)
+    recipe_check = bert_base_recipe(BUDGET.model_name, data.subset(train_reviews, 32, seed=4),
+                                    data.subset(test_reviews, 32, seed=4), max_length=64,
+                                    batch_size=16, epochs=1, max_steps_per_epoch=2)
     print(f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end")
 
 # %% [markdown]

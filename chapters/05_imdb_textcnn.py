@@ -98,17 +98,19 @@ class Budget:
 BUDGET = runtime.select_budget(
     {
         "smoke": Budget(train_size=300, val_size=100, test_size=200, max_length=64, epochs=1,
-                        embedding_train_size=200, embedding_epochs=1, ngram_epochs=1, speed_sample=32,
-                        speed_words=48, bert_model="sentence-transformers/all-MiniLM-L6-v2"),
-        # cpu: all 24,000 training reviews that remain after validation, on purpose — IMDB's official
-        # training split has 25,000, so no download can bring more, and TextCNN gains from every
-        # review; the epochs are what keeps the chapter within its time
+                        embedding_train_size=200, embedding_epochs=1, ngram_epochs=1,
+                        speed_sample=32, speed_words=48,
+                        bert_model="sentence-transformers/all-MiniLM-L6-v2"),
+        # cpu: all 24,000 training reviews left after validation, on purpose: IMDB's official
+        # training split has 25,000, so no download can bring more, and TextCNN gains from
+        # every review; the number of epochs is what keeps the chapter within its time
         "cpu": Budget(train_size=24_000, val_size=1_000, test_size=25_000, max_length=256, epochs=4,
-                      embedding_train_size=4_000, embedding_epochs=2, ngram_epochs=5, speed_sample=512,
-                      speed_words=200, bert_model="sentence-transformers/all-MiniLM-L6-v2"),
+                      embedding_train_size=4_000, embedding_epochs=2, ngram_epochs=5,
+                      speed_sample=512, speed_words=200,
+                      bert_model="sentence-transformers/all-MiniLM-L6-v2"),
         "gpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=400, epochs=10,
-                      embedding_train_size=24_000, embedding_epochs=3, ngram_epochs=10, speed_sample=2_048,
-                      speed_words=200, bert_model="bert-base-uncased"),
+                      embedding_train_size=24_000, embedding_epochs=3, ngram_epochs=10,
+                      speed_sample=2_048, speed_words=200, bert_model="bert-base-uncased"),
     }
 )
 BATCH_SIZE = 64
@@ -288,7 +290,8 @@ plt.show()
 
 # %%
 def pooled_features(token_ids: torch.Tensor) -> torch.Tensor:
-    return torch.cat([responses.amax(dim=2) for responses in model.filter_responses(token_ids)], dim=1)
+    responses = model.filter_responses(token_ids)
+    return torch.cat([width_responses.amax(dim=2) for width_responses in responses], dim=1)
 
 
 model.eval().cpu()
@@ -300,9 +303,13 @@ with torch.no_grad():
     unmasked_features = torch.cat([pooled_features(chunk) for chunk in padded_reviews.split(256)])
     model.mask_padding = True
 changed_features = ((masked_features - unmasked_features).abs() > 1e-5).float().mean()
-flipped = (model.classifier(masked_features).argmax(1) != model.classifier(unmasked_features).argmax(1)).float().mean()
-print(f"{len(padded_reviews):,} padded test reviews: without the mask {100 * changed_features:.1f}% of the pooled features "
-      f"change (padding wins the max) and {100 * flipped:.1f}% of the predictions flip")
+with torch.no_grad():
+    masked_predictions = model.classifier(masked_features).argmax(dim=1)
+    unmasked_predictions = model.classifier(unmasked_features).argmax(dim=1)
+flipped = (masked_predictions != unmasked_predictions).float().mean()
+print(f"{len(padded_reviews):,} padded test reviews: without the mask "
+      f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
+      f"and {100 * flipped:.1f}% of the predictions flip")
 
 # %% [markdown]
 # ## Looking inside: what do the filters detect?
@@ -362,10 +369,12 @@ bert_embeddings = bert_encoder.get_input_embeddings().weight.detach()
 print(f"WordPiece vocabulary {bert_embeddings.shape[0]:,} x embedding dimension {bert_embeddings.shape[1]}")
 print("WordPiece tokens:", tokenizer.tokenize(example.replace("<br />", " ")))
 bert_scale = bert_embeddings.std().item()
-default_scale = TextCNN(10, embedding_dim=bert_embeddings.shape[1]).embedding.weight[1:].std().item()
-print(f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding {default_scale:.4f} "
-      f"({default_scale / bert_scale:.0f}x larger)")
-print(f"norm of BERT's [PAD] row (id {tokenizer.pad_token_id}): {bert_embeddings[tokenizer.pad_token_id].norm():.3f}; "
+fresh_embedding = TextCNN(1_000, embedding_dim=bert_embeddings.shape[1]).embedding.weight.detach()
+default_scale = fresh_embedding[1:].std().item()  # row 0 is the zero padding row
+print(f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
+      f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)")
+pad_norm = bert_embeddings[tokenizer.pad_token_id].norm()
+print(f"norm of BERT's [PAD] row (id {tokenizer.pad_token_id}): {pad_norm:.3f}; "
       "nn.Embedding's padding row: 0")
 
 # %% [markdown]
@@ -414,9 +423,11 @@ for name, (how, mask_padding) in embedding_runs.items():
                     epochs=BUDGET.embedding_epochs, device=device, verbose=False)
     embedding_results[name] = run["val_accuracy"]
 header = " | ".join(f"epoch {epoch + 1}" for epoch in range(BUDGET.embedding_epochs))
-rows = [f"| {name} | " + " | ".join(f"{100 * a:.1f} %" for a in accuracies) + " |" for name, accuracies in embedding_results.items()]
-display(Markdown(f"Validation accuracy, {len(embedding_train):,} training reviews, WordPiece tokens, [PAD] row zero:\n\n"
-                 f"| embedding initialisation | {header} |\n|---|" + "---:|" * BUDGET.embedding_epochs + "\n" + "\n".join(rows)))
+table = [f"| embedding initialisation | {header} |", "|---|" + "---:|" * BUDGET.embedding_epochs]
+for name, accuracies in embedding_results.items():
+    table.append(f"| {name} | " + " | ".join(f"{100 * a:.1f} %" for a in accuracies) + " |")
+display(Markdown(f"Validation accuracy, {len(embedding_train):,} training reviews, WordPiece "
+                 "tokens, [PAD] row zero:\n\n" + "\n".join(table)))
 
 # %% [markdown]
 # Read the rows in pairs. The first two differ only in the padding mask: the gap is what masking is
@@ -443,12 +454,15 @@ def ngram_tokens(tokens: list[str]) -> list[str]:
     return with_bigrams(truncate(tokens, BUDGET.max_length, keep="head+tail"))
 
 
-ngram_vocabulary = Vocabulary.build((ngram_tokens(tokens) for tokens in train_tokens), min_freq=3, max_size=200_000)
+ngram_vocabulary = Vocabulary.build((ngram_tokens(tokens) for tokens in train_tokens), min_freq=3,
+                                    max_size=200_000)
 
 
 def ngram_loader(tokens: list[list[str]], labels: list[int], shuffle: bool) -> DataLoader:
-    ids = encode_texts(ngram_vocabulary, [ngram_tokens(t) for t in tokens], 2 * BUDGET.max_length - 1)
-    return DataLoader(TensorDataset(ids, torch.tensor(labels)), batch_size=BATCH_SIZE if shuffle else 256, shuffle=shuffle,
+    longest = 2 * BUDGET.max_length - 1  # max_length words and their bigrams
+    ids = encode_texts(ngram_vocabulary, [ngram_tokens(t) for t in tokens], longest)
+    return DataLoader(TensorDataset(ids, torch.tensor(labels)),
+                      batch_size=BATCH_SIZE if shuffle else 256, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(0) if shuffle else None)
 
 
@@ -456,13 +470,16 @@ print(f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at l
       f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}")
 runtime.seed_everything(0)
 bag = BagOfNgrams(len(ngram_vocabulary), embedding_dim=64)
-bag_history = train.fit(bag, ngram_loader(train_tokens, train_reviews.labels, True), ngram_loader(val_tokens, val_reviews.labels, False),
-                        torch.optim.Adam(bag.parameters(), lr=5e-3), epochs=BUDGET.ngram_epochs, device=device, patience=2)
-bag_logits, bag_targets = train.predict(bag, ngram_loader(test_tokens, test_reviews.labels, False), device)
+bag_history = train.fit(bag, ngram_loader(train_tokens, train_reviews.labels, True),
+                        ngram_loader(val_tokens, val_reviews.labels, False),
+                        torch.optim.Adam(bag.parameters(), lr=5e-3), epochs=BUDGET.ngram_epochs,
+                        device=device, patience=2)
+bag_logits, bag_targets = train.predict(bag, ngram_loader(test_tokens, test_reviews.labels, False),
+                                        device)
 bag_accuracy = metrics.accuracy(bag_targets, bag_logits.argmax(dim=1))
 bag_train_seconds = sum(bag_history["seconds"])
-print(f"bag of n-grams: test accuracy {100 * bag_accuracy:.2f}% on {len(bag_targets):,} test reviews, "
-      f"trained in {bag_train_seconds:.0f} s")
+print(f"bag of n-grams: test accuracy {100 * bag_accuracy:.2f}% on {len(bag_targets):,} test "
+      f"reviews, trained in {bag_train_seconds:.0f} s")
 
 # %% [markdown]
 # ## Bag of n-grams, TextCNN and BERT
@@ -485,7 +502,8 @@ def reviews_per_second(predict, texts: list[str], batch_size: int = 32) -> float
 
 
 def padded_ids(vocab: Vocabulary, token_lists: list[list[str]]) -> torch.Tensor:
-    return encode_texts(vocab, token_lists, max(len(tokens) for tokens in token_lists))  # pad to the longest: no cut
+    longest = max(len(tokens) for tokens in token_lists)
+    return encode_texts(vocab, token_lists, longest)  # padded to the longest: nothing is cut
 
 
 def textcnn_predict(texts: list[str]) -> torch.Tensor:
@@ -497,43 +515,51 @@ def bag_predict(texts: list[str]) -> torch.Tensor:
 
 
 def bert_predict(texts: list[str]) -> torch.Tensor:
-    return bert_encoder(**tokenizer(texts, truncation=True, max_length=512, padding=True, return_tensors="pt")).last_hidden_state
+    encoded = tokenizer(texts, truncation=True, max_length=512, padding=True, return_tensors="pt")
+    return bert_encoder(**encoded).last_hidden_state
 
 
-speed_texts = [" ".join(t.replace("<br />", " ").split()[: BUDGET.speed_words]) for t in test_reviews.texts[: BUDGET.speed_sample]]
+speed_texts = [" ".join(text.replace("<br />", " ").split()[: BUDGET.speed_words])
+               for text in test_reviews.texts[: BUDGET.speed_sample]]
 bert_pieces = [len(ids) for ids in tokenizer(speed_texts, verbose=False)["input_ids"]]
+textcnn_tokens = [len(tokenize(text)) for text in speed_texts]
 print(f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: on average "
-      f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens, {np.mean(bert_pieces):.0f} BERT word pieces "
+      f"{np.mean(textcnn_tokens):.0f} TextCNN tokens, {np.mean(bert_pieces):.0f} BERT word pieces "
       f"(longest {max(bert_pieces)}, within BERT's 512)")
 model.eval().cpu()
 bag.eval().cpu()
 bert_encoder.eval()
-speeds = {name: reviews_per_second(predict, speed_texts)
-          for name, predict in (("bag of n-grams", bag_predict), ("TextCNN", textcnn_predict), ("BERT", bert_predict))}
+predictors = {"bag of n-grams": bag_predict, "TextCNN": textcnn_predict, "BERT": bert_predict}
+speeds = {name: reviews_per_second(predict, speed_texts) for name, predict in predictors.items()}
 
 bert_record = results.read_result_record("04_imdb_bert")
 if bert_record is None:
-    print("No result record of chapter 4 under this profile: run chapter 4 first for BERT's accuracy and training time. "
-          "Only size and speed are compared below.")
+    print("No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
+          "accuracy and training time. Only size and speed are compared below.")
+bert_accuracy = bert_record["metrics"]["test_accuracy"] if bert_record else None
+bert_seconds = bert_record["training"]["seconds"] if bert_record else None
 comparison_rows = {
     "bag of n-grams": (count_parameters(bag), bag_accuracy, bag_train_seconds),
     "TextCNN": (count_parameters(model), textcnn_accuracy, textcnn_train_seconds),
-    f"BERT ({bert_source.model})": (count_parameters(bert_encoder), bert_record["metrics"]["test_accuracy"] if bert_record else None,
-                                    bert_record["training"]["seconds"] if bert_record else None),
+    f"BERT ({bert_source.model})": (count_parameters(bert_encoder), bert_accuracy, bert_seconds),
 }
-table = ["| model | parameters | test accuracy | training time | reviews/s, raw text to logits |", "|---|---:|---:|---:|---:|"]
+table = ["| model | parameters | test accuracy | training time | reviews/s, raw text to logits |",
+         "|---|---:|---:|---:|---:|"]
 for (name, (parameters, accuracy, seconds)), speed in zip(comparison_rows.items(), speeds.values()):
-    table.append(f"| {name} | {parameters:,} | {'n/a' if accuracy is None else f'{100 * accuracy:.1f} %'} | "
-                 f"{'n/a' if seconds is None else f'{seconds:.0f} s'} | {speed:,.0f} |")
+    shown_accuracy = "n/a" if accuracy is None else f"{100 * accuracy:.1f} %"
+    shown_seconds = "n/a" if seconds is None else f"{seconds:.0f} s"
+    table.append(f"| {name} | {parameters:,} | {shown_accuracy} | {shown_seconds} | {speed:,.0f} |")
 display(Markdown("\n".join(table)))
-print(f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as BERT, with "
-      f"{count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters")
+print(f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
+      "BERT, "
+      f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters")
 if bert_record:
     print(f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
-          f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} word pieces; "
-          f"the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)")
+          f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
+          f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)")
 
-fig = plots.bar_chart(list(speeds), list(speeds.values()), title="Inference speed on the CPU, same text, tokenisation included",
+fig = plots.bar_chart(list(speeds), list(speeds.values()),
+                      title="Inference speed on the CPU, same text, tokenisation included",
                       ylabel="reviews per second (log scale)", log_scale=True, annotate_format="{:.0f}")
 plt.show()
 
@@ -559,7 +585,8 @@ record_path = results.write_result_record("05_imdb_textcnn", {
     "metrics": {"test_accuracy": textcnn_accuracy, "test_f1": textcnn_f1, "test_size": len(test_set),
                 "bag_of_ngrams_test_accuracy": bag_accuracy,
                 "embedding_init_val_accuracy": embedding_results},
-    "training": {"seconds": textcnn_train_seconds, "epochs_run": len(history), "bag_of_ngrams_seconds": bag_train_seconds},
+    "training": {"seconds": textcnn_train_seconds, "epochs_run": len(history),
+                 "bag_of_ngrams_seconds": bag_train_seconds},
     "inference": {"reviews_per_second_raw_text": speeds, "words_per_review": BUDGET.speed_words,
                   "bert_model": bert_source.model},
     "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
