@@ -63,6 +63,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import inspect
 import math
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -185,7 +186,8 @@ for word in ("cinematography", "breathtaking", "unconvincing", "screenplay"):
 first_piece = wordpiece("unconvincing")[0]
 tried = ["unconvincing"[:end] for end in range(len("unconvincing"), len(first_piece) - 1, -1)]
 print("first piece of 'unconvincing', candidates tried in order:")
-print("  " + ", ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'not in'})" for c in tried))
+print(textwrap.fill(", ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'not in'})" for c in tried),
+                    width=96, initial_indent="  ", subsequent_indent="  "))
 
 # %% [markdown]
 # How long are the reviews in these tokens? BERT's position embeddings stop at 512, and the cost of
