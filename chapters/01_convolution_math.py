@@ -27,7 +27,10 @@
 # - the output-size formula, and what padding, stride, dilation and groups do to it;
 # - two implementations of the layer — explicit loops and `unfold` (im2col) — that match
 #   `torch.nn.functional.conv2d` to the last digit;
-# - max and average pooling, parameter and multiply-accumulate counts, and receptive fields;
+# - $1 \times 1$ convolutions, max and average pooling, parameter and multiply-accumulate counts,
+#   and receptive fields;
+# - the backward pass of a convolution — the gradients for the input and for the kernel are
+#   themselves convolutions — checked against autograd, and a kernel learned by gradient descent;
 # - what classic hand-made kernels (edges, blur, sharpen) do to a real handwritten digit.
 #
 # **Prerequisites**: Python, basic tensor operations in PyTorch (`torch.tensor`, indexing,
@@ -132,12 +135,40 @@ print("largest difference from nn.Conv2d:", (ours - theirs).abs().max().item())
 # In signal processing, the convolution of an image $x$ with a kernel $w$ flips the kernel:
 #
 # $$
-# (x * w)[i, j] = \sum_{u, v} x[i - u, j - v] \; w[u, v]
-# \quad\Longleftrightarrow\quad
-# \sum_{u, v} x[i + u, j + v] \; w[k_h - 1 - u, k_w - 1 - v].
+# (x * w)[i, j] = \sum_{u=0}^{k_h-1} \sum_{v=0}^{k_w-1} x[i - u, j - v] \; w[u, v].
 # $$
 #
-# The source series writes this flipped formula and calls it what a CNN computes. PyTorch
+# Substituting $u' = k_h - 1 - u$ and $v' = k_w - 1 - v$ turns it into a cross-correlation with
+# the flipped kernel $\tilde w[u', v'] = w[k_h - 1 - u', k_w - 1 - v']$, **shifted by $k - 1$**:
+#
+# $$
+# (x * w)[i + k_h - 1, \; j + k_w - 1] = \sum_{u', v'} x[i + u', j + v'] \; \tilde w[u', v']
+# = (x \star \tilde w)[i, j].
+# $$
+#
+# So the two sides agree only after the output index moves by $k_h - 1$ rows and $k_w - 1$
+# columns: the convolution's first complete output sits at $(k_h - 1, k_w - 1)$, the
+# cross-correlation's at $(0, 0)$. A few lines of loops check the identity, index by index:
+
+# %%
+signal = torch.randn(5, 6)
+small_kernel = torch.randn(2, 3)
+k_h, k_w = small_kernel.shape
+flipped = small_kernel.flip(0, 1)
+worst = 0.0
+for i in range(signal.shape[0] - k_h + 1):
+    for j in range(signal.shape[1] - k_w + 1):
+        taps = [(u, v) for u in range(k_h) for v in range(k_w)]
+        # left side: the textbook convolution at the shifted index (i + k_h - 1, j + k_w - 1)
+        convolution = sum(signal[i + k_h - 1 - u, j + k_w - 1 - v] * small_kernel[u, v]
+                          for u, v in taps)
+        correlation = sum(signal[i + u, j + v] * flipped[u, v] for u, v in taps)
+        worst = max(worst, abs(convolution - correlation).item())
+print(f"largest difference over all {(5 - k_h + 1) * (6 - k_w + 1)} valid positions: {worst:.1e}")
+
+# %% [markdown]
+# The source series' convolution article writes this flipped formula and calls it what a CNN
+# computes. PyTorch
 # (like every deep-learning library) computes the formula of the previous section, without the
 # flip — mathematically a **cross-correlation** (互相关). For a learned kernel the difference
 # does not matter (the network would simply learn the flipped kernel), but when you apply a
@@ -156,8 +187,11 @@ print("true convolution (flipped kernel):\n", conv.convolve2d_true(image, kernel
 #
 # ### The source series' worked example
 #
-# The source series convolves the $3 \times 3$ input $1, 2, \ldots, 9$ with the $2 \times 2$ kernel
-# that has ones on its diagonal, and states that the top-left output is $1 + 5 = 6$:
+# The source series' one numeric example is in its TextCNN article, and it uses the *unflipped*
+# formula — the cross-correlation — there; the flipped formula appears only in its convolution
+# article, which gives no numeric example. The example convolves the $3 \times 3$ input
+# $1, 2, \ldots, 9$ with the $2 \times 2$ kernel that has ones on its diagonal, and states that
+# the top-left output is $1 + 5 = 6$:
 
 # %%
 worked_input = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
@@ -168,8 +202,9 @@ print("output:\n", worked_output[0, 0])
 assert worked_output[0, 0, 0, 0].item() == 6.0
 
 # %% [markdown]
-# The diagonal kernel is symmetric under the flip, which is why the source's flipped formula
-# still produced the right number here.
+# The numbers agree with what `nn.Conv2d` computes. This diagonal kernel happens to be symmetric
+# under the half-turn flip, so the flipped formula would give $6$ as well; the asymmetric kernel
+# above shows that in general it does not.
 
 # %% [markdown]
 # ## The output size
@@ -247,6 +282,28 @@ print(f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_
 print(f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute")
 
 # %% [markdown]
+# ### $1 \times 1$ convolutions
+#
+# The pointwise half of that pair is a $1 \times 1$ convolution. Its kernel sees one pixel, so it
+# cannot detect any spatial pattern; what it does is mix channels: at every pixel, the $C_{in}$
+# values go through the same linear map to $C_{out}$ values. It is a linear layer applied to each
+# pixel's channel vector — the cheap way to change the channel count (ResNet's bottlenecks,
+# MobileNet's pointwise step). The check: the layer and an `nn.Linear` holding the same weights.
+
+# %%
+pointwise = nn.Conv2d(64, 16, kernel_size=1)
+per_pixel_linear = nn.Linear(64, 16)
+with torch.no_grad():
+    per_pixel_linear.weight.copy_(pointwise.weight[:, :, 0, 0])
+    per_pixel_linear.bias.copy_(pointwise.bias)
+feature_map = torch.randn(2, 64, 7, 7)
+channels_last = feature_map.permute(0, 2, 3, 1)  # (N, H, W, C): one channel vector per pixel
+linear_output = per_pixel_linear(channels_last).permute(0, 3, 1, 2)
+difference = (pointwise(feature_map) - linear_output).abs().max().item()
+print(f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear "
+      f"layer: {difference:.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
+
+# %% [markdown]
 # ## im2col: convolution as one matrix product
 #
 # Loops over output positions are easy to read and slow to run. The trick every fast
@@ -265,6 +322,57 @@ print(inspect.getsource(conv.cross_correlate2d_im2col))
 # heavy lifting becomes a matrix multiplication, which libraries run at close to peak speed.
 # Because it is built from differentiable operations, autograd gives its gradients for free —
 # the test suite checks them against those of `F.conv2d`.
+
+# %% [markdown]
+# ## The backward pass
+#
+# Training needs the gradient of a loss $L$ with respect to the layer's input (to pass it on to
+# the layers below) and to its kernel (to update it), given the gradient $\delta = \partial L /
+# \partial y$ that arrives from above. Differentiating $y[i, j] = \sum_{u,v} x[i+u, j+v]\,w[u, v]$
+# (stride 1, one channel; channels add up the same way) gives two convolutions:
+#
+# - **weight gradient** — every output position used $w[u, v]$ once, on the input pixel
+#   $x[i+u, j+v]$: $\;\partial L / \partial w[u, v] = \sum_{i, j} x[i+u, j+v]\, \delta[i, j]$, the
+#   cross-correlation of the input with the output gradient;
+# - **input gradient** — pixel $x[a, b]$ fed every output $y[a-u, b-v]$ with weight $w[u, v]$:
+#   $\;\partial L / \partial x[a, b] = \sum_{u, v} \delta[a-u, b-v]\, w[u, v]$, a *true* convolution
+#   of $\delta$ with the kernel, over the whole padded range ("full" convolution) — in the
+#   cross-correlation form of this chapter: pad $\delta$ by $k - 1$ and correlate it with the
+#   **flipped** kernel. Here the flip of the previous section comes back.
+#
+# With many channels, the input gradient sums over output channels and the weight gradient over the
+# batch, which the code handles by swapping the channel and batch axes. All three gradients (with
+# the bias's, a plain sum of $\delta$), computed with our own im2col correlation and compared with
+# what autograd computes for `F.conv2d`:
+
+# %%
+x = torch.randn(2, 3, 7, 6, requires_grad=True)
+weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+bias = torch.randn(4, requires_grad=True)
+upstream = torch.randn(2, 4, 5, 4)  # dL/dy for the (2, 4, 5, 4) output, as if from the layers above
+(F.conv2d(x, weight, bias) * upstream).sum().backward()  # autograd: L = sum(y * upstream)
+
+k = weight.shape[-1]
+with torch.no_grad():
+    # input gradient: full correlation of dL/dy with the flipped kernel, channels in/out swapped
+    flipped_kernel = weight.transpose(0, 1).flip(-2, -1)  # (C_in, C_out, k, k), flipped
+    grad_input = conv.cross_correlate2d_im2col(upstream, flipped_kernel, padding=k - 1)
+    # weight gradient: correlation of the input with dL/dy, batch and channel axes swapped
+    grad_weight = conv.cross_correlate2d_im2col(x.transpose(0, 1), upstream.transpose(0, 1))
+    grad_weight = grad_weight.transpose(0, 1)
+    grad_bias = upstream.sum(dim=(0, 2, 3))
+checks = {"input": (grad_input, x.grad), "weight": (grad_weight, weight.grad),
+          "bias": (grad_bias, bias.grad)}
+for name, (ours, autograd) in checks.items():
+    difference = (ours - autograd).abs().max().item()
+    print(f"dL/d{name:<7} shape {str(tuple(ours.shape)):<15} "
+          f"max |ours - autograd| {difference:.1e}")
+
+# %% [markdown]
+# So the backward pass of a convolution costs about two more convolutions of the same size, which
+# is why a training step takes roughly three times the compute of a forward pass. (With stride $s$
+# the same formulas hold with $\delta$ dilated by $s$; PyTorch's `conv_transpose2d` is exactly the
+# input-gradient computation, used as a layer of its own in upsampling networks.)
 
 # %% [markdown]
 # ## Pooling
@@ -340,6 +448,39 @@ plt.show()
 # every outline; the blur softens the strokes; the sharpen kernel (identity plus a negative
 # Laplacian) exaggerates the contrast at their borders. A CNN's first layer learns kernels of
 # this kind on its own, as chapter 2 shows.
+
+# %% [markdown]
+# ## Learning a kernel by gradient descent
+#
+# Can gradient descent find such a kernel by itself? Give it the Sobel-$x$ responses of some digits
+# as targets, start from a random $3 \times 3$ kernel, and minimise the mean squared error with the
+# gradients of the previous section — nothing else:
+
+# %%
+learning_digits = mnist.test.images[:64].float() / 255  # (64, 1, 28, 28)
+sobel_x = kernels[:1]  # (1, 1, 3, 3)
+targets = F.conv2d(learning_digits, sobel_x, padding=1)
+torch.manual_seed(0)
+learned = (0.1 * torch.randn(1, 1, 3, 3)).requires_grad_()
+losses = []
+for step in range(300):
+    loss = F.mse_loss(F.conv2d(learning_digits, learned, padding=1), targets)
+    loss.backward()
+    with torch.no_grad():
+        learned -= 1.5 * learned.grad  # plain gradient descent, learning rate 1.5
+        learned.grad.zero_()
+    losses.append(loss.item())
+print(f"mean squared error: {losses[0]:.4f} at the start, "
+      f"{losses[-1]:.2e} after {len(losses)} steps")
+print("learned kernel:\n", learned.detach()[0, 0].numpy().round(3))
+print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item():.1e}")
+
+# %% [markdown]
+# The loss is a quadratic function of the nine weights, so gradient descent slides down to its one
+# minimum, and with enough varied pixels that minimum is the Sobel kernel itself. (The learning
+# rate matters even here: at 3.0 the steps overshoot and the loss explodes — try it.)
+# A CNN does the
+# same with a loss that only says which digit it was, and finds whatever kernels serve that goal.
 
 # %% [markdown]
 # ## Counting the MNIST network of chapter 2
@@ -437,7 +578,11 @@ print(f"wrote {record_path}")
 #   stride 2 halves it, dilation widens the view without adding weights, groups split the channels.
 # - im2col turns a convolution into one matrix product — the same numbers as the loops, orders of
 #   magnitude faster.
-# - Pooling takes the maximum or mean of each window and has no parameters.
+# - Pooling takes the maximum or mean of each window and has no parameters. A $1 \times 1$
+#   convolution is a linear layer applied to every pixel's channels.
+# - Backward: the kernel's gradient is the correlation of the input with the output gradient; the
+#   input's gradient is a full convolution of the output gradient with the kernel (correlation with
+#   the flipped kernel). Gradient descent with them recovers a Sobel kernel from its outputs.
 # - In a small CNN, convolutions carry the compute and the first linear layer the parameters.
 
 # %% [markdown]

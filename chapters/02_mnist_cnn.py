@@ -28,8 +28,12 @@
 #   images as the source series says) and how to carve a validation set out of the training part;
 # - why and how inputs are normalised, with statistics computed from the data;
 # - the shape of a batch after every layer, and where the parameters are;
-# - training with `tutorial_lib.train.fit`: progress, history, early stopping, checkpoints;
-# - reading a trained classifier: curves, confusion matrix, mistakes, filters and feature maps;
+# - the training step and the epoch loop, written by hand and run, and then `tutorial_lib.train.fit`
+#   as the same loop with the plumbing added (progress, history, early stopping, checkpoints);
+# - the update rules of SGD with momentum, Adam and AdamW, each checked against `torch.optim`;
+#   one-cycle and linear warm-up learning-rate schedules as formulas;
+# - reading a trained classifier: curves, confusion matrix, precision, recall, F1 and ROC/AUC,
+#   mistakes, filters and feature maps; binary cross-entropy as two-class cross-entropy;
 # - how the choice of optimiser changes training, measured rather than asserted;
 # - fine-tuning with few examples: frozen features vs. full fine-tuning vs. training from scratch;
 # - saving a model and loading it back to classify a single image.
@@ -54,15 +58,21 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import copy
 import inspect
+import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+import torch.nn.functional as F
+from IPython.display import Markdown, display
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
 
 from tutorial_lib import data, metrics, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters, freeze
@@ -78,6 +88,7 @@ class Budget:
     train_size: int | None  # training images after the validation split (None: all of them)
     val_size: int
     test_size: int | None  # None: the whole test set
+    manual_train_size: int  # images for the hand-written loop and its check against fit
     epochs: int
     compare_train_size: int  # images per run in the optimiser comparison
     compare_epochs: int
@@ -88,12 +99,17 @@ class Budget:
 
 BUDGET = runtime.select_budget(
     {
-        "smoke": Budget(train_size=512, val_size=256, test_size=512, epochs=1, compare_train_size=256,
-                        compare_epochs=1, pretrain_epochs=1, shots_per_class=5, finetune_epochs=3),
-        "cpu": Budget(train_size=None, val_size=5_000, test_size=None, epochs=3, compare_train_size=6_000,
-                      compare_epochs=1, pretrain_epochs=1, shots_per_class=10, finetune_epochs=40),
-        "gpu": Budget(train_size=None, val_size=5_000, test_size=None, epochs=8, compare_train_size=20_000,
-                      compare_epochs=2, pretrain_epochs=3, shots_per_class=10, finetune_epochs=40),
+        "smoke": Budget(train_size=512, val_size=256, test_size=512, manual_train_size=256,
+                        epochs=1, compare_train_size=256, compare_epochs=1, pretrain_epochs=1,
+                        shots_per_class=5, finetune_epochs=3),
+        # cpu: sizes capped explicitly at MNIST's official 55,000 + 5,000 / 10,000, so the chapter's
+        # time does not depend on which copy of the data a machine happens to have
+        "cpu": Budget(train_size=55_000, val_size=5_000, test_size=10_000, manual_train_size=6_000,
+                      epochs=3, compare_train_size=6_000, compare_epochs=1, pretrain_epochs=1,
+                      shots_per_class=10, finetune_epochs=40),
+        "gpu": Budget(train_size=None, val_size=5_000, test_size=None, manual_train_size=12_000,
+                      epochs=8, compare_train_size=20_000, compare_epochs=2, pretrain_epochs=3,
+                      shots_per_class=10, finetune_epochs=40),
     }
 )
 BATCH_SIZE = 64  # the source series' batch size
@@ -178,22 +194,117 @@ for layer in [*model.features, *model.classifier]:
 print(f"{'total':<28}{'':<20}{count_parameters(model):>9,} parameters")
 
 # %% [markdown]
-# ## Training with the shared loop
+# ## The training loop, by hand
 #
-# `tutorial_lib.train.fit` is the loop of every chapter. One epoch of it does what any PyTorch
-# training loop does — forward pass, loss, `zero_grad`, `backward`, optimiser step — and around
-# that it keeps a history, evaluates on the validation set, saves checkpoints, and stops early
-# when the validation accuracy stops improving. The heart of it:
+# Training is one step repeated: compute the network's scores for a batch (the **forward pass**),
+# measure how wrong they are with the loss, compute the gradient of the loss with respect to every
+# parameter (the **backward pass**), and move each parameter a little against its gradient (the
+# optimiser's **step**). In PyTorch each of these is one line:
 
 # %%
-source = inspect.getsource(train.fit)
-step_start = source.index("            inputs, targets = split_batch")
-print(source[step_start : source.index("            size = _batch_size", step_start)])
+loss_fn = nn.CrossEntropyLoss()
+
+
+def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  optimizer: torch.optim.Optimizer) -> tuple[float, int]:
+    """One optimiser step on one batch; returns the batch's mean loss and its correct count."""
+    logits = model(images)  # forward pass: (N, 10) class scores
+    loss = loss_fn(logits, labels)  # mean cross-entropy over the batch
+    optimizer.zero_grad()  # .grad accumulates across backward calls: clear the last step's
+    loss.backward()  # autograd fills p.grad = d(loss)/dp for every parameter p
+    optimizer.step()  # p <- p - (update computed from p.grad by the optimiser's rule)
+    return loss.item(), int((logits.argmax(dim=1) == labels).sum())
+
+
+runtime.seed_everything(0)
+model = MnistCNN()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+images, labels = next(iter(train_loader))
+for step in range(5):
+    step_loss, _ = training_step(model, images, labels, optimizer)
+    print(f"step {step}: loss on this batch before the update {step_loss:.4f}")
 
 # %% [markdown]
-# We train with AdamW and a one-cycle learning-rate schedule (warm up, then anneal), which gets
-# this network to its accuracy in a few epochs. The best epoch by validation accuracy is saved
-# and loaded back at the end.
+# The loss on the same batch falls step by step: the mechanics work. An **epoch** is one pass over
+# the training set, one step per batch, with the network in training mode (`model.train()`, which
+# matters for dropout and batch normalisation); evaluation runs in `model.eval()` mode without
+# building a graph for gradients (`torch.no_grad()`):
+
+# %%
+def train_one_epoch(model: nn.Module, loader: DataLoader,
+                    optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """One pass over loader; returns the mean training loss and accuracy."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        batch_loss, batch_correct = training_step(model, images, labels, optimizer)
+        loss_sum += batch_loss * len(labels)  # weight by batch size: the last batch may be smaller
+        correct += batch_correct
+        seen += len(labels)
+    return loss_sum / seen, correct / seen
+
+
+@torch.no_grad()
+def accuracy_on(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    correct = 0
+    for images, labels in loader:
+        correct += int((model(images.to(device)).argmax(dim=1) == labels.to(device)).sum())
+    return correct / len(loader.dataset)
+
+
+manual_set = data.subset(train_images, BUDGET.manual_train_size, seed=2).with_transform(transform)
+
+
+def manual_loader() -> DataLoader:  # the same shuffled order every time it is called
+    return DataLoader(manual_set, batch_size=BATCH_SIZE, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))
+
+
+runtime.seed_everything(0)
+manual_model = MnistCNN().to(device)
+manual_optimizer = torch.optim.SGD(manual_model.parameters(), lr=0.05, momentum=0.9)
+started = time.perf_counter()
+manual_loss, manual_accuracy = train_one_epoch(manual_model, manual_loader(), manual_optimizer)
+print(f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: "
+      f"train loss {manual_loss:.4f}, train accuracy {100 * manual_accuracy:.2f}%, "
+      f"validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%")
+
+# %% [markdown]
+# That is a complete training loop. `tutorial_lib.train.fit`, which every later chapter uses, is this
+# same loop with the plumbing a real run needs: a progress bar and a history of loss, accuracy,
+# learning rate and speed per epoch; validation after every epoch; a learning-rate scheduler
+# stepped after every optimiser step; early stopping with the best weights restored; checkpoints
+# and resuming; gradient clipping; mixed precision on CUDA; and batches that are either
+# `(inputs, labels)` pairs or the dicts of Hugging Face tokenizers. Its signature lists them:
+
+# %%
+for name, parameter in inspect.signature(train.fit).parameters.items():
+    has_default = parameter.default is not inspect.Parameter.empty
+    print(f"  {name}" + (f" = {parameter.default!r}" if has_default else ""))
+
+# %% [markdown]
+# "The same loop" is a claim we can check: train a network with the same seed, the same data order
+# and the same optimiser through `fit` for one epoch, and compare its weights with those of our
+# loop above.
+
+# %%
+runtime.seed_everything(0)
+fit_model = MnistCNN()
+fit_optimizer = torch.optim.SGD(fit_model.parameters(), lr=0.05, momentum=0.9)
+train.fit(fit_model, manual_loader(), None, fit_optimizer, epochs=1, device=device,
+          monitor="train_loss", verbose=False)
+weight_difference = max((ours - fits).abs().max().item()
+                        for ours, fits in zip(manual_model.parameters(), fit_model.parameters()))
+print(f"largest difference between the weights after our loop and after train.fit: "
+      f"{weight_difference:.1e}")
+
+# %% [markdown]
+# For the real run we train with AdamW (its update rule is written out below) and a one-cycle
+# learning-rate schedule (warm up, then anneal; its formula follows the training), which gets this
+# network to its accuracy in a few epochs. The best epoch by validation accuracy is saved and
+# loaded back at the end.
 
 # %%
 runtime.seed_everything(0)
@@ -215,6 +326,80 @@ plt.show()
 # the best.
 
 # %% [markdown]
+# ### Learning-rate schedules as formulas
+#
+# A schedule sets the learning rate $\eta_t$ of step $t$ out of $T$. `OneCycleLR`
+# {cite:p}`smith2019super`, with PyTorch's defaults (`pct_start=0.3`, `div_factor=25`,
+# `final_div_factor=10^4`, cosine annealing), rises from $\eta_{max}/25$ to $\eta_{max}$ over the first
+# 30 % of the steps and then falls to $\eta_{max}/(25 \cdot 10^4)$, each phase along a half cosine:
+#
+# $$
+# \eta_t = \eta_{end} + \tfrac{1}{2}(\eta_{start} - \eta_{end})\,\bigl(1 + \cos(\pi p)\bigr),
+# \qquad p = \frac{t - t_{start}}{t_{end} - t_{start}} \in [0, 1],
+# $$
+#
+# with phase 1 from step 0 to $0.3T - 1$ and phase 2 from there to $T - 1$. (With Adam-type optimisers
+# it also cycles $\beta_1$ between 0.95 and 0.85, the other way round.) The **linear warm-up** of
+# chapter 4 (`transformers.get_linear_schedule_with_warmup`) rises linearly over $W$ warm-up steps,
+# then falls linearly to zero: $\eta_t = \eta \, t / W$ for $t < W$, and
+# $\eta_t = \eta \, \max\bigl(0, (T - t)/(T - W)\bigr)$ after. Both formulas, against the schedulers:
+
+# %%
+def one_cycle_lr(step: int, total: int, max_lr: float, pct_start: float = 0.3, div: float = 25.0,
+                 final_div: float = 1e4) -> float:
+    initial_lr, final_lr = max_lr / div, max_lr / div / final_div
+    peak = pct_start * total - 1  # last step of the warm-up phase
+    if step <= peak:
+        phase_start, phase_end, p = initial_lr, max_lr, step / peak
+    else:
+        phase_start, phase_end, p = max_lr, final_lr, (step - peak) / (total - 1 - peak)
+    return phase_end + (phase_start - phase_end) / 2 * (1 + math.cos(math.pi * p))
+
+
+def linear_warmup_lr(step: int, total: int, warmup: int, lr: float) -> float:
+    return lr * step / warmup if step < warmup else lr * max(0.0, (total - step) / (total - warmup))
+
+
+def scheduler_rates(make_scheduler, steps: int, lr: float) -> list[float]:
+    probe = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler, rates = make_scheduler(probe), []
+    for _ in range(steps):
+        rates.append(probe.param_groups[0]["lr"])
+        probe.step()
+        scheduler.step()
+    return rates
+
+
+total_steps, warmup_steps = 200, 20
+library_rates = {
+    "one-cycle": scheduler_rates(
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=3e-3, total_steps=total_steps),
+        total_steps, 3e-3),
+    "linear warm-up": scheduler_rates(
+        lambda o: get_linear_schedule_with_warmup(o, warmup_steps, total_steps), total_steps, 3e-3),
+}
+formula_rates = {
+    "one-cycle": [one_cycle_lr(t, total_steps, 3e-3) for t in range(total_steps)],
+    "linear warm-up": [linear_warmup_lr(t, total_steps, warmup_steps, 3e-3)
+                       for t in range(total_steps)],
+}
+fig, ax = plt.subplots(figsize=(7, 3.2), facecolor="white")
+for name in library_rates:
+    worst = max(abs(a - b) for a, b in zip(library_rates[name], formula_rates[name]))
+    print(f"{name:<15} largest difference between formula and scheduler over {total_steps} steps: "
+          f"{worst:.1e}")
+    ax.plot(library_rates[name], label=name)
+ax.set(title="Learning-rate schedules (peak 3e-3, 200 steps)", xlabel="optimiser step",
+       ylabel="learning rate")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# Both start small, because the first updates of a randomly initialised network have large,
+# unreliable gradients and Adam's estimates of their scale are still poor; both end near zero, so
+# that the last steps settle into a minimum instead of bouncing around it.
+
+# %% [markdown]
 # ## How good is it?
 #
 # Now, and only now, the test set:
@@ -226,6 +411,87 @@ test_accuracy = metrics.accuracy(targets, predictions)
 print(f"test accuracy: {100 * test_accuracy:.2f}% on {len(targets):,} test images "
       f"({(predictions != targets).sum().item()} mistakes)")
 print(metrics.format_report(metrics.per_class_report(targets, predictions, data.MNIST_CLASSES)))
+
+# %% [markdown]
+# ### Precision, recall, F1 and ROC/AUC
+#
+# The table's columns, for one class $c$ counted over the test set: among the images predicted as
+# $c$, the share that really are $c$ is the **precision** $TP/(TP+FP)$; among the images that are
+# $c$, the share predicted as $c$ is the **recall** $TP/(TP+FN)$; **F1** is their harmonic mean
+# $2PR/(P+R)$, high only when both are. Counted by hand for the digit with the lowest F1, and
+# checked against scikit-learn:
+
+# %%
+report_rows = metrics.per_class_report(targets, predictions, data.MNIST_CLASSES)
+digit = min(range(10), key=lambda c: report_rows[c]["f1"])
+true_positives = int(((predictions == digit) & (targets == digit)).sum())
+false_positives = int(((predictions == digit) & (targets != digit)).sum())
+false_negatives = int(((predictions != digit) & (targets == digit)).sum())
+precision = true_positives / max(true_positives + false_positives, 1)
+recall = true_positives / max(true_positives + false_negatives, 1)
+f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+library_p, library_r, library_f1, _ = precision_recall_fscore_support(
+    targets, predictions, labels=[digit], zero_division=0)
+print(f"digit {digit}: TP {true_positives}, FP {false_positives}, FN {false_negatives}")
+print(f"by hand:      precision {precision:.4f}, recall {recall:.4f}, F1 {f1:.4f}")
+print(f"scikit-learn: precision {library_p[0]:.4f}, recall {library_r[0]:.4f}, "
+      f"F1 {library_f1[0]:.4f}")
+
+# %% [markdown]
+# Precision and recall depend on a decision rule (here: the class with the highest score). The
+# **ROC curve** looks at all rules at once: score every image by the network's probability for
+# digit $c$, sweep a threshold from high to low, and plot the true-positive rate (recall) against
+# the false-positive rate $FP/(FP+TN)$. Its area, the **AUC**, is the probability that a randomly
+# chosen image of $c$ gets a higher score than a randomly chosen other image — 1.0 for a perfect
+# ranking, 0.5 for chance. That definition can be computed directly, by comparing every positive
+# with every negative:
+
+# %%
+probabilities = torch.softmax(logits, dim=1)
+is_digit = (targets == digit).numpy()
+digit_scores = probabilities[:, digit].numpy()
+positive_scores, negative_scores = digit_scores[is_digit], digit_scores[~is_digit]
+# AUC = P(positive scores higher than negative); ties count half
+pairs_won = ((positive_scores[:, None] > negative_scores[None, :]).mean()
+             + 0.5 * (positive_scores[:, None] == negative_scores[None, :]).mean())
+print(f"digit {digit} vs. the rest: AUC by pairwise comparison {pairs_won:.5f}, "
+      f"scikit-learn roc_auc_score {roc_auc_score(is_digit, digit_scores):.5f}")
+macro_auc = roc_auc_score(targets.numpy(), probabilities.numpy(), multi_class="ovr")
+print(f"mean one-vs-rest AUC over the ten digits: {macro_auc:.5f}")
+false_positive_rate, true_positive_rate, _ = roc_curve(is_digit, digit_scores)
+fig, ax = plt.subplots(figsize=(4.5, 4), facecolor="white")
+floor = 1e-4  # a log axis cannot show 0: false-positive rates below it are drawn at it
+ax.plot(np.maximum(false_positive_rate, floor), true_positive_rate, label=f"digit {digit} vs. rest")
+chance = np.logspace(-4, 0, 50)
+ax.plot(chance, chance, linestyle=":", color="grey", label="chance")
+ax.set(title=f"ROC curve, digit {digit}", xlabel="false-positive rate (log scale)",
+       ylabel="true-positive rate", xscale="log", xlim=(floor, 1))
+ax.legend(loc="lower right")
+plt.show()
+
+# %% [markdown]
+# An AUC near 1 says the ranking is almost perfect even for the weakest digit: its remaining
+# mistakes are images that score just above or below the others, which the threshold sweep shows.
+#
+# ### Two classes: binary cross-entropy is softmax cross-entropy
+#
+# With two classes a network can output one logit $z$ and use the **binary cross-entropy**
+# $-[y \log \sigma(z) + (1-y) \log(1 - \sigma(z))]$ with the sigmoid $\sigma$, or two logits
+# $(z_0, z_1)$ and softmax cross-entropy, as chapters 4 and 5 do. They are the same loss: the softmax
+# probability of class 1 is $e^{z_1}/(e^{z_0} + e^{z_1}) = \sigma(z_1 - z_0)$, so two-class cross-entropy
+# is binary cross-entropy on the logit difference. Checked on random logits:
+
+# %%
+torch.manual_seed(0)
+two_logits, binary_labels = torch.randn(8, 2), torch.randint(0, 2, (8,))
+softmax_ce = F.cross_entropy(two_logits, binary_labels)
+logit_difference = two_logits[:, 1] - two_logits[:, 0]
+binary_ce = F.binary_cross_entropy_with_logits(logit_difference, binary_labels.float())
+print(f"softmax cross-entropy {softmax_ce:.6f}, binary cross-entropy on z1 - z0 {binary_ce:.6f}")
+
+# %% [markdown]
+# One logit is the same model with one parameter vector fewer; two logits keep the code of the
+# multi-class case. Back to the ten digits:
 
 # %%
 fig = plots.confusion_matrix_figure(targets, predictions, data.MNIST_CLASSES, title="MNIST test set: true vs. predicted digit")
@@ -267,6 +533,79 @@ fig = plots.feature_maps(model.features[:2], test_set[0][0], title=f"First-layer
 plt.show()
 
 # %% [markdown]
+# ## What the optimisers compute
+#
+# Every `torch.optim` optimiser turns the gradient $g_t = \nabla_\theta L$ of step $t$ into an update of
+# the parameters $\theta$. The three this book uses, as PyTorch implements them:
+#
+# - **SGD with momentum** {cite:p}`sutskever2013importance` keeps a running sum of gradients
+#   $b_t = \mu\, b_{t-1} + g_t$ (with $b_1 = g_1$) and steps $\theta_t = \theta_{t-1} - \eta\, b_t$.
+#   In a direction where the gradient keeps its sign the steps grow towards $\eta/(1-\mu)$ times the
+#   gradient (10× for $\mu = 0.9$); where it flips, they cancel.
+# - **Adam** {cite:p}`kingma2015adam` keeps moving averages of the gradient and of its square,
+#   $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$ and $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$, starting at 0.
+#   Because they start at 0 they are too small early on, by the factor $1 - \beta^t$; the
+#   **bias correction** divides it out: $\hat m_t = m_t/(1-\beta_1^t)$, $\hat v_t = v_t/(1-\beta_2^t)$.
+#   The step is $\theta_t = \theta_{t-1} - \eta\, \hat m_t / (\sqrt{\hat v_t} + \epsilon)$: about $\eta$ per
+#   parameter whatever the gradient's scale.
+# - **AdamW** {cite:p}`loshchilov2019decoupled` adds weight decay *decoupled* from the gradient: it
+#   first shrinks every parameter, $\theta \leftarrow \theta - \eta\lambda\theta$, then takes the Adam step.
+#   (Adam's own `weight_decay` instead adds $\lambda\theta$ to $g_t$, where the division by
+#   $\sqrt{\hat v_t}$ rescales it — weakening the decay exactly for the parameters with large gradients.)
+#
+# Written as code and run side by side with `torch.optim` for three steps on the same parameters and
+# gradients:
+
+# %%
+def sgd_momentum_update(theta, grad, state, lr, momentum):
+    state["buffer"] = grad.clone() if "buffer" not in state else momentum * state["buffer"] + grad
+    return theta - lr * state["buffer"]
+
+
+def adamw_update(theta, grad, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    """Adam when weight_decay is 0, AdamW otherwise (decoupled decay lr * weight_decay * theta)."""
+    beta1, beta2 = betas
+    state["t"] = state.get("t", 0) + 1
+    state["m"] = beta1 * state.get("m", 0.0) + (1 - beta1) * grad
+    state["v"] = beta2 * state.get("v", 0.0) + (1 - beta2) * grad**2
+    m_hat = state["m"] / (1 - beta1 ** state["t"])  # bias correction
+    v_hat = state["v"] / (1 - beta2 ** state["t"])
+    theta = theta - lr * weight_decay * theta  # decoupled weight decay (AdamW)
+    return theta - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+torch.manual_seed(0)
+start = torch.randn(5)
+gradients = [torch.randn(5) for _ in range(3)]
+rules = {
+    "SGD, momentum 0.9": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                          lambda th, g, st: sgd_momentum_update(th, g, st, lr=0.1, momentum=0.9)),
+    "Adam": (lambda p: torch.optim.Adam(p, lr=0.1),
+             lambda th, g, st: adamw_update(th, g, st, lr=0.1)),
+    "AdamW, weight decay 0.1": (lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1),
+                                lambda th, g, st: adamw_update(th, g, st, lr=0.1,
+                                                               weight_decay=0.1)),
+}
+table = ["| optimiser | largest difference after 3 steps | parameter moved by |", "|---|---:|---:|"]
+for name, (make_library, by_hand) in rules.items():
+    parameter = nn.Parameter(start.clone())
+    library = make_library([parameter])
+    theta, state = start.clone(), {}
+    for gradient in gradients:
+        parameter.grad = gradient.clone()
+        library.step()
+        theta = by_hand(theta, gradient, state)
+    difference, moved = (parameter.detach() - theta).abs().max(), (theta - start).abs().max()
+    table.append(f"| {name} | {difference:.1e} | {moved:.3f} |")
+display(Markdown("\n".join(table)))
+first_m = (1 - 0.9) * gradients[0]
+print(f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on "
+      f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient")
+
+# %% [markdown]
+# The hand-written rules and `torch.optim` agree to rounding. With these definitions the comparison
+# below can be read: it changes only the rule and the learning rate.
+#
 # ## Does the optimiser matter?
 #
 # The source series trains with SGD at learning rate 0.001 and momentum 0.9. Is that a good
@@ -340,8 +679,9 @@ print(f"new task, digits 5-9: {len(few_shot)} labelled examples ({BUDGET.shots_p
 runtime.seed_everything(0)
 pretrained = MnistCNN(num_classes=5)
 pretrain_loader = DataLoader(old_train, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
-train.fit(pretrained, pretrain_loader, None, torch.optim.Adam(pretrained.parameters(), lr=1e-3),
-          epochs=BUDGET.pretrain_epochs, device=device, monitor="train_loss")
+pretrain_history = train.fit(pretrained, pretrain_loader, None,
+                             torch.optim.Adam(pretrained.parameters(), lr=1e-3),
+                             epochs=BUDGET.pretrain_epochs, device=device, monitor="train_loss")
 
 # %% [markdown]
 # Now the three contenders. Each gets a new 5-way last layer and the same few examples, the same
@@ -428,8 +768,14 @@ print(f"wrote {record_path}")
 # - Normalising with the data's own mean and standard deviation (0.1307, 0.3081) centres the inputs.
 # - The network's convolutions hold few parameters and most of the compute; its first linear layer
 #   holds most of the parameters.
-# - One loop, `train.fit`, trains every model of this book: it records a history, validates,
-#   checkpoints, stops early and restores the best weights.
+# - A training step is forward, loss, `zero_grad`, `backward`, `step`; an epoch repeats it over
+#   the data. `train.fit` is that loop — it gives the same weights as our hand-written one — plus
+#   history, validation, schedules, early stopping, checkpoints and mixed precision.
+# - SGD with momentum sums gradients; Adam divides bias-corrected gradient averages by their root
+#   mean square; AdamW also shrinks each weight by $\eta\lambda\theta$. Warm-up and one-cycle
+#   schedules start small and end near zero.
+# - Precision, recall and F1 describe one decision rule per class; ROC/AUC describes the ranking
+#   over all thresholds. Two-class softmax cross-entropy is binary cross-entropy on $z_1 - z_0$.
 # - The optimiser and its learning rate decide how much compute a result costs: the source's SGD
 #   settings are the slowest of the three we measured.
 # - Pre-trained features make learning from a few examples possible; that is fine-tuning.
@@ -469,5 +815,6 @@ print(f"wrote {record_path}")
 #
 # - {cite:t}`lecun1998gradient` — MNIST and convolutional networks for digit recognition.
 # - {cite:t}`kingma2015adam` — the Adam optimiser; {cite:t}`loshchilov2019decoupled` — AdamW.
+# - {cite:t}`sutskever2013importance` — momentum in deep learning.
 # - {cite:t}`smith2019super` — the one-cycle learning-rate schedule.
 # - {cite:t}`yosinski2014transferable` — how transferable the features of a trained network are.

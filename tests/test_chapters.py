@@ -62,3 +62,21 @@ def test_toc_lists_every_chapter_notebook():
     assert chapter_files == [f"chapters/{p.stem}.ipynb" for p in CHAPTERS]
     for file in files:
         assert (REPO_ROOT / file).is_file() or (REPO_ROOT / f"{file}.md").is_file(), f"_toc.yml names a missing page {file}"
+
+
+MARKDOWN_HEADING_AS_COMMENT = re.compile(r"^# #{1,4} \w", re.MULTILINE)
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_no_markdown_heading_hides_inside_a_code_cell(source: Path):
+    """A heading commented out inside a code cell vanishes from the book's table of contents
+    and renders as code; it belongs in a markdown cell."""
+    pair = (("py", source), ("ipynb", source.with_suffix(".ipynb")))
+    for kind, notebook in ((kind, jupytext.read(path)) for kind, path in pair):
+        hidden = [
+            (index, match.group(0))
+            for index, cell in enumerate(notebook.cells)
+            if cell.cell_type == "code"
+            for match in MARKDOWN_HEADING_AS_COMMENT.finditer(cell.source)
+        ]
+        assert not hidden, f"{source.name} ({kind}): code cells carry markdown headings {hidden}"

@@ -57,8 +57,14 @@ def test_seeding_makes_random_draws_repeat():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_device_is_cuda_only_when_available():
-    assert runtime.get_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert runtime.get_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.get_device().type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert runtime.get_device().type == "cpu"
 
 
 def test_data_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tutorial_lib.models import TextCNN, conv1d_as_conv2d
-from tutorial_lib.text import PAD, UNK, Vocabulary, encode_texts, normalize, tokenize
+from tutorial_lib.models import BagOfNgrams, TextCNN, conv1d_as_conv2d
+from tutorial_lib.text import PAD, UNK, Vocabulary, encode_texts, normalize, tokenize, with_bigrams
 
 TRAIN = ["A great movie!<br /><br />Great acting.", "A dull, dull film. Don't watch it."]
 TEST = ["An unseen word: great"]
@@ -56,6 +56,34 @@ def test_textcnn_pools_with_max_not_mean():
     responses = model.filter_responses(ids)[0]
     expected = model.classifier(responses.amax(dim=2))
     torch.testing.assert_close(model(ids), expected)
+
+
+def test_textcnn_needs_at_least_one_filter_width():
+    with pytest.raises(ValueError, match="at least one filter width"):
+        TextCNN(vocab_size=10, widths=())
+    with pytest.raises(ValueError, match="positive int"):
+        TextCNN(vocab_size=10, widths=(3, 0))
+
+
+def test_masked_padding_makes_features_independent_of_the_padding_length():
+    torch.manual_seed(0)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    padded = torch.tensor([[3, 4, 5, 6, 0, 0, 0, 0, 0, 0]])
+    sizes = dict(vocab_size=10, embedding_dim=4, num_filters=3, widths=(2, 3), dropout=0.0)
+    masked = TextCNN(**sizes).eval()
+    unmasked = TextCNN(**sizes, mask_padding=False).eval()
+    unmasked.load_state_dict(masked.state_dict())
+    with torch.no_grad():
+        for model in (masked, unmasked):
+            for conv in model.convs:
+                conv.bias.fill_(5.0)  # a window over padding alone then responds with ReLU(5) = 5
+        torch.testing.assert_close(masked(ids), masked(padded))
+        assert not torch.allclose(unmasked(ids), unmasked(padded))
+        # masked windows are exactly those that cover padding (width 2: windows 0-2 lie in the text)
+        responses = masked.filter_responses(padded)[0]
+        assert torch.count_nonzero(responses[0, :, 3:]) == 0 and torch.all(responses[0, :, :3] > 0)
+        # a review shorter than the filter keeps its first window
+        assert torch.all(masked.filter_responses(torch.tensor([[3, 0, 0, 0]]))[1][0, :, 0] > 0)
 
 
 def test_padding_embedding_is_not_updated():
@@ -143,3 +171,35 @@ def test_head_tail_truncation_keeps_both_ends():
         truncate(tokens, 5, keep="middle")
     vocabulary = Vocabulary([PAD, UNK, *tokens])
     assert encode_texts(vocabulary, [tokens], 4, keep="head+tail")[0].tolist() == [2, 3, 10, 11]
+
+
+def test_bert_head_tail_keeps_the_first_and_last_pieces_inside_cls_and_sep(tmp_path):
+    from transformers import BertTokenizerFast
+
+    from tutorial_lib.text import TokenizedTexts, encode_for_bert
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefg"]))
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    ids = {piece: tokenizer.convert_tokens_to_ids(piece) for piece in "abcdefg"}
+    encoded = encode_for_bert(tokenizer, ["a b c d e f g", "a b"], max_length=6, keep="head+tail")
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert encoded["input_ids"][0] == [cls, ids["a"], ids["b"], ids["f"], ids["g"], sep]
+    assert encoded["input_ids"][1] == [cls, ids["a"], ids["b"], sep]
+    assert encoded["attention_mask"][1] == [1, 1, 1, 1] and encoded["token_type_ids"][0] == [0] * 6
+    head = TokenizedTexts(tokenizer, ["a b c d e f g"], [1], max_length=6)
+    assert head[0]["input_ids"] == [cls, ids["a"], ids["b"], ids["c"], ids["d"], sep]
+    with pytest.raises(ValueError, match="keep must be"):
+        encode_for_bert(tokenizer, ["a"], 6, keep="tail")
+
+
+def test_bag_of_ngrams_averages_bigram_and_word_embeddings_ignoring_padding():
+    assert with_bigrams(["not", "good", "at"]) == ["not", "good", "at", "not good", "good at"]
+    torch.manual_seed(0)
+    model = BagOfNgrams(vocab_size=6, embedding_dim=3)
+    short, padded = torch.tensor([[2, 3, 4]]), torch.tensor([[2, 3, 4, 0, 0, 0]])
+    expected = model.classifier(model.embedding.weight[[2, 3, 4]].mean(dim=0, keepdim=True))
+    torch.testing.assert_close(model(short), expected)
+    torch.testing.assert_close(model(padded), expected)  # padding is left out of the mean
+    with pytest.raises(ValueError, match=r"\(N, L\)"):
+        model(torch.tensor([2, 3]))

@@ -89,6 +89,15 @@ class TextCNN(nn.Module):
     concatenation ``(N, num_filters * len(widths))`` -> dropout -> linear -> logits.
     Sequences shorter than the widest filter are right-padded with ``padding_idx`` so that
     every filter fits at least once.
+
+    With ``mask_padding`` (the default), every window that covers a padding token is set to zero
+    after the ReLU (except the first window, so that a review shorter than the filter keeps
+    one), so padding never wins the max: without it a window over padding alone responds with
+    ``ReLU(bias)`` (more, if the padding row is not zero), and a review's features would depend
+    on how much padding its batch gave it. Zero is neutral because ReLU outputs are >= 0.
+
+    Raises:
+        ValueError: if ``widths`` is empty or holds a width below 1.
     """
 
     def __init__(
@@ -100,28 +109,72 @@ class TextCNN(nn.Module):
         num_classes: int = 2,
         dropout: float = 0.5,
         padding_idx: int = 0,
+        mask_padding: bool = True,
     ) -> None:
         super().__init__()
+        widths = tuple(widths)
+        if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(
+                f"TextCNN needs at least one filter width, each a positive int (e.g. (3, 4, 5)); got {widths}"
+            )
         self.padding_idx = padding_idx
-        self.widths = tuple(widths)
+        self.mask_padding = mask_padding
+        self.widths = widths
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
         self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, num_filters, width) for width in self.widths)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(num_filters * len(self.widths), num_classes)
 
     def filter_responses(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Return each width's ReLU feature maps ``(N, num_filters, L - width + 1)``, before pooling."""
+        """Return each width's ReLU feature maps ``(N, num_filters, L - width + 1)``, before
+        pooling (windows covering padding zeroed when ``mask_padding``)."""
         if token_ids.dim() != 2:
             raise ValueError(f"TextCNN expects token ids of shape (N, L), got {tuple(token_ids.shape)}")
         shortfall = max(self.widths) - token_ids.shape[1]
         if shortfall > 0:
             token_ids = nn.functional.pad(token_ids, (0, shortfall), value=self.padding_idx)
         embedded = self.embedding(token_ids).transpose(1, 2)  # (N, E, L): channels first for Conv1d
-        return [torch.relu(conv(embedded)) for conv in self.convs]
+        responses = [torch.relu(conv(embedded)) for conv in self.convs]
+        if not self.mask_padding:
+            return responses
+        is_token = token_ids != self.padding_idx  # (N, L)
+        masked = []
+        for width, r in zip(self.widths, responses):
+            # (N, L - width + 1): True where the window holds no padding
+            inside_text = is_token.unfold(1, width, 1).all(dim=2)
+            inside_text[:, 0] = True  # a review shorter than the filter keeps its one window
+            masked.append(r * inside_text.unsqueeze(1))
+        return masked
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         pooled = [responses.amax(dim=2) for responses in self.filter_responses(token_ids)]  # max over time
         return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
+
+
+class BagOfNgrams(nn.Module):
+    """The bag-of-n-grams baseline of the PyTorch text tutorial and fastText (Joulin et al. 2017):
+    the mean of the embeddings of a text's n-grams, then a linear layer.
+
+    Input ``(N, L)`` ids of n-grams (unigrams and bigrams from one vocabulary), right-padded with
+    ``padding_idx``, which ``nn.EmbeddingBag`` leaves out of the mean. Output ``(N, num_classes)``.
+    Word order beyond the bigrams is lost: that is what makes it a baseline.
+    """
+
+    def __init__(
+        self, vocab_size: int, embedding_dim: int = 64, num_classes: int = 2, padding_idx: int = 0
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(
+            vocab_size, embedding_dim, mode="mean", padding_idx=padding_idx
+        )
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, ngram_ids: torch.Tensor) -> torch.Tensor:
+        if ngram_ids.dim() != 2:
+            raise ValueError(
+                f"BagOfNgrams expects n-gram ids of shape (N, L), got {tuple(ngram_ids.shape)}"
+            )
+        return self.classifier(self.embedding(ngram_ids))
 
 
 def conv1d_as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:

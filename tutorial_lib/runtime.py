@@ -82,8 +82,14 @@ def notice(message: str) -> None:
 
 
 def get_device() -> torch.device:
-    """Return the device to compute on: the current CUDA device when present, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """Return the device to compute on: the current CUDA device when present, else Apple's MPS
+    (Metal) device when present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def get_profile() -> str:

@@ -110,6 +110,12 @@ def truncate(tokens: Sequence[str], max_length: int, keep: str = "head") -> list
     return [*tokens[:head], *tokens[len(tokens) - (max_length - head):]]
 
 
+def with_bigrams(tokens: Sequence[str]) -> list[str]:
+    """Return ``tokens`` followed by their bigrams (``"not good"``), the n-grams of a bag-of-n-grams
+    model: word order survives only inside each pair."""
+    return [*tokens, *(f"{first} {second}" for first, second in zip(tokens, tokens[1:]))]
+
+
 def encode_texts(
     vocabulary: Vocabulary, tokenized_texts: Sequence[Sequence[str]], max_length: int, keep: str = "head"
 ) -> torch.Tensor:
@@ -122,17 +128,62 @@ def encode_texts(
     return encoded
 
 
+def encode_for_bert(
+    tokenizer, texts: Sequence[str], max_length: int, keep: str = "head"
+) -> dict[str, list[list[int]]]:
+    """Tokenize ``texts`` with a BERT-style Hugging Face tokenizer into at most ``max_length``
+    ids each, ``[CLS]`` and ``[SEP]`` included, unpadded.
+
+    ``keep="head"`` is the tokenizer's own truncation (the first pieces survive);
+    ``keep="head+tail"`` cuts the word pieces with :func:`truncate`, keeping the first and the
+    last ones (Sun et al. 2019's best truncation for IMDB), then adds ``[CLS]``/``[SEP]``.
+
+    Returns:
+        ``{"input_ids", "token_type_ids", "attention_mask"}``, one list of ints per text.
+
+    Raises:
+        ValueError: for an unknown ``keep``, ``max_length`` below 3, or a tokenizer without
+            ``[CLS]``/``[SEP]`` tokens.
+    """
+    if keep not in TRUNCATIONS:
+        raise ValueError(f"keep must be one of {TRUNCATIONS}, got {keep!r}")
+    if max_length < 3:
+        raise ValueError(
+            f"max_length must leave room for [CLS], [SEP] and a token; got {max_length}"
+        )
+    texts = [normalize_whitespace(t) for t in texts]
+    if keep == "head":
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        return {key: list(values) for key, values in encoded.items()}
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError(
+            "head+tail truncation needs a BERT-style tokenizer with [CLS] and [SEP] tokens"
+        )
+    # verbose=False: the pieces are cut below, so the "longer than 512" warning does not apply
+    pieces = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    input_ids = [[cls, *truncate(ids, max_length - 2, keep), sep] for ids in pieces]
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": [[0] * len(ids) for ids in input_ids],
+        "attention_mask": [[1] * len(ids) for ids in input_ids],
+    }
+
+
 class TokenizedTexts(Dataset):
-    """Texts tokenized once by a Hugging Face tokenizer (truncated, *not* padded), with labels.
+    """Texts tokenized once by a Hugging Face tokenizer (truncated by :func:`encode_for_bert`,
+    *not* padded), with labels.
 
     ``dataset[i]`` is a dict of lists (``input_ids``, ``attention_mask``, ...) plus ``labels``,
     the form ``transformers.DataCollatorWithPadding`` pads per batch to the longest member.
     """
 
-    def __init__(self, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> None:
+    def __init__(
+        self, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int, keep: str = "head"
+    ) -> None:
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        self.encodings = tokenizer([normalize_whitespace(t) for t in texts], truncation=True, max_length=max_length)
+        self.encodings = encode_for_bert(tokenizer, texts, max_length, keep)
         self.labels = list(labels)
 
     def __len__(self) -> int:
