@@ -44,9 +44,10 @@
 # ## Setup
 #
 # On Colab the first cell installs this book's helper package, `tutorial_lib`; everywhere else it
-# is already installed (see {doc}`../book/setup`). The second cell prints the environment and
-# picks this chapter's budget for the run profile: `smoke` (CI, tiny and meaningless numbers),
-# `cpu` or `gpu`.
+# is already installed (see {doc}`../book/setup`). The second cell declares this chapter's
+# budget for each run profile — `smoke` (CI, tiny and meaningless numbers), `cpu` or `gpu` — and
+# `runtime.start_chapter` prints the environment, seeds every random generator, picks the device
+# and returns the budget of this run. Every chapter opens this way.
 
 # %%
 import importlib.util
@@ -72,8 +73,6 @@ from torch import nn
 from tutorial_lib import conv, data, plots, results, runtime
 from tutorial_lib.models import MnistCNN, count_parameters
 
-runtime.print_environment()
-runtime.seed_everything(0)
 
 
 @dataclass(frozen=True)
@@ -83,13 +82,13 @@ class Budget:
     timing_repeats: int  # runs per implementation; the median is reported
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(timing_batch=1, timing_size=12, timing_repeats=2),
-        "cpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
-        "gpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(timing_batch=1, timing_size=12, timing_repeats=2),
+    "cpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
+    "gpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET = run.budget
 BUDGET
 
 # %% [markdown]

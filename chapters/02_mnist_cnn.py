@@ -59,7 +59,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 import copy
 import inspect
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +76,6 @@ from transformers import get_linear_schedule_with_warmup
 from tutorial_lib import data, metrics, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters, freeze
 
-CHAPTER_STARTED = time.perf_counter()
-runtime.print_environment()
-generator = runtime.seed_everything(0)
-device = runtime.get_device()
 
 
 @dataclass(frozen=True)
@@ -97,21 +92,21 @@ class Budget:
     finetune_epochs: int
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(train_size=512, val_size=256, test_size=512, manual_train_size=256,
-                        epochs=1, compare_train_size=256, compare_epochs=1, pretrain_epochs=1,
-                        shots_per_class=5, finetune_epochs=3),
-        # cpu: sizes capped explicitly at MNIST's official 55,000 + 5,000 / 10,000, so the chapter's
-        # time does not depend on which copy of the data a machine happens to have
-        "cpu": Budget(train_size=55_000, val_size=5_000, test_size=10_000, manual_train_size=6_000,
-                      epochs=3, compare_train_size=6_000, compare_epochs=1, pretrain_epochs=1,
-                      shots_per_class=10, finetune_epochs=40),
-        "gpu": Budget(train_size=None, val_size=5_000, test_size=None, manual_train_size=12_000,
-                      epochs=8, compare_train_size=20_000, compare_epochs=2, pretrain_epochs=3,
-                      shots_per_class=10, finetune_epochs=40),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(train_size=512, val_size=256, test_size=512, manual_train_size=256,
+                    epochs=1, compare_train_size=256, compare_epochs=1, pretrain_epochs=1,
+                    shots_per_class=5, finetune_epochs=3),
+    # cpu: sizes capped explicitly at MNIST's official 55,000 + 5,000 / 10,000, so the chapter's
+    # time does not depend on which copy of the data a machine happens to have
+    "cpu": Budget(train_size=55_000, val_size=5_000, test_size=10_000, manual_train_size=6_000,
+                  epochs=3, compare_train_size=6_000, compare_epochs=1, pretrain_epochs=1,
+                  shots_per_class=10, finetune_epochs=40),
+    "gpu": Budget(train_size=None, val_size=5_000, test_size=None, manual_train_size=12_000,
+                  epochs=8, compare_train_size=20_000, compare_epochs=2, pretrain_epochs=3,
+                  shots_per_class=10, finetune_epochs=40),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64  # the source series' batch size
 BUDGET
 
@@ -311,7 +306,7 @@ runtime.seed_everything(0)
 model = MnistCNN()
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
 scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, epochs=BUDGET.epochs, steps_per_epoch=len(train_loader))
-checkpoint_dir = Path(tempfile.mkdtemp(prefix="mnist-cnn-"))
+checkpoint_dir = run.scratch_dir("mnist-cnn")
 history = train.fit(model, train_loader, val_loader, optimizer, epochs=BUDGET.epochs, scheduler=scheduler,
                     device=device, patience=2, checkpoint_dir=checkpoint_dir)
 train_seconds = sum(history["seconds"])
@@ -624,9 +619,9 @@ comparison = {}
 for name, make_optimizer in optimizers.items():
     runtime.seed_everything(0)
     candidate = MnistCNN()
-    run = train.fit(candidate, compare_loader, val_loader, make_optimizer(candidate.parameters()),
+    compare_history = train.fit(candidate, compare_loader, val_loader, make_optimizer(candidate.parameters()),
                     epochs=BUDGET.compare_epochs, device=device, verbose=False)
-    comparison[name] = run.records[-1]
+    comparison[name] = compare_history.records[-1]
 print(f"{len(compare_loader.dataset):,} training images, {BUDGET.compare_epochs} epoch(s) each")
 print(f"{'optimiser':<38}{'train loss':>11}{'val accuracy':>14}")
 for name, record in comparison.items():
@@ -756,7 +751,7 @@ record_path = results.write_result_record("02_mnist_cnn", {
                 "few_shot_test_accuracy": {strategy: accuracy for strategy, _, accuracy in rows}},
     "training": {"epochs_run": len(history), "seconds": train_seconds,
                  "samples_per_second": sum(history["samples_per_second"]) / len(history)},
-    "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
+    "chapter_seconds": run.seconds(),
 })
 print(f"wrote {record_path}")
 

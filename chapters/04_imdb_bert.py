@@ -82,10 +82,6 @@ from tutorial_lib import data, metrics, optim, plots, results, runtime, train, w
 from tutorial_lib.models import BertPooledClassifier, count_parameters, freeze
 from tutorial_lib.text import TokenizedTexts, encode_for_bert, normalize_whitespace
 
-CHAPTER_STARTED = time.perf_counter()
-runtime.print_environment()
-generator = runtime.seed_everything(0)
-device = runtime.get_device()
 
 
 @dataclass(frozen=True)
@@ -104,19 +100,19 @@ class Budget:
     padding_sample: int  # reviews timed with dynamic vs. 512-token padding
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=64, val_size=32, test_size=64,
-                        max_length=64, batch_size=16, epochs=1, learning_rate=5e-5, head_only_train_size=32,
-                        custom_head_train_size=32, length_sample=200, padding_sample=16),
-        "cpu": Budget(model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=3_200, val_size=400,
-                      test_size=2_000, max_length=256, batch_size=16, epochs=1, learning_rate=1e-4,
-                      head_only_train_size=800, custom_head_train_size=480, length_sample=5_000, padding_sample=64),
-        "gpu": Budget(model_name="bert-base-uncased", train_size=24_000, val_size=1_000, test_size=25_000,
-                      max_length=256, batch_size=32, epochs=2, learning_rate=3e-5, head_only_train_size=4_000,
-                      custom_head_train_size=4_000, length_sample=25_000, padding_sample=512),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=64, val_size=32, test_size=64,
+                    max_length=64, batch_size=16, epochs=1, learning_rate=5e-5, head_only_train_size=32,
+                    custom_head_train_size=32, length_sample=200, padding_sample=16),
+    "cpu": Budget(model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=3_200, val_size=400,
+                  test_size=2_000, max_length=256, batch_size=16, epochs=1, learning_rate=1e-4,
+                  head_only_train_size=800, custom_head_train_size=480, length_sample=5_000, padding_sample=64),
+    "gpu": Budget(model_name="bert-base-uncased", train_size=24_000, val_size=1_000, test_size=25_000,
+                  max_length=256, batch_size=32, epochs=2, learning_rate=3e-5, head_only_train_size=4_000,
+                  custom_head_train_size=4_000, length_sample=25_000, padding_sample=512),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET, device, generator = run.budget, run.device, run.generator
 BUDGET
 
 # %% [markdown]
@@ -661,7 +657,7 @@ record_path = results.write_result_record("04_imdb_bert", {
     "training": {"seconds": full_seconds, "epochs": BUDGET.epochs,
                  "samples_per_second": sum(history["samples_per_second"]) / len(history)},
     "inference": {"reviews_per_second": len(targets) / inference_seconds},
-    "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
+    "chapter_seconds": run.seconds(),
 })
 print(f"wrote {record_path}")
 

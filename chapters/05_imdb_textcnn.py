@@ -74,10 +74,6 @@ from tutorial_lib import data, metrics, plots, results, runtime, train, weights
 from tutorial_lib.models import BagOfNgrams, TextCNN, conv1d_as_conv2d, count_parameters
 from tutorial_lib.text import Vocabulary, encode_texts, normalize, tokenize, truncate, with_bigrams
 
-CHAPTER_STARTED = time.perf_counter()
-runtime.print_environment()
-generator = runtime.seed_everything(0)
-device = runtime.get_device()
 
 
 @dataclass(frozen=True)
@@ -95,24 +91,24 @@ class Budget:
     bert_model: str  # the checkpoint chapter 4 uses under this profile
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(train_size=300, val_size=100, test_size=200, max_length=64, epochs=1,
-                        embedding_train_size=200, embedding_epochs=1, ngram_epochs=1,
-                        speed_sample=32, speed_words=48,
-                        bert_model="sentence-transformers/all-MiniLM-L6-v2"),
-        # cpu: all 24,000 training reviews left after validation, on purpose: IMDB's official
-        # training split has 25,000, so no download can bring more, and TextCNN gains from
-        # every review; the number of epochs is what keeps the chapter within its time
-        "cpu": Budget(train_size=24_000, val_size=1_000, test_size=25_000, max_length=256, epochs=4,
-                      embedding_train_size=4_000, embedding_epochs=2, ngram_epochs=3,
-                      speed_sample=512, speed_words=200,
-                      bert_model="sentence-transformers/all-MiniLM-L6-v2"),
-        "gpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=400, epochs=10,
-                      embedding_train_size=24_000, embedding_epochs=3, ngram_epochs=5,
-                      speed_sample=2_048, speed_words=200, bert_model="bert-base-uncased"),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(train_size=300, val_size=100, test_size=200, max_length=64, epochs=1,
+                    embedding_train_size=200, embedding_epochs=1, ngram_epochs=1,
+                    speed_sample=32, speed_words=48,
+                    bert_model="sentence-transformers/all-MiniLM-L6-v2"),
+    # cpu: all 24,000 training reviews left after validation, on purpose: IMDB's official
+    # training split has 25,000, so no download can bring more, and TextCNN gains from
+    # every review; the number of epochs is what keeps the chapter within its time
+    "cpu": Budget(train_size=24_000, val_size=1_000, test_size=25_000, max_length=256, epochs=4,
+                  embedding_train_size=4_000, embedding_epochs=2, ngram_epochs=3,
+                  speed_sample=512, speed_words=200,
+                  bert_model="sentence-transformers/all-MiniLM-L6-v2"),
+    "gpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=400, epochs=10,
+                  embedding_train_size=24_000, embedding_epochs=3, ngram_epochs=5,
+                  speed_sample=2_048, speed_words=200, bert_model="bert-base-uncased"),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64
 BUDGET
 
@@ -593,7 +589,7 @@ record_path = results.write_result_record("05_imdb_textcnn", {
                  "bag_of_ngrams_seconds": bag_train_seconds},
     "inference": {"reviews_per_second_raw_text": speeds, "words_per_review": BUDGET.speed_words,
                   "bert_model": bert_source.model},
-    "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
+    "chapter_seconds": run.seconds(),
 })
 print(f"wrote {record_path}")
 

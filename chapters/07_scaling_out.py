@@ -60,7 +60,6 @@ import inspect
 import io
 import os
 import runpy
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +79,6 @@ from transformers import (
 from tutorial_lib import data, launch, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters
 
-CHAPTER_STARTED = time.perf_counter()
-runtime.print_environment()
-generator = runtime.seed_everything(0)
-SCRIPTS = Path(tempfile.mkdtemp(prefix="scaling-out-"))  # the scripts this chapter launches
 
 
 @dataclass(frozen=True)
@@ -99,19 +94,20 @@ class Budget:
     timing_repeats: int  # forward/backward timings: the median of this many
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(train_size=512, val_size=256, epochs=1, large_batch_train_size=512,
-                        large_batch_epochs=1, bert_layers=2, bert_hidden=128, sequence_length=32,
-                        timing_repeats=3),
-        "cpu": Budget(train_size=8_000, val_size=2_000, epochs=1, large_batch_train_size=4_000,
-                      large_batch_epochs=3, bert_layers=12, bert_hidden=768, sequence_length=128,
-                      timing_repeats=1),
-        "gpu": Budget(train_size=50_000, val_size=5_000, epochs=2, large_batch_train_size=20_000,
-                      large_batch_epochs=4, bert_layers=12, bert_hidden=768, sequence_length=128,
-                      timing_repeats=3),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(train_size=512, val_size=256, epochs=1, large_batch_train_size=512,
+                    large_batch_epochs=1, bert_layers=2, bert_hidden=128, sequence_length=32,
+                    timing_repeats=3),
+    "cpu": Budget(train_size=8_000, val_size=2_000, epochs=1, large_batch_train_size=4_000,
+                  large_batch_epochs=3, bert_layers=12, bert_hidden=768, sequence_length=128,
+                  timing_repeats=1),
+    "gpu": Budget(train_size=50_000, val_size=5_000, epochs=2, large_batch_train_size=20_000,
+                  large_batch_epochs=4, bert_layers=12, bert_hidden=768, sequence_length=128,
+                  timing_repeats=3),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET, device, generator = run.budget, run.device, run.generator
+SCRIPTS = run.scratch_dir("scaling-out")  # the scripts this chapter launches
 BUDGET
 
 # %% [markdown]
@@ -722,7 +718,7 @@ record_path = results.write_result_record("07_scaling_out", {
                       "bert_base": communication_table},
     "large_batch_val_accuracy": {name: h["val_accuracy"] for name, h in large_batch_runs.items()},
     "gpu_scaling": gpu_scaling,
-    "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
+    "chapter_seconds": run.seconds(),
 })
 print(f"wrote {record_path.name}")
 

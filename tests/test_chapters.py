@@ -43,8 +43,10 @@ def test_chapter_has_the_shared_structure(source: Path):
     text = source.read_text(encoding="utf-8")
     for section in REQUIRED_SECTIONS:
         assert section in text, f"{source.name} lacks '{section}'"
-    assert "runtime.print_environment()" in text
-    assert "runtime.select_budget(" in text, "the per-profile budget is declared once with select_budget"
+    assert re.search(r"^BUDGETS = \{\n    \"smoke\": .*^    \"cpu\": .*^    \"gpu\": ", text, flags=re.M | re.S), (
+        "the budget of every profile is declared once, visibly, at the top: BUDGETS = {smoke, cpu, gpu}"
+    )
+    assert "run = runtime.start_chapter(BUDGETS" in text, "the chapter opens with runtime.start_chapter"
     assert ":class: dropdown" in text, "exercise solutions are hidden in a dropdown"
 
 
