@@ -566,7 +566,7 @@ record_path = results.write_result_record("01_convolution_math", {
                   "receptive_field": conv.receptive_field_of(model)},
     "data": {"source": mnist.source.kind, "location": mnist.source.location},
 })
-print(f"wrote {record_path}")
+print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]
 # ## Summary

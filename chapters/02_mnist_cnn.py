@@ -753,7 +753,7 @@ record_path = results.write_result_record("02_mnist_cnn", {
                  "samples_per_second": sum(history["samples_per_second"]) / len(history)},
     "chapter_seconds": run.seconds(),
 })
-print(f"wrote {record_path}")
+print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]
 # ## Summary

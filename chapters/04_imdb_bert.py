@@ -659,7 +659,7 @@ record_path = results.write_result_record("04_imdb_bert", {
     "inference": {"reviews_per_second": len(targets) / inference_seconds},
     "chapter_seconds": run.seconds(),
 })
-print(f"wrote {record_path}")
+print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]
 # ## Summary

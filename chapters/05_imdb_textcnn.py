@@ -591,7 +591,7 @@ record_path = results.write_result_record("05_imdb_textcnn", {
                   "bert_model": bert_source.model},
     "chapter_seconds": run.seconds(),
 })
-print(f"wrote {record_path}")
+print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]
 # ## Summary

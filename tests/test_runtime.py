@@ -119,3 +119,19 @@ def test_start_chapter_prints_seeds_and_returns_the_profiles_budget(monkeypatch,
     from pathlib import Path
 
     assert not Path(printed.strip().splitlines()[-1]).exists()
+
+
+def test_display_path_hides_the_build_machine(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    monkeypatch.setenv("TUTORIAL_DATA_DIR", str(tmp_path / "shared"))
+    assert runtime.display_path(tmp_path / "shared" / "MNIST" / "raw") == "$TUTORIAL_DATA_DIR/MNIST/raw"
+    sample = Path(runtime.__file__).parent / "samples" / "mnist_sample.npz"
+    assert runtime.display_path(sample) == "tutorial_lib/samples/mnist_sample.npz"
+    monkeypatch.delenv("TUTORIAL_DATA_DIR")
+    root = runtime.project_root(Path(runtime.__file__).parent)
+    monkeypatch.chdir(root)
+    assert runtime.display_path(root / "results" / "x.json") == "results/x.json"
+    assert runtime.display_path(Path.home() / ".cache" / "torch") in ("~/.cache/torch", "<temporary folder>/.cache/torch")
+    assert "data " + runtime.display_path(runtime.data_dir()) in runtime.environment_report()
+    assert str(root) not in runtime.environment_report()

@@ -167,6 +167,41 @@ def data_dir() -> Path:
     return (root / "data") if root is not None else (Path.cwd() / "data").resolve()
 
 
+def display_path(path: Path | str) -> str:
+    """Return ``path`` as a reader should see it on a page: relative to the folder it lives in
+    rather than as the absolute path of the machine that ran the code.
+
+    ``$TUTORIAL_DATA_DIR/...`` and ``$TUTORIAL_RESULTS_DIR/...`` when those variables hold it;
+    ``tutorial_lib/...`` inside the package (the bundled samples); ``data/...`` or
+    ``results/...`` inside the checkout; ``<site-packages>/...`` for installed packages;
+    ``<temporary folder>/...`` and ``~/...`` for the temporary folder and the home folder.
+    Anything else is returned unchanged.
+    """
+    import site
+    import sysconfig
+
+    resolved = Path(path).expanduser().resolve()
+    package = Path(__file__).resolve().parent
+    bases: list[tuple[Path, str]] = []
+    for variable in (DATA_DIR_ENV, "TUTORIAL_RESULTS_DIR"):
+        if os.environ.get(variable):
+            bases.append((Path(os.environ[variable]).expanduser().resolve(), f"${variable}"))
+    bases.append((package, "tutorial_lib"))
+    root = project_root()
+    if root is not None:
+        bases.append((root, "."))
+    for folder in {sysconfig.get_paths()["purelib"], *site.getsitepackages()}:
+        bases.append((Path(folder).resolve(), "<site-packages>"))
+    bases += [(Path(tempfile.gettempdir()).resolve(), "<temporary folder>"), (Path.home().resolve(), "~")]
+    for base, label in bases:
+        if resolved == base or base in resolved.parents:
+            relative = resolved.relative_to(base).as_posix()
+            if label == ".":
+                return relative or "."
+            return label if relative == "." else f"{label}/{relative}"
+    return str(resolved)
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -182,7 +217,7 @@ def environment_report() -> str:
         f"Python {platform.python_version()} | torch {torch.__version__} | "
         f"torchvision {_version('torchvision')} | transformers {_version('transformers')} | "
         f"device {device.type} ({device_name}, {torch.get_num_threads()} threads) | "
-        f"profile {get_profile()} | data {data_dir()}"
+        f"profile {get_profile()} | data {display_path(data_dir())}"
     )
 
 

@@ -9,6 +9,8 @@ from typing import Generic, TypeVar
 import torch
 from torch.utils.data import Dataset
 
+from tutorial_lib.runtime import display_path
+
 SOURCE_LOCAL = "local copy"
 SOURCE_DOWNLOAD = "official download"
 SOURCE_SAMPLE = "bundled sample"
@@ -31,7 +33,7 @@ class DataSource:
         """Return one line for a chapter to print, e.g.
         ``MNIST: local copy at ... (train 60,000, test 10,000)``."""
         sizes = ", ".join(f"{split} {count:,}" for split, count in self.split_sizes.items())
-        return f"{self.dataset}: {self.kind} at {self.location} ({sizes})"
+        return f"{self.dataset}: {self.kind} at {display_path(self.location)} ({sizes})"
 
 
 class ImageDataset(Dataset):
