@@ -56,7 +56,14 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+        ],
         check=True,
     )
 
@@ -72,7 +79,6 @@ from torch import nn
 
 from tutorial_lib import conv, data, plots, results, runtime
 from tutorial_lib.models import MnistCNN, count_parameters
-
 
 
 @dataclass(frozen=True)
@@ -159,8 +165,9 @@ for i in range(signal.shape[0] - k_h + 1):
     for j in range(signal.shape[1] - k_w + 1):
         taps = [(u, v) for u in range(k_h) for v in range(k_w)]
         # left side: the textbook convolution at the shifted index (i + k_h - 1, j + k_w - 1)
-        convolution = sum(signal[i + k_h - 1 - u, j + k_w - 1 - v] * small_kernel[u, v]
-                          for u, v in taps)
+        convolution = sum(
+            signal[i + k_h - 1 - u, j + k_w - 1 - v] * small_kernel[u, v] for u, v in taps
+        )
         correlation = sum(signal[i + u, j + v] * flipped[u, v] for u, v in taps)
         worst = max(worst, abs(convolution - correlation).item())
 print(f"largest difference over all {(5 - k_h + 1) * (6 - k_w + 1)} valid positions: {worst:.1e}")
@@ -233,8 +240,16 @@ print(f"{'k':>2} {'s':>2} {'p':>2} {'d':>2} | formula | F.conv2d")
 for case in cases:
     formula = conv.conv_output_size(28, **case)
     k = case["kernel_size"]
-    actual = F.conv2d(probe, torch.zeros(1, 1, k, k), stride=case["stride"], padding=case["padding"], dilation=case["dilation"]).shape[-1]
-    print(f"{k:>2} {case['stride']:>2} {case['padding']:>2} {case['dilation']:>2} | {formula:>7} | {actual:>8}")
+    actual = F.conv2d(
+        probe,
+        torch.zeros(1, 1, k, k),
+        stride=case["stride"],
+        padding=case["padding"],
+        dilation=case["dilation"],
+    ).shape[-1]
+    print(
+        f"{k:>2} {case['stride']:>2} {case['padding']:>2} {case['dilation']:>2} | {formula:>7} | {actual:>8}"
+    )
 
 # %% [markdown]
 # Two rules of thumb fall out: $p = (k-1)/2$ with stride 1 keeps the size ("same" padding, odd
@@ -265,7 +280,9 @@ options = dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=3)
 reference = F.conv2d(x, weight, bias, **options)
 for implementation in (conv.cross_correlate2d_loops, conv.cross_correlate2d_im2col):
     difference = (implementation(x, weight, bias, **options) - reference).abs().max().item()
-    print(f"{implementation.__name__:<26} shape {tuple(reference.shape)}  max |difference| {difference:.1e}")
+    print(
+        f"{implementation.__name__:<26} shape {tuple(reference.shape)}  max |difference| {difference:.1e}"
+    )
 
 # %% [markdown]
 # What groups buy is parameters and compute. A standard $3 \times 3$ convolution from 64 to 64
@@ -273,12 +290,22 @@ for implementation in (conv.cross_correlate2d_loops, conv.cross_correlate2d_im2c
 
 # %%
 standard_params = conv.conv2d_parameter_count(64, 64, 3)
-separable_params = conv.conv2d_parameter_count(64, 64, 3, groups=64) + conv.conv2d_parameter_count(64, 64, 1)
+separable_params = conv.conv2d_parameter_count(64, 64, 3, groups=64) + conv.conv2d_parameter_count(
+    64, 64, 1
+)
 standard_macs = conv.conv2d_macs(64, 64, 3, (56, 56))
-separable_macs = conv.conv2d_macs(64, 64, 3, (56, 56), groups=64) + conv.conv2d_macs(64, 64, 1, (56, 56))
-print(f"standard 3x3:             {standard_params:>7,} parameters, {standard_macs / 1e6:6.1f} M multiply-adds")
-print(f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_macs / 1e6:6.1f} M multiply-adds")
-print(f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute")
+separable_macs = conv.conv2d_macs(64, 64, 3, (56, 56), groups=64) + conv.conv2d_macs(
+    64, 64, 1, (56, 56)
+)
+print(
+    f"standard 3x3:             {standard_params:>7,} parameters, {standard_macs / 1e6:6.1f} M multiply-adds"
+)
+print(
+    f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_macs / 1e6:6.1f} M multiply-adds"
+)
+print(
+    f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute"
+)
 
 # %% [markdown]
 # ### $1 \times 1$ convolutions
@@ -299,8 +326,10 @@ feature_map = torch.randn(2, 64, 7, 7)
 channels_last = feature_map.permute(0, 2, 3, 1)  # (N, H, W, C): one channel vector per pixel
 linear_output = per_pixel_linear(channels_last).permute(0, 3, 1, 2)
 difference = (pointwise(feature_map) - linear_output).abs().max().item()
-print(f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear "
-      f"layer: {difference:.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
+print(
+    f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear "
+    f"layer: {difference:.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16"
+)
 
 # %% [markdown]
 # ## im2col: convolution as one matrix product
@@ -313,7 +342,13 @@ print(f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from th
 # %%
 x = torch.randn(1, 3, 5, 5)
 columns = F.unfold(x, kernel_size=3)
-print("input", tuple(x.shape), "-> columns", tuple(columns.shape), "= (N, C_in * k * k, number of positions)")
+print(
+    "input",
+    tuple(x.shape),
+    "-> columns",
+    tuple(columns.shape),
+    "= (N, C_in * k * k, number of positions)",
+)
 print(inspect.getsource(conv.cross_correlate2d_im2col))
 
 # %% [markdown]
@@ -360,12 +395,16 @@ with torch.no_grad():
     grad_weight = conv.cross_correlate2d_im2col(x.transpose(0, 1), upstream.transpose(0, 1))
     grad_weight = grad_weight.transpose(0, 1)
     grad_bias = upstream.sum(dim=(0, 2, 3))
-checks = {"input": (grad_input, x.grad), "weight": (grad_weight, weight.grad),
-          "bias": (grad_bias, bias.grad)}
+checks = {
+    "input": (grad_input, x.grad),
+    "weight": (grad_weight, weight.grad),
+    "bias": (grad_bias, bias.grad),
+}
 for name, (ours, autograd) in checks.items():
     difference = (ours - autograd).abs().max().item()
-    print(f"dL/d{name:<7} shape {str(tuple(ours.shape)):<15} "
-          f"max |ours - autograd| {difference:.1e}")
+    print(
+        f"dL/d{name:<7} shape {str(tuple(ours.shape)):<15} max |ours - autograd| {difference:.1e}"
+    )
 
 # %% [markdown]
 # So the backward pass of a convolution costs about two more convolutions of the same size, which
@@ -429,7 +468,9 @@ classic_kernels = {
     "box blur": [[1 / 9] * 3] * 3,
     "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
 }
-kernels = torch.tensor(list(classic_kernels.values())).unsqueeze(1)  # (5, 1, 3, 3): five output channels
+kernels = torch.tensor(list(classic_kernels.values())).unsqueeze(
+    1
+)  # (5, 1, 3, 3): five output channels
 responses = conv.cross_correlate2d_im2col(digit.unsqueeze(0), kernels, padding=1)[0]
 fig = plots.image_grid(
     [digit, *responses],
@@ -469,8 +510,9 @@ for step in range(300):
         learned -= 1.5 * learned.grad  # plain gradient descent, learning rate 1.5
         learned.grad.zero_()
     losses.append(loss.item())
-print(f"mean squared error: {losses[0]:.4f} at the start, "
-      f"{losses[-1]:.2e} after {len(losses)} steps")
+print(
+    f"mean squared error: {losses[0]:.4f} at the start, {losses[-1]:.2e} after {len(losses)} steps"
+)
 print("learned kernel:\n", learned.detach()[0, 0].numpy().round(3))
 print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item():.1e}")
 
@@ -498,7 +540,9 @@ for name, module in model.named_modules():
     if name in macs:
         print(f"{name:<14}{count_parameters(module):>12,}{macs[name]:>16,}")
 print(f"{'total':<14}{count_parameters(model):>12,}{sum(macs.values()):>16,}")
-print(f"\nreceptive field of one feature after the second pooling: {conv.receptive_field_of(model)} x {conv.receptive_field_of(model)} pixels")
+print(
+    f"\nreceptive field of one feature after the second pooling: {conv.receptive_field_of(model)} x {conv.receptive_field_of(model)} pixels"
+)
 
 # %% [markdown]
 # The split is lopsided in an instructive way: the convolutions do almost all of the *compute*
@@ -514,6 +558,7 @@ print(f"\nreceptive field of one feature after the second pooling: {conv.recepti
 # The three implementations compute the same numbers. Timing them on the same input (the
 # first convolution of the MNIST network, on the CPU, median of several runs; sizes from this
 # chapter's budget):
+
 
 # %%
 def median_seconds(function, repeats: int) -> float:
@@ -533,8 +578,12 @@ implementations = {
     "F.conv2d": lambda: F.conv2d(timing_input, timing_weight, padding=1),
 }
 with torch.no_grad():
-    seconds = {name: median_seconds(run, BUDGET.timing_repeats) for name, run in implementations.items()}
-print(f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, {torch.get_num_threads()} CPU threads")
+    seconds = {
+        name: median_seconds(run, BUDGET.timing_repeats) for name, run in implementations.items()
+    }
+print(
+    f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, {torch.get_num_threads()} CPU threads"
+)
 print(f"{'implementation':<16}{'median time':>14}{'vs F.conv2d':>14}")
 for name, value in seconds.items():
     print(f"{name:<16}{value * 1e3:>11.2f} ms{value / seconds['F.conv2d']:>13.0f}x")
@@ -559,13 +608,23 @@ plt.show()
 # (`results/01_convolution_math.<profile>.json`), which `benchmarks/run_chapter.py` collects:
 
 # %%
-record_path = results.write_result_record("01_convolution_math", {
-    "timing": {"input_shape": list(timing_input.shape), "weight_shape": list(timing_weight.shape),
-               "median_ms": {name: value * 1e3 for name, value in seconds.items()}, "repeats": BUDGET.timing_repeats},
-    "mnist_cnn": {"parameters": count_parameters(model), "multiply_adds": sum(macs.values()),
-                  "receptive_field": conv.receptive_field_of(model)},
-    "data": {"source": mnist.source.kind, "location": mnist.source.location},
-})
+record_path = results.write_result_record(
+    "01_convolution_math",
+    {
+        "timing": {
+            "input_shape": list(timing_input.shape),
+            "weight_shape": list(timing_weight.shape),
+            "median_ms": {name: value * 1e3 for name, value in seconds.items()},
+            "repeats": BUDGET.timing_repeats,
+        },
+        "mnist_cnn": {
+            "parameters": count_parameters(model),
+            "multiply_adds": sum(macs.values()),
+            "receptive_field": conv.receptive_field_of(model),
+        },
+        "data": {"source": mnist.source.kind, "location": mnist.source.location},
+    },
+)
 print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]

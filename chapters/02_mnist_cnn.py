@@ -51,7 +51,14 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+        ],
         check=True,
     )
 
@@ -61,7 +68,6 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -75,7 +81,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from tutorial_lib import data, metrics, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters, freeze
-
 
 
 @dataclass(frozen=True)
@@ -93,17 +98,44 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(train_size=512, val_size=256, test_size=512, manual_train_size=256,
-                    epochs=1, compare_train_size=256, compare_epochs=1, pretrain_epochs=1,
-                    shots_per_class=5, finetune_epochs=3),
+    "smoke": Budget(
+        train_size=512,
+        val_size=256,
+        test_size=512,
+        manual_train_size=256,
+        epochs=1,
+        compare_train_size=256,
+        compare_epochs=1,
+        pretrain_epochs=1,
+        shots_per_class=5,
+        finetune_epochs=3,
+    ),
     # cpu: sizes capped explicitly at MNIST's official 55,000 + 5,000 / 10,000, so the chapter's
     # time does not depend on which copy of the data a machine happens to have
-    "cpu": Budget(train_size=55_000, val_size=5_000, test_size=10_000, manual_train_size=6_000,
-                  epochs=3, compare_train_size=6_000, compare_epochs=1, pretrain_epochs=1,
-                  shots_per_class=10, finetune_epochs=40),
-    "gpu": Budget(train_size=None, val_size=5_000, test_size=None, manual_train_size=12_000,
-                  epochs=8, compare_train_size=20_000, compare_epochs=2, pretrain_epochs=3,
-                  shots_per_class=10, finetune_epochs=40),
+    "cpu": Budget(
+        train_size=55_000,
+        val_size=5_000,
+        test_size=10_000,
+        manual_train_size=6_000,
+        epochs=3,
+        compare_train_size=6_000,
+        compare_epochs=1,
+        pretrain_epochs=1,
+        shots_per_class=10,
+        finetune_epochs=40,
+    ),
+    "gpu": Budget(
+        train_size=None,
+        val_size=5_000,
+        test_size=None,
+        manual_train_size=12_000,
+        epochs=8,
+        compare_train_size=20_000,
+        compare_epochs=2,
+        pretrain_epochs=3,
+        shots_per_class=10,
+        finetune_epochs=40,
+    ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
@@ -142,10 +174,14 @@ print(splits.describe())
 
 # %%
 mean, std = data.channel_stats(train_images.images)
-print(f"training pixels: mean {mean[0]:.4f}, std {std[0]:.4f}  (the constants in tutorial_lib: {data.MNIST_MEAN[0]}, {data.MNIST_STD[0]})")
+print(
+    f"training pixels: mean {mean[0]:.4f}, std {std[0]:.4f}  (the constants in tutorial_lib: {data.MNIST_MEAN[0]}, {data.MNIST_STD[0]})"
+)
 transform = data.mnist_transform()
 example = transform(train_images.images[0])
-print(f"after the transform: dtype {example.dtype}, range [{example.min():.2f}, {example.max():.2f}]")
+print(
+    f"after the transform: dtype {example.dtype}, range [{example.min():.2f}, {example.max():.2f}]"
+)
 
 # %% [markdown]
 # (Under the `smoke` profile the subset is small and its statistics wander a little; on the full
@@ -159,9 +195,12 @@ train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True, genera
 val_loader = DataLoader(val_set, batch_size=512)
 test_loader = DataLoader(test_set, batch_size=512)
 
-fig = plots.image_grid([train_images.images[i] for i in range(16)],
-                       titles=[f"label {train_images.labels[i].item()}" for i in range(16)],
-                       suptitle="The first training digits", size=1.2)
+fig = plots.image_grid(
+    [train_images.images[i] for i in range(16)],
+    titles=[f"label {train_images.labels[i].item()}" for i in range(16)],
+    suptitle="The first training digits",
+    size=1.2,
+)
 plt.show()
 
 # %% [markdown]
@@ -200,8 +239,9 @@ print(f"{'total':<28}{'':<20}{count_parameters(model):>9,} parameters")
 loss_fn = nn.CrossEntropyLoss()
 
 
-def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  optimizer: torch.optim.Optimizer) -> tuple[float, int]:
+def training_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
+) -> tuple[float, int]:
     """One optimiser step on one batch; returns the batch's mean loss and its correct count."""
     logits = model(images)  # forward pass: (N, 10) class scores
     loss = loss_fn(logits, labels)  # mean cross-entropy over the batch
@@ -225,9 +265,11 @@ for step in range(5):
 # matters for dropout and batch normalisation); evaluation runs in `model.eval()` mode without
 # building a graph for gradients (`torch.no_grad()`):
 
+
 # %%
-def train_one_epoch(model: nn.Module, loader: DataLoader,
-                    optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer
+) -> tuple[float, float]:
     """One pass over loader; returns the mean training loss and accuracy."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -253,8 +295,9 @@ manual_set = data.subset(train_images, BUDGET.manual_train_size, seed=2).with_tr
 
 
 def manual_loader() -> DataLoader:  # the same shuffled order every time it is called
-    return DataLoader(manual_set, batch_size=BATCH_SIZE, shuffle=True,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        manual_set, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
 
 
 runtime.seed_everything(0)
@@ -262,9 +305,11 @@ manual_model = MnistCNN().to(device)
 manual_optimizer = torch.optim.SGD(manual_model.parameters(), lr=0.05, momentum=0.9)
 started = time.perf_counter()
 manual_loss, manual_accuracy = train_one_epoch(manual_model, manual_loader(), manual_optimizer)
-print(f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: "
-      f"train loss {manual_loss:.4f}, train accuracy {100 * manual_accuracy:.2f}%, "
-      f"validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%")
+print(
+    f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: "
+    f"train loss {manual_loss:.4f}, train accuracy {100 * manual_accuracy:.2f}%, "
+    f"validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%"
+)
 
 # %% [markdown]
 # That is a complete training loop. `tutorial_lib.train.fit`, which every later chapter uses, is this
@@ -288,12 +333,24 @@ for name, parameter in inspect.signature(train.fit).parameters.items():
 runtime.seed_everything(0)
 fit_model = MnistCNN()
 fit_optimizer = torch.optim.SGD(fit_model.parameters(), lr=0.05, momentum=0.9)
-train.fit(fit_model, manual_loader(), None, fit_optimizer, epochs=1, device=device,
-          monitor="train_loss", verbose=False)
-weight_difference = max((ours - fits).abs().max().item()
-                        for ours, fits in zip(manual_model.parameters(), fit_model.parameters()))
-print(f"largest difference between the weights after our loop and after train.fit: "
-      f"{weight_difference:.1e}")
+train.fit(
+    fit_model,
+    manual_loader(),
+    None,
+    fit_optimizer,
+    epochs=1,
+    device=device,
+    monitor="train_loss",
+    verbose=False,
+)
+weight_difference = max(
+    (ours - fits).abs().max().item()
+    for ours, fits in zip(manual_model.parameters(), fit_model.parameters())
+)
+print(
+    f"largest difference between the weights after our loop and after train.fit: "
+    f"{weight_difference:.1e}"
+)
 
 # %% [markdown]
 # For the real run we train with AdamW (its update rule is written out below) and a one-cycle
@@ -305,10 +362,21 @@ print(f"largest difference between the weights after our loop and after train.fi
 runtime.seed_everything(0)
 model = MnistCNN()
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, epochs=BUDGET.epochs, steps_per_epoch=len(train_loader))
+scheduler = torch.optim.lr_scheduler.OneCycleLR(
+    optimizer, max_lr=3e-3, epochs=BUDGET.epochs, steps_per_epoch=len(train_loader)
+)
 checkpoint_dir = run.scratch_dir("mnist-cnn")
-history = train.fit(model, train_loader, val_loader, optimizer, epochs=BUDGET.epochs, scheduler=scheduler,
-                    device=device, patience=2, checkpoint_dir=checkpoint_dir)
+history = train.fit(
+    model,
+    train_loader,
+    val_loader,
+    optimizer,
+    epochs=BUDGET.epochs,
+    scheduler=scheduler,
+    device=device,
+    patience=2,
+    checkpoint_dir=checkpoint_dir,
+)
 train_seconds = sum(history["seconds"])
 fig = plots.training_curves(history, title="MnistCNN on MNIST (AdamW, one-cycle)")
 plt.show()
@@ -339,9 +407,16 @@ plt.show()
 # then falls linearly to zero: $\eta_t = \eta \, t / W$ for $t < W$, and
 # $\eta_t = \eta \, \max\bigl(0, (T - t)/(T - W)\bigr)$ after. Both formulas, against the schedulers:
 
+
 # %%
-def one_cycle_lr(step: int, total: int, max_lr: float, pct_start: float = 0.3, div: float = 25.0,
-                 final_div: float = 1e4) -> float:
+def one_cycle_lr(
+    step: int,
+    total: int,
+    max_lr: float,
+    pct_start: float = 0.3,
+    div: float = 25.0,
+    final_div: float = 1e4,
+) -> float:
     initial_lr, final_lr = max_lr / div, max_lr / div / final_div
     peak = pct_start * total - 1  # last step of the warm-up phase
     if step <= peak:
@@ -369,23 +444,32 @@ total_steps, warmup_steps = 200, 20
 library_rates = {
     "one-cycle": scheduler_rates(
         lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=3e-3, total_steps=total_steps),
-        total_steps, 3e-3),
+        total_steps,
+        3e-3,
+    ),
     "linear warm-up": scheduler_rates(
-        lambda o: get_linear_schedule_with_warmup(o, warmup_steps, total_steps), total_steps, 3e-3),
+        lambda o: get_linear_schedule_with_warmup(o, warmup_steps, total_steps), total_steps, 3e-3
+    ),
 }
 formula_rates = {
     "one-cycle": [one_cycle_lr(t, total_steps, 3e-3) for t in range(total_steps)],
-    "linear warm-up": [linear_warmup_lr(t, total_steps, warmup_steps, 3e-3)
-                       for t in range(total_steps)],
+    "linear warm-up": [
+        linear_warmup_lr(t, total_steps, warmup_steps, 3e-3) for t in range(total_steps)
+    ],
 }
 fig, ax = plt.subplots(figsize=(7, 3.2), facecolor="white")
 for name in library_rates:
     worst = max(abs(a - b) for a, b in zip(library_rates[name], formula_rates[name]))
-    print(f"{name:<15} largest difference between formula and scheduler over {total_steps} steps: "
-          f"{worst:.1e}")
+    print(
+        f"{name:<15} largest difference between formula and scheduler over {total_steps} steps: "
+        f"{worst:.1e}"
+    )
     ax.plot(library_rates[name], label=name)
-ax.set(title="Learning-rate schedules (peak 3e-3, 200 steps)", xlabel="optimiser step",
-       ylabel="learning rate")
+ax.set(
+    title="Learning-rate schedules (peak 3e-3, 200 steps)",
+    xlabel="optimiser step",
+    ylabel="learning rate",
+)
 ax.legend()
 plt.show()
 
@@ -403,8 +487,10 @@ plt.show()
 logits, targets = train.predict(model, test_loader, device)
 predictions = logits.argmax(dim=1)
 test_accuracy = metrics.accuracy(targets, predictions)
-print(f"test accuracy: {100 * test_accuracy:.2f}% on {len(targets):,} test images "
-      f"({(predictions != targets).sum().item()} mistakes)")
+print(
+    f"test accuracy: {100 * test_accuracy:.2f}% on {len(targets):,} test images "
+    f"({(predictions != targets).sum().item()} mistakes)"
+)
 print(metrics.format_report(metrics.per_class_report(targets, predictions, data.MNIST_CLASSES)))
 
 # %% [markdown]
@@ -426,11 +512,13 @@ precision = true_positives / max(true_positives + false_positives, 1)
 recall = true_positives / max(true_positives + false_negatives, 1)
 f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 library_p, library_r, library_f1, _ = precision_recall_fscore_support(
-    targets, predictions, labels=[digit], zero_division=0)
+    targets, predictions, labels=[digit], zero_division=0
+)
 print(f"digit {digit}: TP {true_positives}, FP {false_positives}, FN {false_negatives}")
 print(f"by hand:      precision {precision:.4f}, recall {recall:.4f}, F1 {f1:.4f}")
-print(f"scikit-learn: precision {library_p[0]:.4f}, recall {library_r[0]:.4f}, "
-      f"F1 {library_f1[0]:.4f}")
+print(
+    f"scikit-learn: precision {library_p[0]:.4f}, recall {library_r[0]:.4f}, F1 {library_f1[0]:.4f}"
+)
 
 # %% [markdown]
 # Precision and recall depend on a decision rule (here: the class with the highest score). The
@@ -447,10 +535,13 @@ is_digit = (targets == digit).numpy()
 digit_scores = probabilities[:, digit].numpy()
 positive_scores, negative_scores = digit_scores[is_digit], digit_scores[~is_digit]
 # AUC = P(positive scores higher than negative); ties count half
-pairs_won = ((positive_scores[:, None] > negative_scores[None, :]).mean()
-             + 0.5 * (positive_scores[:, None] == negative_scores[None, :]).mean())
-print(f"digit {digit} vs. the rest: AUC by pairwise comparison {pairs_won:.5f}, "
-      f"scikit-learn roc_auc_score {roc_auc_score(is_digit, digit_scores):.5f}")
+pairs_won = (positive_scores[:, None] > negative_scores[None, :]).mean() + 0.5 * (
+    positive_scores[:, None] == negative_scores[None, :]
+).mean()
+print(
+    f"digit {digit} vs. the rest: AUC by pairwise comparison {pairs_won:.5f}, "
+    f"scikit-learn roc_auc_score {roc_auc_score(is_digit, digit_scores):.5f}"
+)
 macro_auc = roc_auc_score(targets.numpy(), probabilities.numpy(), multi_class="ovr")
 print(f"mean one-vs-rest AUC over the ten digits: {macro_auc:.5f}")
 false_positive_rate, true_positive_rate, _ = roc_curve(is_digit, digit_scores)
@@ -459,8 +550,13 @@ floor = 1e-4  # a log axis cannot show 0: false-positive rates below it are draw
 ax.plot(np.maximum(false_positive_rate, floor), true_positive_rate, label=f"digit {digit} vs. rest")
 chance = np.logspace(-4, 0, 50)
 ax.plot(chance, chance, linestyle=":", color="grey", label="chance")
-ax.set(title=f"ROC curve, digit {digit}", xlabel="false-positive rate (log scale)",
-       ylabel="true-positive rate", xscale="log", xlim=(floor, 1))
+ax.set(
+    title=f"ROC curve, digit {digit}",
+    xlabel="false-positive rate (log scale)",
+    ylabel="true-positive rate",
+    xscale="log",
+    xlim=(floor, 1),
+)
 ax.legend(loc="lower right")
 plt.show()
 
@@ -489,7 +585,9 @@ print(f"softmax cross-entropy {softmax_ce:.6f}, binary cross-entropy on z1 - z0 
 # multi-class case. Back to the ten digits:
 
 # %%
-fig = plots.confusion_matrix_figure(targets, predictions, data.MNIST_CLASSES, title="MNIST test set: true vs. predicted digit")
+fig = plots.confusion_matrix_figure(
+    targets, predictions, data.MNIST_CLASSES, title="MNIST test set: true vs. predicted digit"
+)
 plt.show()
 
 # %% [markdown]
@@ -499,9 +597,12 @@ plt.show()
 # %%
 wrong = (predictions != targets).nonzero().flatten()[:16]
 if len(wrong):
-    fig = plots.image_grid([test_images.images[i] for i in wrong],
-                           titles=[f"true {targets[i].item()} → {predictions[i].item()}" for i in wrong],
-                           suptitle="Misclassified test digits", size=1.3)
+    fig = plots.image_grid(
+        [test_images.images[i] for i in wrong],
+        titles=[f"true {targets[i].item()} → {predictions[i].item()}" for i in wrong],
+        suptitle="Misclassified test digits",
+        size=1.3,
+    )
     plt.show()
 else:
     print("no misclassified digits in this test set")
@@ -516,7 +617,9 @@ else:
 # hand-made kernels of chapter 1: many are edge detectors of some orientation.
 
 # %%
-fig = plots.conv_filters(model.features[0].cpu(), title="The 32 learned 3x3 kernels of the first layer")
+fig = plots.conv_filters(
+    model.features[0].cpu(), title="The 32 learned 3x3 kernels of the first layer"
+)
 plt.show()
 
 # %% [markdown]
@@ -524,7 +627,11 @@ plt.show()
 # kernel picking out strokes of one direction, or the background, or the outline:
 
 # %%
-fig = plots.feature_maps(model.features[:2], test_set[0][0], title=f"First-layer feature maps of a test digit (label {targets[0].item()})")
+fig = plots.feature_maps(
+    model.features[:2],
+    test_set[0][0],
+    title=f"First-layer feature maps of a test digit (label {targets[0].item()})",
+)
 plt.show()
 
 # %% [markdown]
@@ -551,6 +658,7 @@ plt.show()
 # Written as code and run side by side with `torch.optim` for three steps on the same parameters and
 # gradients:
 
+
 # %%
 def sgd_momentum_update(theta, grad, state, lr, momentum):
     state["buffer"] = grad.clone() if "buffer" not in state else momentum * state["buffer"] + grad
@@ -573,13 +681,18 @@ torch.manual_seed(0)
 start = torch.randn(5)
 gradients = [torch.randn(5) for _ in range(3)]
 rules = {
-    "SGD, momentum 0.9": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-                          lambda th, g, st: sgd_momentum_update(th, g, st, lr=0.1, momentum=0.9)),
-    "Adam": (lambda p: torch.optim.Adam(p, lr=0.1),
-             lambda th, g, st: adamw_update(th, g, st, lr=0.1)),
-    "AdamW, weight decay 0.1": (lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1),
-                                lambda th, g, st: adamw_update(th, g, st, lr=0.1,
-                                                               weight_decay=0.1)),
+    "SGD, momentum 0.9": (
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda th, g, st: sgd_momentum_update(th, g, st, lr=0.1, momentum=0.9),
+    ),
+    "Adam": (
+        lambda p: torch.optim.Adam(p, lr=0.1),
+        lambda th, g, st: adamw_update(th, g, st, lr=0.1),
+    ),
+    "AdamW, weight decay 0.1": (
+        lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1),
+        lambda th, g, st: adamw_update(th, g, st, lr=0.1, weight_decay=0.1),
+    ),
 }
 table = ["| optimiser | largest difference after 3 steps | parameter moved by |", "|---|---:|---:|"]
 for name, (make_library, by_hand) in rules.items():
@@ -594,8 +707,10 @@ for name, (make_library, by_hand) in rules.items():
     table.append(f"| {name} | {difference:.1e} | {moved:.3f} |")
 display(Markdown("\n".join(table)))
 first_m = (1 - 0.9) * gradients[0]
-print(f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on "
-      f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient")
+print(
+    f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on "
+    f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient"
+)
 
 # %% [markdown]
 # The hand-written rules and `torch.optim` agree to rounding. With these definitions the comparison
@@ -608,10 +723,16 @@ print(f"first Adam step without bias correction would use m = {first_m.abs().mea
 # stratified subset, for the same number of epochs, and is scored on the validation set.
 
 # %%
-compare_loader = DataLoader(data.subset(train_images, BUDGET.compare_train_size, seed=1).with_transform(transform),
-                            batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
+compare_loader = DataLoader(
+    data.subset(train_images, BUDGET.compare_train_size, seed=1).with_transform(transform),
+    batch_size=BATCH_SIZE,
+    shuffle=True,
+    generator=torch.Generator().manual_seed(0),
+)
 optimizers = {
-    "SGD lr 0.001, momentum 0.9 (source)": lambda params: torch.optim.SGD(params, lr=0.001, momentum=0.9),
+    "SGD lr 0.001, momentum 0.9 (source)": lambda params: torch.optim.SGD(
+        params, lr=0.001, momentum=0.9
+    ),
     "SGD lr 0.05, momentum 0.9": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
     "Adam lr 0.001": lambda params: torch.optim.Adam(params, lr=0.001),
 }
@@ -619,16 +740,27 @@ comparison = {}
 for name, make_optimizer in optimizers.items():
     runtime.seed_everything(0)
     candidate = MnistCNN()
-    compare_history = train.fit(candidate, compare_loader, val_loader, make_optimizer(candidate.parameters()),
-                    epochs=BUDGET.compare_epochs, device=device, verbose=False)
+    compare_history = train.fit(
+        candidate,
+        compare_loader,
+        val_loader,
+        make_optimizer(candidate.parameters()),
+        epochs=BUDGET.compare_epochs,
+        device=device,
+        verbose=False,
+    )
     comparison[name] = compare_history.records[-1]
 print(f"{len(compare_loader.dataset):,} training images, {BUDGET.compare_epochs} epoch(s) each")
 print(f"{'optimiser':<38}{'train loss':>11}{'val accuracy':>14}")
 for name, record in comparison.items():
     print(f"{name:<38}{record['train_loss']:>11.4f}{100 * record['val_accuracy']:>13.2f}%")
-fig = plots.bar_chart(list(comparison), [100 * r["val_accuracy"] for r in comparison.values()],
-                      title="Validation accuracy after the same training budget", ylabel="validation accuracy (%)",
-                      annotate_format="{:.1f}")
+fig = plots.bar_chart(
+    list(comparison),
+    [100 * r["val_accuracy"] for r in comparison.values()],
+    title="Validation accuracy after the same training budget",
+    ylabel="validation accuracy (%)",
+    annotate_format="{:.1f}",
+)
 fig.axes[0].tick_params(axis="x", labelsize=7)
 plt.show()
 
@@ -655,10 +787,13 @@ plt.show()
 # - *full fine-tuning*: start from all pre-trained weights (with a fresh last layer) and train everything;
 # - *from scratch*: a randomly initialised network trained on the same few examples.
 
+
 # %%
 def digits_as_task(dataset: data.ImageDataset, first_digit: int) -> data.ImageDataset:
     """The examples of digits first_digit..first_digit+4, relabelled 0..4."""
-    keep = ((dataset.labels >= first_digit) & (dataset.labels < first_digit + 5)).nonzero().flatten()
+    keep = (
+        ((dataset.labels >= first_digit) & (dataset.labels < first_digit + 5)).nonzero().flatten()
+    )
     chosen = dataset.select(keep)
     names = tuple(str(d) for d in range(first_digit, first_digit + 5))
     return data.ImageDataset(chosen.images, chosen.labels - first_digit, names, dataset.transform)
@@ -666,21 +801,34 @@ def digits_as_task(dataset: data.ImageDataset, first_digit: int) -> data.ImageDa
 
 old_train = digits_as_task(train_set, 0)
 new_train_pool = digits_as_task(train_set, 5)
-few_shot = new_train_pool.select(data.balanced_indices(new_train_pool.labels, BUDGET.shots_per_class, seed=0))
+few_shot = new_train_pool.select(
+    data.balanced_indices(new_train_pool.labels, BUDGET.shots_per_class, seed=0)
+)
 new_test = digits_as_task(test_set, 5)
 print(f"pre-training on digits 0-4: {len(old_train):,} images")
-print(f"new task, digits 5-9: {len(few_shot)} labelled examples ({BUDGET.shots_per_class} per digit); test on {len(new_test):,}")
+print(
+    f"new task, digits 5-9: {len(few_shot)} labelled examples ({BUDGET.shots_per_class} per digit); test on {len(new_test):,}"
+)
 
 runtime.seed_everything(0)
 pretrained = MnistCNN(num_classes=5)
-pretrain_loader = DataLoader(old_train, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
-pretrain_history = train.fit(pretrained, pretrain_loader, None,
-                             torch.optim.Adam(pretrained.parameters(), lr=1e-3),
-                             epochs=BUDGET.pretrain_epochs, device=device, monitor="train_loss")
+pretrain_loader = DataLoader(
+    old_train, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0)
+)
+pretrain_history = train.fit(
+    pretrained,
+    pretrain_loader,
+    None,
+    torch.optim.Adam(pretrained.parameters(), lr=1e-3),
+    epochs=BUDGET.pretrain_epochs,
+    device=device,
+    monitor="train_loss",
+)
 
 # %% [markdown]
 # Now the three contenders. Each gets a new 5-way last layer and the same few examples, the same
 # optimiser and the same number of epochs:
+
 
 # %%
 def new_task_model(strategy: str) -> nn.Module:
@@ -702,8 +850,16 @@ rows = []
 for strategy in ("frozen features + new head", "full fine-tuning", "from scratch"):
     adapted = new_task_model(strategy)
     trainable = [p for p in adapted.parameters() if p.requires_grad]
-    train.fit(adapted, few_shot_loader, None, torch.optim.Adam(trainable, lr=1e-3), epochs=BUDGET.finetune_epochs,
-              device=device, monitor="train_loss", verbose=False)
+    train.fit(
+        adapted,
+        few_shot_loader,
+        None,
+        torch.optim.Adam(trainable, lr=1e-3),
+        epochs=BUDGET.finetune_epochs,
+        device=device,
+        monitor="train_loss",
+        verbose=False,
+    )
     result = train.evaluate(adapted, new_test_loader, device=device)
     rows.append((strategy, count_parameters(adapted, trainable_only=True), result["accuracy"]))
 print(f"{'strategy':<30}{'trainable parameters':>22}{'test accuracy, digits 5-9':>28}")
@@ -732,8 +888,13 @@ restored = train.load_model(MnistCNN(), saved_path).eval()
 image, label = test_set[0]
 with torch.no_grad():
     probabilities = torch.softmax(restored(image.unsqueeze(0)), dim=1)[0]
-print(f"true label {label}, predicted {probabilities.argmax().item()} with probability {probabilities.max().item():.4f}")
-assert torch.equal(restored(test_set[1][0].unsqueeze(0)).argmax(), model.cpu()(test_set[1][0].unsqueeze(0)).argmax())
+print(
+    f"true label {label}, predicted {probabilities.argmax().item()} with probability {probabilities.max().item():.4f}"
+)
+assert torch.equal(
+    restored(test_set[1][0].unsqueeze(0)).argmax(),
+    model.cpu()(test_set[1][0].unsqueeze(0)).argmax(),
+)
 
 # %% [markdown]
 # ## The result record
@@ -742,17 +903,34 @@ assert torch.equal(restored(test_set[1][0].unsqueeze(0)).argmax(), model.cpu()(t
 # which `benchmarks/run_chapter.py` collects and later chapters can read:
 
 # %%
-record_path = results.write_result_record("02_mnist_cnn", {
-    "data": {"source": mnist.source.kind, "location": mnist.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
-             "validation": len(val_set), "test": len(test_set)},
-    "model": {"name": "MnistCNN", "parameters": count_parameters(model)},
-    "metrics": {"test_accuracy": test_accuracy, "best_val_accuracy": max(history["val_accuracy"]),
-                "optimizer_comparison_val_accuracy": {name: r["val_accuracy"] for name, r in comparison.items()},
-                "few_shot_test_accuracy": {strategy: accuracy for strategy, _, accuracy in rows}},
-    "training": {"epochs_run": len(history), "seconds": train_seconds,
-                 "samples_per_second": sum(history["samples_per_second"]) / len(history)},
-    "chapter_seconds": run.seconds(),
-})
+record_path = results.write_result_record(
+    "02_mnist_cnn",
+    {
+        "data": {
+            "source": mnist.source.kind,
+            "location": mnist.source.location,
+            "budget_adjustments": list(splits.adjustments),
+            "train": len(train_set),
+            "validation": len(val_set),
+            "test": len(test_set),
+        },
+        "model": {"name": "MnistCNN", "parameters": count_parameters(model)},
+        "metrics": {
+            "test_accuracy": test_accuracy,
+            "best_val_accuracy": max(history["val_accuracy"]),
+            "optimizer_comparison_val_accuracy": {
+                name: r["val_accuracy"] for name, r in comparison.items()
+            },
+            "few_shot_test_accuracy": {strategy: accuracy for strategy, _, accuracy in rows},
+        },
+        "training": {
+            "epochs_run": len(history),
+            "seconds": train_seconds,
+            "samples_per_second": sum(history["samples_per_second"]) / len(history),
+        },
+        "chapter_seconds": run.seconds(),
+    },
+)
 print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]

@@ -56,7 +56,14 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+        ],
         check=True,
     )
 
@@ -83,7 +90,6 @@ from tutorial_lib.models import BertPooledClassifier, count_parameters, freeze
 from tutorial_lib.text import TokenizedTexts, encode_for_bert, normalize_whitespace
 
 
-
 @dataclass(frozen=True)
 class Budget:
     model_name: str  # Hugging Face checkpoint
@@ -101,15 +107,48 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=64, val_size=32, test_size=64,
-                    max_length=64, batch_size=16, epochs=1, learning_rate=5e-5, head_only_train_size=32,
-                    custom_head_train_size=32, length_sample=200, padding_sample=16),
-    "cpu": Budget(model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=3_200, val_size=400,
-                  test_size=2_000, max_length=256, batch_size=16, epochs=1, learning_rate=1e-4,
-                  head_only_train_size=800, custom_head_train_size=480, length_sample=5_000, padding_sample=64),
-    "gpu": Budget(model_name="bert-base-uncased", train_size=24_000, val_size=1_000, test_size=25_000,
-                  max_length=256, batch_size=32, epochs=2, learning_rate=3e-5, head_only_train_size=4_000,
-                  custom_head_train_size=4_000, length_sample=25_000, padding_sample=512),
+    "smoke": Budget(
+        model_name="sentence-transformers/all-MiniLM-L6-v2",
+        train_size=64,
+        val_size=32,
+        test_size=64,
+        max_length=64,
+        batch_size=16,
+        epochs=1,
+        learning_rate=5e-5,
+        head_only_train_size=32,
+        custom_head_train_size=32,
+        length_sample=200,
+        padding_sample=16,
+    ),
+    "cpu": Budget(
+        model_name="sentence-transformers/all-MiniLM-L6-v2",
+        train_size=3_200,
+        val_size=400,
+        test_size=2_000,
+        max_length=256,
+        batch_size=16,
+        epochs=1,
+        learning_rate=1e-4,
+        head_only_train_size=800,
+        custom_head_train_size=480,
+        length_sample=5_000,
+        padding_sample=64,
+    ),
+    "gpu": Budget(
+        model_name="bert-base-uncased",
+        train_size=24_000,
+        val_size=1_000,
+        test_size=25_000,
+        max_length=256,
+        batch_size=32,
+        epochs=2,
+        learning_rate=3e-5,
+        head_only_train_size=4_000,
+        custom_head_train_size=4_000,
+        length_sample=25_000,
+        padding_sample=512,
+    ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
@@ -182,8 +221,14 @@ for word in ("cinematography", "breathtaking", "unconvincing", "screenplay"):
 first_piece = wordpiece("unconvincing")[0]
 tried = ["unconvincing"[:end] for end in range(len("unconvincing"), len(first_piece) - 1, -1)]
 print("first piece of 'unconvincing', candidates tried in order:")
-print(textwrap.fill(", ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'not in'})" for c in tried),
-                    width=96, initial_indent="  ", subsequent_indent="  "))
+print(
+    textwrap.fill(
+        ", ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'not in'})" for c in tried),
+        width=96,
+        initial_indent="  ",
+        subsequent_indent="  ",
+    )
+)
 
 # %% [markdown]
 # How long are the reviews in these tokens? BERT's position embeddings stop at 512, and the cost of
@@ -193,17 +238,36 @@ print(textwrap.fill(", ".join(f"{c} ({'in' if c in wordpiece_vocabulary else 'no
 # %%
 length_reviews = data.subset(imdb.train, BUDGET.length_sample, seed=2)
 # verbose=False: we tokenize without truncation on purpose, so skip the "longer than 512" warning
-token_counts = np.array([len(ids) for ids in tokenizer([normalize_whitespace(t) for t in length_reviews.texts], verbose=False)["input_ids"]])
+token_counts = np.array(
+    [
+        len(ids)
+        for ids in tokenizer(
+            [normalize_whitespace(t) for t in length_reviews.texts], verbose=False
+        )["input_ids"]
+    ]
+)
 shares = {limit: (token_counts <= limit).mean() for limit in (128, 256, 512)}
-print(f"{len(token_counts):,} training reviews: median {int(np.median(token_counts))} tokens, "
-      f"90th percentile {int(np.percentile(token_counts, 90))}, longest {token_counts.max()}")
-print("reviews that fit whole: " + ", ".join(f"{100 * share:.0f}% within {limit}" for limit, share in shares.items()))
+print(
+    f"{len(token_counts):,} training reviews: median {int(np.median(token_counts))} tokens, "
+    f"90th percentile {int(np.percentile(token_counts, 90))}, longest {token_counts.max()}"
+)
+print(
+    "reviews that fit whole: "
+    + ", ".join(f"{100 * share:.0f}% within {limit}" for limit, share in shares.items())
+)
 fig, ax = plt.subplots(figsize=(7, 3.5), facecolor="white")
 ax.hist(np.minimum(token_counts, 1024), bins=60, color="#4C72B0")
 for limit in (128, 256, 512):
-    ax.axvline(limit, color="crimson" if limit == BUDGET.max_length else "grey", linestyle="-" if limit == BUDGET.max_length else ":")
-ax.set(title=f"WordPiece tokens per review (red: max_length {BUDGET.max_length}; longer than 1,024 counted at 1,024)",
-       xlabel="tokens per review", ylabel="reviews")
+    ax.axvline(
+        limit,
+        color="crimson" if limit == BUDGET.max_length else "grey",
+        linestyle="-" if limit == BUDGET.max_length else ":",
+    )
+ax.set(
+    title=f"WordPiece tokens per review (red: max_length {BUDGET.max_length}; longer than 1,024 counted at 1,024)",
+    xlabel="tokens per review",
+    ylabel="reviews",
+)
 ax.title.set_fontsize(9)
 plt.show()
 
@@ -240,8 +304,16 @@ padding_texts = [normalize_whitespace(t) for t in test_reviews.texts[: BUDGET.pa
 
 
 def encode_and_time(encoder: torch.nn.Module, padding: str, max_length: int) -> tuple[int, float]:
-    batches = [tokenizer(padding_texts[i : i + 16], truncation=True, max_length=max_length, padding=padding, return_tensors="pt")
-               for i in range(0, len(padding_texts), 16)]
+    batches = [
+        tokenizer(
+            padding_texts[i : i + 16],
+            truncation=True,
+            max_length=max_length,
+            padding=padding,
+            return_tensors="pt",
+        )
+        for i in range(0, len(padding_texts), 16)
+    ]
     started = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
@@ -254,13 +326,16 @@ encode_and_time(plain_encoder, "longest", 32)
 padding_runs = {
     "pad everything to 512 (source)": encode_and_time(plain_encoder, "max_length", 512),
     "dynamic, truncated at 512": encode_and_time(plain_encoder, "longest", 512),
-    f"dynamic, truncated at {BUDGET.max_length} (this chapter)":
-        encode_and_time(plain_encoder, "longest", BUDGET.max_length),
+    f"dynamic, truncated at {BUDGET.max_length} (this chapter)": encode_and_time(
+        plain_encoder, "longest", BUDGET.max_length
+    ),
 }
 reference_seconds = padding_runs["pad everything to 512 (source)"][1]
 print(f"{len(padding_texts)} test reviews, batches of 16, encoder forward pass on the CPU")
 for name, (tokens, seconds_taken) in padding_runs.items():
-    print(f"{name:<42}{tokens:>8,} tokens {seconds_taken:>7.2f} s  ({reference_seconds / seconds_taken:.1f}x the speed of padding to 512)")
+    print(
+        f"{name:<42}{tokens:>8,} tokens {seconds_taken:>7.2f} s  ({reference_seconds / seconds_taken:.1f}x the speed of padding to 512)"
+    )
 
 # %% [markdown]
 # Dynamic padding saves exactly the padding it does not add, so its gain depends on the batches: a
@@ -283,21 +358,27 @@ for name, (tokens, seconds_taken) in padding_runs.items():
 # followed by a LayerNorm: $e = \mathrm{LayerNorm}(E_{tok}[t] + E_{pos}[p] + E_{seg}[s])$.
 
 # %%
-study_batch = tokenizer(["A gripping, beautifully shot film.", "Dull."], padding=True,
-                        return_tensors="pt")
+study_batch = tokenizer(
+    ["A gripping, beautifully shot film.", "Dull."], padding=True, return_tensors="pt"
+)
 ids, segments = study_batch["input_ids"], study_batch["token_type_ids"]
 attention_mask = study_batch["attention_mask"]
 embeddings = plain_encoder.embeddings
 positions = torch.arange(ids.shape[1])
 with torch.no_grad():
-    summed = (embeddings.word_embeddings(ids) + embeddings.position_embeddings(positions)
-              + embeddings.token_type_embeddings(segments))
+    summed = (
+        embeddings.word_embeddings(ids)
+        + embeddings.position_embeddings(positions)
+        + embeddings.token_type_embeddings(segments)
+    )
     ours = embeddings.LayerNorm(summed)
     theirs = embeddings(input_ids=ids, token_type_ids=segments)
 print("token ids:     ", ids.tolist())
 print("attention mask:", attention_mask.tolist())
-print(f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
-      f"{(ours - theirs).abs().max():.1e}")
+print(
+    f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
+    f"{(ours - theirs).abs().max():.1e}"
+)
 
 # %% [markdown]
 # **Scaled dot-product attention.** Each layer projects the vectors $h$ into queries $Q = hW_Q$,
@@ -334,18 +415,24 @@ with torch.no_grad():
     scores = scores.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
     attention_weights = scores.softmax(dim=-1)
     context = attention_weights @ values
-    library = F.scaled_dot_product_attention(queries, keys, values,
-                                             attn_mask=attention_mask[:, None, None, :].bool())
-print(f"{heads} heads of size {head_size}; largest difference from F.scaled_dot_product_attention: "
-      f"{(context - library).abs().max():.1e}")
-print("head 0: how much [CLS] of the short review attends to each position:",
-      [round(w, 3) for w in attention_weights[1, 0, 0].tolist()])
+    library = F.scaled_dot_product_attention(
+        queries, keys, values, attn_mask=attention_mask[:, None, None, :].bool()
+    )
+print(
+    f"{heads} heads of size {head_size}; largest difference from F.scaled_dot_product_attention: "
+    f"{(context - library).abs().max():.1e}"
+)
+print(
+    "head 0: how much [CLS] of the short review attends to each position:",
+    [round(w, 3) for w in attention_weights[1, 0, 0].tolist()],
+)
 
 # %% [markdown]
 # The weights on the two `[PAD]` positions of the short review are exactly 0. A consequence worth
 # checking on the whole model: *what* the padding tokens are cannot change any real
 # token's output. Replace the `[PAD]` ids by an arbitrary word and compare the `[CLS]` vectors —
 # once with the attention mask, once without it:
+
 
 # %%
 @torch.no_grad()
@@ -358,8 +445,10 @@ scrambled = ids.masked_fill(attention_mask == 0, tokenizer.convert_tokens_to_ids
 no_padding_mask = torch.ones_like(attention_mask)
 with_mask = (cls_vectors(ids, attention_mask) - cls_vectors(scrambled, attention_mask)).abs().max()
 no_mask = (cls_vectors(ids, no_padding_mask) - cls_vectors(scrambled, no_padding_mask)).abs().max()
-print(f"[CLS] change when the padding tokens change: {with_mask:.1e} with the attention mask, "
-      f"{no_mask:.3f} without")
+print(
+    f"[CLS] change when the padding tokens change: {with_mask:.1e} with the attention mask, "
+    f"{no_mask:.3f} without"
+)
 
 # %% [markdown]
 # With the mask the change is zero to the last bit; without it, the short review's `[CLS]` vector
@@ -386,9 +475,11 @@ if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architecture
     print("top fillers for [MASK]:", tokenizer.convert_ids_to_tokens(top_ids))
     del masked_lm
 else:
-    print(f"{bert_source.model} is stored as {architectures}: an encoder without the "
-          "masked-language-model head, so there is no fill-mask example on this run "
-          "(bert-base-uncased, under the gpu profile, has one).")
+    print(
+        f"{bert_source.model} is stored as {architectures}: an encoder without the "
+        "masked-language-model head, so there is no fill-mask example on this run "
+        "(bert-base-uncased, under the gpu profile, has one)."
+    )
 
 # %% [markdown]
 # The CPU model, `all-MiniLM-L6-v2`, was not pre-trained this way itself: it comes from
@@ -401,9 +492,12 @@ else:
 
 # %%
 collator = DataCollatorWithPadding(tokenizer)
+
+
 def tokenized(reviews: data.TextDataset) -> TokenizedTexts:
-    return TokenizedTexts(tokenizer, reviews.texts, reviews.labels, BUDGET.max_length,
-                          keep="head+tail")
+    return TokenizedTexts(
+        tokenizer, reviews.texts, reviews.labels, BUDGET.max_length, keep="head+tail"
+    )
 
 
 train_set, val_set = tokenized(train_reviews), tokenized(val_reviews)
@@ -411,11 +505,20 @@ test_set = tokenized(test_reviews)
 
 
 def loader(dataset, shuffle: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=BUDGET.batch_size if shuffle else 64, shuffle=shuffle, collate_fn=collator,
-                      generator=torch.Generator().manual_seed(0) if shuffle else None)
+    return DataLoader(
+        dataset,
+        batch_size=BUDGET.batch_size if shuffle else 64,
+        shuffle=shuffle,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(0) if shuffle else None,
+    )
 
 
-train_loader, val_loader, test_loader = loader(train_set, True), loader(val_set, False), loader(test_set, False)
+train_loader, val_loader, test_loader = (
+    loader(train_set, True),
+    loader(val_set, False),
+    loader(test_set, False),
+)
 batch = next(iter(train_loader))
 print({key: tuple(value.shape) for key, value in batch.items()})
 
@@ -459,8 +562,9 @@ def adamw_with_linear_warmup(model: torch.nn.Module, learning_rate: float, total
     """AdamW over optim.param_groups (no decay on biases and norms); linear warm-up, then decay."""
     optimizer = torch.optim.AdamW(optim.param_groups(model, lr=learning_rate, weight_decay=0.01))
     warmup_steps = max(1, int(WARMUP_FRACTION * total_steps))
-    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps,
-                                                num_training_steps=total_steps)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
     return optimizer, scheduler
 
 
@@ -468,9 +572,18 @@ def fine_tune(model: torch.nn.Module, train_loader: DataLoader, epochs: int, lea
     total_steps = epochs * len(train_loader)
     optimizer, scheduler = adamw_with_linear_warmup(model, learning_rate, total_steps)
     started = time.perf_counter()
-    history = train.fit(model, train_loader, val_loader, optimizer, epochs=epochs, scheduler=scheduler,
-                        device=device, grad_clip_norm=1.0)
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        epochs=epochs,
+        scheduler=scheduler,
+        device=device,
+        grad_clip_norm=1.0,
+    )
     return history, time.perf_counter() - started
+
 
 # %% [markdown]
 # ### Full fine-tuning
@@ -482,7 +595,13 @@ runtime.seed_everything(0)
 _, model, _ = weights.load_bert(BUDGET.model_name, num_labels=2, verbose=False)
 print(f"{count_parameters(model):,} parameters, all trainable")
 history, full_seconds = fine_tune(model, train_loader, BUDGET.epochs, BUDGET.learning_rate)
-comparison = {"full fine-tuning": (count_parameters(model, trainable_only=True), full_seconds, history["val_accuracy"][-1])}
+comparison = {
+    "full fine-tuning": (
+        count_parameters(model, trainable_only=True),
+        full_seconds,
+        history["val_accuracy"][-1],
+    )
+}
 
 # %% [markdown]
 # ### Training the head only
@@ -498,15 +617,24 @@ comparison = {"full fine-tuning": (count_parameters(model, trainable_only=True),
 runtime.seed_everything(0)
 _, frozen_model, _ = weights.load_bert(BUDGET.model_name, num_labels=2, verbose=False)
 freeze(frozen_model.base_model)
-print(f"{count_parameters(frozen_model, trainable_only=True):,} of {count_parameters(frozen_model):,} parameters trainable")
+print(
+    f"{count_parameters(frozen_model, trainable_only=True):,} of {count_parameters(frozen_model):,} parameters trainable"
+)
 with torch.no_grad():
-    pooled = frozen_model.base_model(**{key: value for key, value in batch.items() if key != "labels"}).pooler_output
-print(f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, standard deviation {pooled.std():.3f}")
+    pooled = frozen_model.base_model(
+        **{key: value for key, value in batch.items() if key != "labels"}
+    ).pooler_output
+print(
+    f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, standard deviation {pooled.std():.3f}"
+)
 head_only_reviews = data.subset(train_reviews, BUDGET.head_only_train_size, seed=3)
 head_only_set = tokenized(head_only_reviews)
 _, frozen_seconds = fine_tune(frozen_model, loader(head_only_set, True), 1, learning_rate=0.1)
-comparison[f"head only, frozen encoder ({len(head_only_set):,} reviews)"] = (count_parameters(frozen_model, trainable_only=True), frozen_seconds,
-                                            train.evaluate(frozen_model, val_loader, device=device)["accuracy"])
+comparison[f"head only, frozen encoder ({len(head_only_set):,} reviews)"] = (
+    count_parameters(frozen_model, trainable_only=True),
+    frozen_seconds,
+    train.evaluate(frozen_model, val_loader, device=device)["accuracy"],
+)
 del frozen_model
 
 # %% [markdown]
@@ -523,8 +651,10 @@ custom_reviews = data.subset(train_reviews, BUDGET.custom_head_train_size, seed=
 custom_subset = tokenized(custom_reviews)
 _, custom_seconds = fine_tune(custom_model, loader(custom_subset, True), 1, BUDGET.learning_rate)
 comparison[f"hand-written head ({len(custom_subset):,} reviews)"] = (
-    count_parameters(custom_model, trainable_only=True), custom_seconds,
-    train.evaluate(custom_model, val_loader, device=device)["accuracy"])
+    count_parameters(custom_model, trainable_only=True),
+    custom_seconds,
+    train.evaluate(custom_model, val_loader, device=device)["accuracy"],
+)
 del custom_model, encoder
 
 print(f"{'variant':<36}{'trainable':>12}{'train time':>12}{'val accuracy':>14}")
@@ -545,12 +675,19 @@ started = time.perf_counter()
 logits, targets = train.predict(model, test_loader, device)
 inference_seconds = time.perf_counter() - started
 predictions = logits.argmax(dim=1)
-test_accuracy, test_f1 = metrics.accuracy(targets, predictions), metrics.macro_f1(targets, predictions)
-print(f"{bert_source.model}: test accuracy {100 * test_accuracy:.2f}%, macro F1 {test_f1:.4f} "
-      f"on {len(targets):,} test reviews (max_length {BUDGET.max_length}); "
-      f"{len(targets) / inference_seconds:.0f} reviews/s inference")
+test_accuracy, test_f1 = (
+    metrics.accuracy(targets, predictions),
+    metrics.macro_f1(targets, predictions),
+)
+print(
+    f"{bert_source.model}: test accuracy {100 * test_accuracy:.2f}%, macro F1 {test_f1:.4f} "
+    f"on {len(targets):,} test reviews (max_length {BUDGET.max_length}); "
+    f"{len(targets) / inference_seconds:.0f} reviews/s inference"
+)
 print(metrics.format_report(metrics.per_class_report(targets, predictions, imdb.test.classes)))
-fig = plots.confusion_matrix_figure(targets, predictions, imdb.test.classes, title="Fine-tuned BERT, IMDB test reviews")
+fig = plots.confusion_matrix_figure(
+    targets, predictions, imdb.test.classes, title="Fine-tuned BERT, IMDB test reviews"
+)
 plt.show()
 
 # %% [markdown]
@@ -562,8 +699,10 @@ plt.show()
 probabilities = torch.softmax(logits, dim=1)
 wrong = (predictions != targets).nonzero().flatten()
 for index in wrong[probabilities[wrong].max(dim=1).values.argsort(descending=True)][:4].tolist():
-    print(f"true {imdb.test.classes[targets[index]]} ({test_reviews.ratings[index]} stars), predicted "
-          f"{imdb.test.classes[predictions[index]]} with p = {probabilities[index].max():.3f}:")
+    print(
+        f"true {imdb.test.classes[targets[index]]} ({test_reviews.ratings[index]} stars), predicted "
+        f"{imdb.test.classes[predictions[index]]} with p = {probabilities[index].max():.3f}:"
+    )
     print("   ", normalize_whitespace(test_reviews.texts[index])[:500], "...\n")
 
 # %% [markdown]
@@ -581,7 +720,13 @@ new_sentences = [
 ]
 model.eval()
 with torch.no_grad():
-    encoded = tokenizer(new_sentences, padding=True, truncation=True, max_length=BUDGET.max_length, return_tensors="pt").to(device)
+    encoded = tokenizer(
+        new_sentences,
+        padding=True,
+        truncation=True,
+        max_length=BUDGET.max_length,
+        return_tensors="pt",
+    ).to(device)
     new_probabilities = torch.softmax(model(**encoded).logits.float(), dim=1)[:, 1].cpu()
 for sentence, positive in zip(new_sentences, new_probabilities):
     print(f"P(positive) = {positive:.3f}  {sentence}")
@@ -595,34 +740,62 @@ for sentence, positive in zip(new_sentences, new_probabilities):
 # 25,000 training reviews, head + tail at 512 tokens, batch 32, 2 epochs, this chapter's AdamW and
 # warm-up, no layer-wise decay — so expect a somewhat higher error than theirs.
 
+
 # %%
-def bert_base_recipe(model_name: str, train_reviews: data.TextDataset,
-                     test_reviews: data.TextDataset, max_length: int = 512, batch_size: int = 32,
-                     epochs: int = 2, learning_rate: float = 2e-5,
-                     max_steps_per_epoch: int | None = None) -> dict:
+def bert_base_recipe(
+    model_name: str,
+    train_reviews: data.TextDataset,
+    test_reviews: data.TextDataset,
+    max_length: int = 512,
+    batch_size: int = 32,
+    epochs: int = 2,
+    learning_rate: float = 2e-5,
+    max_steps_per_epoch: int | None = None,
+) -> dict:
     """Fine-tune model_name on train_reviews; return its test accuracy and training time."""
     runtime.seed_everything(0)
     big_tokenizer, big_model, big_source = weights.load_bert(model_name, num_labels=2)
     big_collator = DataCollatorWithPadding(big_tokenizer)
 
     def big_tokenized(reviews: data.TextDataset) -> TokenizedTexts:
-        return TokenizedTexts(big_tokenizer, reviews.texts, reviews.labels, max_length,
-                              keep="head+tail")
+        return TokenizedTexts(
+            big_tokenizer, reviews.texts, reviews.labels, max_length, keep="head+tail"
+        )
 
-    big_train = DataLoader(big_tokenized(train_reviews), batch_size=batch_size, shuffle=True,
-                           collate_fn=big_collator, generator=torch.Generator().manual_seed(0))
-    big_test = DataLoader(big_tokenized(test_reviews), batch_size=4 * batch_size,
-                          collate_fn=big_collator)
+    big_train = DataLoader(
+        big_tokenized(train_reviews),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=big_collator,
+        generator=torch.Generator().manual_seed(0),
+    )
+    big_test = DataLoader(
+        big_tokenized(test_reviews), batch_size=4 * batch_size, collate_fn=big_collator
+    )
     steps_per_epoch = min(len(big_train), max_steps_per_epoch or len(big_train))
-    optimizer, scheduler = adamw_with_linear_warmup(big_model, learning_rate,
-                                                    epochs * steps_per_epoch)
-    big_history = train.fit(big_model, big_train, None, optimizer, epochs=epochs,
-                            scheduler=scheduler, device=device, grad_clip_norm=1.0,
-                            monitor="train_loss", max_steps_per_epoch=max_steps_per_epoch)
-    return {"model": big_source.model, "train_reviews": len(train_reviews),
-            "max_length": max_length,
-            "test_accuracy": train.evaluate(big_model, big_test, device=device)["accuracy"],
-            "train_seconds": sum(big_history["seconds"])}
+    optimizer, scheduler = adamw_with_linear_warmup(
+        big_model, learning_rate, epochs * steps_per_epoch
+    )
+    big_history = train.fit(
+        big_model,
+        big_train,
+        None,
+        optimizer,
+        epochs=epochs,
+        scheduler=scheduler,
+        device=device,
+        grad_clip_norm=1.0,
+        monitor="train_loss",
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
+    return {
+        "model": big_source.model,
+        "train_reviews": len(train_reviews),
+        "max_length": max_length,
+        "test_accuracy": train.evaluate(big_model, big_test, device=device)["accuracy"],
+        "train_seconds": sum(big_history["seconds"]),
+    }
+
 
 # %% [markdown]
 # With CUDA the next cell runs it on the full data. Without CUDA it prints a one-line note and
@@ -633,12 +806,20 @@ def bert_base_recipe(model_name: str, train_reviews: data.TextDataset,
 gpu_result = None
 if runtime.cuda_only_note("fine-tuning bert-base-uncased on 25,000 reviews at 512 tokens"):
     gpu_result = bert_base_recipe("bert-base-uncased", imdb.train, imdb.test)
-    print(f"{gpu_result['model']}, 512 tokens, full data: "
-          f"test accuracy {100 * gpu_result['test_accuracy']:.2f}%")
+    print(
+        f"{gpu_result['model']}, 512 tokens, full data: "
+        f"test accuracy {100 * gpu_result['test_accuracy']:.2f}%"
+    )
 else:
-    recipe_check = bert_base_recipe(BUDGET.model_name, data.subset(train_reviews, 32, seed=4),
-                                    data.subset(test_reviews, 32, seed=4), max_length=64,
-                                    batch_size=16, epochs=1, max_steps_per_epoch=2)
+    recipe_check = bert_base_recipe(
+        BUDGET.model_name,
+        data.subset(train_reviews, 32, seed=4),
+        data.subset(test_reviews, 32, seed=4),
+        max_length=64,
+        batch_size=16,
+        epochs=1,
+        max_steps_per_epoch=2,
+    )
     print(f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end")
 
 # %% [markdown]
@@ -647,18 +828,41 @@ else:
 # Chapter 5 reads this record to compare TextCNN with BERT.
 
 # %%
-record_path = results.write_result_record("04_imdb_bert", {
-    "data": {"source": imdb.source.kind, "location": imdb.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
-             "validation": len(val_set), "test": len(test_set), "max_length": BUDGET.max_length},
-    "model": {"name": bert_source.model, "weights": bert_source.describe(), "parameters": count_parameters(model)},
-    "metrics": {"test_accuracy": test_accuracy, "test_f1": test_f1, "test_size": len(test_set),
-                "variants_val_accuracy": {name: accuracy for name, (_, _, accuracy) in comparison.items()},
-                "gpu_full_run": gpu_result},
-    "training": {"seconds": full_seconds, "epochs": BUDGET.epochs,
-                 "samples_per_second": sum(history["samples_per_second"]) / len(history)},
-    "inference": {"reviews_per_second": len(targets) / inference_seconds},
-    "chapter_seconds": run.seconds(),
-})
+record_path = results.write_result_record(
+    "04_imdb_bert",
+    {
+        "data": {
+            "source": imdb.source.kind,
+            "location": imdb.source.location,
+            "budget_adjustments": list(splits.adjustments),
+            "train": len(train_set),
+            "validation": len(val_set),
+            "test": len(test_set),
+            "max_length": BUDGET.max_length,
+        },
+        "model": {
+            "name": bert_source.model,
+            "weights": bert_source.describe(),
+            "parameters": count_parameters(model),
+        },
+        "metrics": {
+            "test_accuracy": test_accuracy,
+            "test_f1": test_f1,
+            "test_size": len(test_set),
+            "variants_val_accuracy": {
+                name: accuracy for name, (_, _, accuracy) in comparison.items()
+            },
+            "gpu_full_run": gpu_result,
+        },
+        "training": {
+            "seconds": full_seconds,
+            "epochs": BUDGET.epochs,
+            "samples_per_second": sum(history["samples_per_second"]) / len(history),
+        },
+        "inference": {"reviews_per_second": len(targets) / inference_seconds},
+        "chapter_seconds": run.seconds(),
+    },
+)
 print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]

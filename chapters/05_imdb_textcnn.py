@@ -54,7 +54,14 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+        ],
         check=True,
     )
 
@@ -66,14 +73,12 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 from IPython.display import Markdown, display
+from torch.utils.data import DataLoader, TensorDataset
 
 from tutorial_lib import data, metrics, plots, results, runtime, train, weights
 from tutorial_lib.models import BagOfNgrams, TextCNN, conv1d_as_conv2d, count_parameters
 from tutorial_lib.text import Vocabulary, encode_texts, normalize, tokenize, truncate, with_bigrams
-
 
 
 @dataclass(frozen=True)
@@ -92,20 +97,48 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(train_size=300, val_size=100, test_size=200, max_length=64, epochs=1,
-                    embedding_train_size=200, embedding_epochs=1, ngram_epochs=1,
-                    speed_sample=32, speed_words=48,
-                    bert_model="sentence-transformers/all-MiniLM-L6-v2"),
+    "smoke": Budget(
+        train_size=300,
+        val_size=100,
+        test_size=200,
+        max_length=64,
+        epochs=1,
+        embedding_train_size=200,
+        embedding_epochs=1,
+        ngram_epochs=1,
+        speed_sample=32,
+        speed_words=48,
+        bert_model="sentence-transformers/all-MiniLM-L6-v2",
+    ),
     # cpu: all 24,000 training reviews left after validation, on purpose: IMDB's official
     # training split has 25,000, so no download can bring more, and TextCNN gains from
     # every review; the number of epochs is what keeps the chapter within its time
-    "cpu": Budget(train_size=24_000, val_size=1_000, test_size=25_000, max_length=256, epochs=4,
-                  embedding_train_size=4_000, embedding_epochs=2, ngram_epochs=3,
-                  speed_sample=512, speed_words=200,
-                  bert_model="sentence-transformers/all-MiniLM-L6-v2"),
-    "gpu": Budget(train_size=None, val_size=1_000, test_size=None, max_length=400, epochs=10,
-                  embedding_train_size=24_000, embedding_epochs=3, ngram_epochs=5,
-                  speed_sample=2_048, speed_words=200, bert_model="bert-base-uncased"),
+    "cpu": Budget(
+        train_size=24_000,
+        val_size=1_000,
+        test_size=25_000,
+        max_length=256,
+        epochs=4,
+        embedding_train_size=4_000,
+        embedding_epochs=2,
+        ngram_epochs=3,
+        speed_sample=512,
+        speed_words=200,
+        bert_model="sentence-transformers/all-MiniLM-L6-v2",
+    ),
+    "gpu": Budget(
+        train_size=None,
+        val_size=1_000,
+        test_size=None,
+        max_length=400,
+        epochs=10,
+        embedding_train_size=24_000,
+        embedding_epochs=3,
+        ngram_epochs=5,
+        speed_sample=2_048,
+        speed_words=200,
+        bert_model="bert-base-uncased",
+    ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
@@ -123,7 +156,9 @@ imdb = data.load_imdb()
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test
 print(splits.describe())
-print(f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):\n{train_reviews.texts[0][:400]}")
+print(
+    f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):\n{train_reviews.texts[0][:400]}"
+)
 
 # %% [markdown]
 # ## From text to tokens
@@ -145,13 +180,20 @@ test_tokens = [tokenize(text) for text in test_reviews.texts]
 lengths = np.array([len(tokens) for tokens in train_tokens])
 percentiles = {p: int(np.percentile(lengths, p)) for p in (50, 75, 90, 95)}
 covered = (lengths <= BUDGET.max_length).mean()
-print("tokens per training review: " + ", ".join(f"{p}th percentile {v}" for p, v in percentiles.items()))
-print(f"max_length {BUDGET.max_length} keeps {100 * covered:.1f}% of the reviews whole; the rest are truncated")
+print(
+    "tokens per training review: "
+    + ", ".join(f"{p}th percentile {v}" for p, v in percentiles.items())
+)
+print(
+    f"max_length {BUDGET.max_length} keeps {100 * covered:.1f}% of the reviews whole; the rest are truncated"
+)
 
 fig, ax = plt.subplots(figsize=(7, 3.5), facecolor="white")
 ax.hist(lengths, bins=60, color="#4C72B0")
 ax.axvline(BUDGET.max_length, color="crimson", label=f"max_length = {BUDGET.max_length}")
-ax.set(title="Review length in tokens (training split)", xlabel="tokens per review", ylabel="reviews")
+ax.set(
+    title="Review length in tokens (training split)", xlabel="tokens per review", ylabel="reviews"
+)
 ax.legend()
 plt.show()
 
@@ -167,7 +209,9 @@ plt.show()
 # %%
 long_review = max(train_tokens[:200], key=len)
 kept = truncate(long_review, 16, keep="head+tail")
-print(f"a {len(long_review)}-token review cut to 16 tokens, head + tail:\n{' '.join(kept[:8])} ... {' '.join(kept[8:])}")
+print(
+    f"a {len(long_review)}-token review cut to 16 tokens, head + tail:\n{' '.join(kept[:8])} ... {' '.join(kept[8:])}"
+)
 
 # %% [markdown]
 # ## The vocabulary
@@ -180,13 +224,18 @@ print(f"a {len(long_review)}-token review cut to 16 tokens, head + tail:\n{' '.j
 # %%
 vocabulary = Vocabulary.build(train_tokens, min_freq=2, max_size=30_000)
 print(f"vocabulary: {len(vocabulary):,} entries; first ten: {vocabulary.itos[:10]}")
-print(f"coverage of training tokens {100 * vocabulary.coverage(train_tokens):.1f}%, "
-      f"of test tokens {100 * vocabulary.coverage(test_tokens):.1f}%")
+print(
+    f"coverage of training tokens {100 * vocabulary.coverage(train_tokens):.1f}%, "
+    f"of test tokens {100 * vocabulary.coverage(test_tokens):.1f}%"
+)
 print("encoded:", vocabulary.encode(tokenize(example)))
+
 
 # %%
 def as_tensor_dataset(tokens: list[list[str]], labels: list[int]) -> TensorDataset:
-    return TensorDataset(encode_texts(vocabulary, tokens, BUDGET.max_length, keep="head+tail"), torch.tensor(labels))
+    return TensorDataset(
+        encode_texts(vocabulary, tokens, BUDGET.max_length, keep="head+tail"), torch.tensor(labels)
+    )
 
 
 train_set = as_tensor_dataset(train_tokens, train_reviews.labels)
@@ -228,10 +277,14 @@ print(f"{'token ids':<34}{tuple(ids.shape)}")
 print(f"{'embedding':<34}{tuple(embedded.shape)}")
 print(f"{'transposed for Conv1d (N, E, L)':<34}{tuple(embedded.transpose(1, 2).shape)}")
 for width, responses in zip(model.widths, model.filter_responses(ids)):
-    print(f"{f'Conv1d width {width} + ReLU':<34}{tuple(responses.shape)} -> max over time {tuple(responses.amax(dim=2).shape)}")
+    print(
+        f"{f'Conv1d width {width} + ReLU':<34}{tuple(responses.shape)} -> max over time {tuple(responses.amax(dim=2).shape)}"
+    )
 print(f"{'concatenated':<34}({ids.shape[0]}, {100 * len(model.widths)})")
 print(f"{'logits':<34}{tuple(model(ids).shape)}")
-print(f"parameters: {count_parameters(model):,}, of which the embedding holds {count_parameters(model.embedding):,}")
+print(
+    f"parameters: {count_parameters(model):,}, of which the embedding holds {count_parameters(model.embedding):,}"
+)
 
 # %% [markdown]
 # ### The source series' `Conv2d` form is the same layer
@@ -247,8 +300,10 @@ as_2d = conv1d_as_conv2d(conv)
 with torch.no_grad():
     out_1d = conv(embedded.transpose(1, 2))  # (N, 100, L - 2)
     out_2d = as_2d(embedded.unsqueeze(1))  # (N, 100, L - 2, 1)
-print(f"Conv1d {tuple(out_1d.shape)} vs Conv2d {tuple(out_2d.shape)}: "
-      f"max |difference| {(out_1d - out_2d.squeeze(3)).abs().max().item():.1e}")
+print(
+    f"Conv1d {tuple(out_1d.shape)} vs Conv2d {tuple(out_2d.shape)}: "
+    f"max |difference| {(out_1d - out_2d.squeeze(3)).abs().max().item():.1e}"
+)
 
 # %% [markdown]
 # ## Training
@@ -260,7 +315,9 @@ print(f"Conv1d {tuple(out_1d.shape)} vs Conv2d {tuple(out_2d.shape)}: "
 runtime.seed_everything(0)
 model = TextCNN(len(vocabulary))
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-history = train.fit(model, train_loader, val_loader, optimizer, epochs=BUDGET.epochs, device=device, patience=2)
+history = train.fit(
+    model, train_loader, val_loader, optimizer, epochs=BUDGET.epochs, device=device, patience=2
+)
 textcnn_train_seconds = sum(history["seconds"])
 fig = plots.training_curves(history, title="TextCNN on IMDB")
 plt.show()
@@ -275,14 +332,19 @@ logits, targets = train.predict(model, test_loader, device)
 predictions = logits.argmax(dim=1)
 textcnn_accuracy = metrics.accuracy(targets, predictions)
 textcnn_f1 = metrics.macro_f1(targets, predictions)
-print(f"TextCNN test accuracy {100 * textcnn_accuracy:.2f}%, macro F1 {textcnn_f1:.4f} on {len(targets):,} test reviews")
-fig = plots.confusion_matrix_figure(targets, predictions, imdb.test.classes, title="TextCNN, IMDB test reviews")
+print(
+    f"TextCNN test accuracy {100 * textcnn_accuracy:.2f}%, macro F1 {textcnn_f1:.4f} on {len(targets):,} test reviews"
+)
+fig = plots.confusion_matrix_figure(
+    targets, predictions, imdb.test.classes, title="TextCNN, IMDB test reviews"
+)
 plt.show()
 
 # %% [markdown]
 # How much would padding leak into the trained model without the mask? Take the padded test reviews
 # (those shorter than `max_length`), switch the mask off, and count the pooled features and the
 # predictions that change:
+
 
 # %%
 def pooled_features(token_ids: torch.Tensor) -> torch.Tensor:
@@ -303,9 +365,11 @@ with torch.no_grad():
     masked_predictions = model.classifier(masked_features).argmax(dim=1)
     unmasked_predictions = model.classifier(unmasked_features).argmax(dim=1)
 flipped = (masked_predictions != unmasked_predictions).float().mean()
-print(f"{len(padded_reviews):,} padded test reviews: without the mask "
-      f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
-      f"and {100 * flipped:.1f}% of the predictions flip")
+print(
+    f"{len(padded_reviews):,} padded test reviews: without the mask "
+    f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
+    f"and {100 * flipped:.1f}% of the predictions flip"
+)
 
 # %% [markdown]
 # ## Looking inside: what do the filters detect?
@@ -318,7 +382,9 @@ print(f"{len(padded_reviews):,} padded test reviews: without the mask "
 model.eval().cpu()
 probe_ids = test_set.tensors[0][: min(len(test_set), 2_000)]
 with torch.no_grad():
-    width3 = torch.cat([model.filter_responses(chunk)[0] for chunk in probe_ids.split(256)])  # (N, 100, L - 2)
+    width3 = torch.cat(
+        [model.filter_responses(chunk)[0] for chunk in probe_ids.split(256)]
+    )  # (N, 100, L - 2)
 vote = (model.classifier.weight[1] - model.classifier.weight[0])[:100].detach()  # width-3 block
 
 
@@ -327,7 +393,9 @@ def top_trigrams(filter_index: int, count: int = 4) -> list[str]:
     found, seen = [], set()
     for flat in responses.flatten().argsort(descending=True):
         review, position = divmod(flat.item(), responses.shape[1])
-        words = " ".join(vocabulary.itos[i] for i in probe_ids[review, position : position + 3].tolist())
+        words = " ".join(
+            vocabulary.itos[i] for i in probe_ids[review, position : position + 3].tolist()
+        )
         if words not in seen:
             seen.add(words)
             found.append(words)
@@ -338,7 +406,10 @@ def top_trigrams(filter_index: int, count: int = 4) -> list[str]:
 
 for label, order in (("positive", vote.argsort(descending=True)), ("negative", vote.argsort())):
     for filter_index in order[:3].tolist():
-        print(f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): " + " | ".join(top_trigrams(filter_index)))
+        print(
+            f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): "
+            + " | ".join(top_trigrams(filter_index))
+        )
 
 # %% [markdown]
 # Read the lists of a trained model (under `smoke` they are noise): the positive filters respond to
@@ -362,16 +433,22 @@ for label, order in (("positive", vote.argsort(descending=True)), ("negative", v
 tokenizer, bert_encoder, bert_source = weights.load_bert(BUDGET.bert_model)
 print(f"embeddings from: {bert_source.describe()}")
 bert_embeddings = bert_encoder.get_input_embeddings().weight.detach()
-print(f"WordPiece vocabulary {bert_embeddings.shape[0]:,} x embedding dimension {bert_embeddings.shape[1]}")
+print(
+    f"WordPiece vocabulary {bert_embeddings.shape[0]:,} x embedding dimension {bert_embeddings.shape[1]}"
+)
 print("WordPiece tokens:", tokenizer.tokenize(example.replace("<br />", " ")))
 bert_scale = bert_embeddings.std().item()
 fresh_embedding = TextCNN(1_000, embedding_dim=bert_embeddings.shape[1]).embedding.weight.detach()
 default_scale = fresh_embedding[1:].std().item()  # row 0 is the zero padding row
-print(f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
-      f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)")
+print(
+    f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
+    f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)"
+)
 pad_norm = bert_embeddings[tokenizer.pad_token_id].norm()
-print(f"norm of BERT's [PAD] row (id {tokenizer.pad_token_id}): {pad_norm:.3f}; "
-      "nn.Embedding's padding row: 0")
+print(
+    f"norm of BERT's [PAD] row (id {tokenizer.pad_token_id}): {pad_norm:.3f}; "
+    "nn.Embedding's padding row: 0"
+)
 
 # %% [markdown]
 # `nn.Embedding` draws its entries from $N(0, 1)$, while BERT's are far smaller, and BERT's `[PAD]`
@@ -381,17 +458,31 @@ print(f"norm of BERT's [PAD] row (id {tokenizer.pad_token_id}): {pad_norm:.3f}; 
 # seed and budget — and one more run switches off the padding mask of the previous section, to
 # measure what it is worth:
 
+
 # %%
 def wordpiece_ids(texts: list[str]) -> torch.Tensor:
-    encoded = tokenizer([t.replace("<br />", " ") for t in texts], truncation=True, max_length=BUDGET.max_length,
-                        padding="max_length", add_special_tokens=False, return_tensors="pt")
+    encoded = tokenizer(
+        [t.replace("<br />", " ") for t in texts],
+        truncation=True,
+        max_length=BUDGET.max_length,
+        padding="max_length",
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
     return encoded["input_ids"]
 
 
 embedding_train = data.subset(train_reviews, BUDGET.embedding_train_size, seed=1)
-wp_train = DataLoader(TensorDataset(wordpiece_ids(embedding_train.texts), torch.tensor(embedding_train.labels)),
-                      batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(0))
-wp_val = DataLoader(TensorDataset(wordpiece_ids(val_reviews.texts), torch.tensor(val_reviews.labels)), batch_size=256)
+wp_train = DataLoader(
+    TensorDataset(wordpiece_ids(embedding_train.texts), torch.tensor(embedding_train.labels)),
+    batch_size=BATCH_SIZE,
+    shuffle=True,
+    generator=torch.Generator().manual_seed(0),
+)
+wp_val = DataLoader(
+    TensorDataset(wordpiece_ids(val_reviews.texts), torch.tensor(val_reviews.labels)),
+    batch_size=256,
+)
 
 
 def initialise(embedding: torch.nn.Embedding, how: str) -> None:
@@ -412,18 +503,33 @@ embedding_runs = {  # name: (initialisation, mask padding)
 embedding_results = {}
 for name, (how, mask_padding) in embedding_runs.items():
     runtime.seed_everything(0)
-    candidate = TextCNN(bert_embeddings.shape[0], embedding_dim=bert_embeddings.shape[1],
-                        padding_idx=tokenizer.pad_token_id, mask_padding=mask_padding)
+    candidate = TextCNN(
+        bert_embeddings.shape[0],
+        embedding_dim=bert_embeddings.shape[1],
+        padding_idx=tokenizer.pad_token_id,
+        mask_padding=mask_padding,
+    )
     initialise(candidate.embedding, how)
-    run = train.fit(candidate, wp_train, wp_val, torch.optim.Adam(candidate.parameters(), lr=1e-3),
-                    epochs=BUDGET.embedding_epochs, device=device, verbose=False)
+    run = train.fit(
+        candidate,
+        wp_train,
+        wp_val,
+        torch.optim.Adam(candidate.parameters(), lr=1e-3),
+        epochs=BUDGET.embedding_epochs,
+        device=device,
+        verbose=False,
+    )
     embedding_results[name] = run["val_accuracy"]
 header = " | ".join(f"epoch {epoch + 1}" for epoch in range(BUDGET.embedding_epochs))
 table = [f"| embedding initialisation | {header} |", "|---|" + "---:|" * BUDGET.embedding_epochs]
 for name, accuracies in embedding_results.items():
     table.append(f"| {name} | " + " | ".join(f"{100 * a:.1f} %" for a in accuracies) + " |")
-display(Markdown(f"Validation accuracy, {len(embedding_train):,} training reviews, WordPiece "
-                 "tokens, [PAD] row zero:\n\n" + "\n".join(table)))
+display(
+    Markdown(
+        f"Validation accuracy, {len(embedding_train):,} training reviews, WordPiece "
+        "tokens, [PAD] row zero:\n\n" + "\n".join(table)
+    )
+)
 
 # %% [markdown]
 # Read the rows in pairs. The first two differ only in the padding mask: the gap is what masking is
@@ -445,37 +551,53 @@ display(Markdown(f"Validation accuracy, {len(embedding_train):,} training review
 # embedding, average them over the review with `nn.EmbeddingBag`, and put a linear layer on top.
 # Word order survives only inside the pairs ("not good"); no convolution, no max.
 
+
 # %%
 def ngram_tokens(tokens: list[str]) -> list[str]:
     return with_bigrams(truncate(tokens, BUDGET.max_length, keep="head+tail"))
 
 
-ngram_vocabulary = Vocabulary.build((ngram_tokens(tokens) for tokens in train_tokens), min_freq=3,
-                                    max_size=100_000)
+ngram_vocabulary = Vocabulary.build(
+    (ngram_tokens(tokens) for tokens in train_tokens), min_freq=3, max_size=100_000
+)
 
 
 def ngram_loader(tokens: list[list[str]], labels: list[int], shuffle: bool) -> DataLoader:
     longest = 2 * BUDGET.max_length - 1  # max_length words and their bigrams
     ids = encode_texts(ngram_vocabulary, [ngram_tokens(t) for t in tokens], longest)
     # batches of 256: a step's cost is mostly Adam updating the whole n-gram table
-    return DataLoader(TensorDataset(ids, torch.tensor(labels)), batch_size=256, shuffle=shuffle,
-                      generator=torch.Generator().manual_seed(0) if shuffle else None)
+    return DataLoader(
+        TensorDataset(ids, torch.tensor(labels)),
+        batch_size=256,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(0) if shuffle else None,
+    )
 
 
-print(f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, e.g. "
-      f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}")
+print(
+    f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, e.g. "
+    f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}"
+)
 runtime.seed_everything(0)
 bag = BagOfNgrams(len(ngram_vocabulary), embedding_dim=64)
-bag_history = train.fit(bag, ngram_loader(train_tokens, train_reviews.labels, True),
-                        ngram_loader(val_tokens, val_reviews.labels, False),
-                        torch.optim.Adam(bag.parameters(), lr=1e-2), epochs=BUDGET.ngram_epochs,
-                        device=device, patience=2)
-bag_logits, bag_targets = train.predict(bag, ngram_loader(test_tokens, test_reviews.labels, False),
-                                        device)
+bag_history = train.fit(
+    bag,
+    ngram_loader(train_tokens, train_reviews.labels, True),
+    ngram_loader(val_tokens, val_reviews.labels, False),
+    torch.optim.Adam(bag.parameters(), lr=1e-2),
+    epochs=BUDGET.ngram_epochs,
+    device=device,
+    patience=2,
+)
+bag_logits, bag_targets = train.predict(
+    bag, ngram_loader(test_tokens, test_reviews.labels, False), device
+)
 bag_accuracy = metrics.accuracy(bag_targets, bag_logits.argmax(dim=1))
 bag_train_seconds = sum(bag_history["seconds"])
-print(f"bag of n-grams: test accuracy {100 * bag_accuracy:.2f}% on {len(bag_targets):,} test "
-      f"reviews, trained in {bag_train_seconds:.0f} s")
+print(
+    f"bag of n-grams: test accuracy {100 * bag_accuracy:.2f}% on {len(bag_targets):,} test "
+    f"reviews, trained in {bag_train_seconds:.0f} s"
+)
 
 # %% [markdown]
 # ## Bag of n-grams, TextCNN and BERT
@@ -488,6 +610,7 @@ print(f"bag of n-grams: test accuracy {100 * bag_accuracy:.2f}% on {len(bag_targ
 # splits rare words). So every timed review is cut to its first `speed_words` words, and each
 # model reads all of it, without truncation.
 
+
 # %%
 def reviews_per_second(predict, texts: list[str], batch_size: int = 32) -> float:
     started = time.perf_counter()
@@ -497,8 +620,10 @@ def reviews_per_second(predict, texts: list[str], batch_size: int = 32) -> float
     return len(texts) / (time.perf_counter() - started)
 
 
-speed_texts = [" ".join(text.replace("<br />", " ").split()[: BUDGET.speed_words])
-               for text in test_reviews.texts[: BUDGET.speed_sample]]
+speed_texts = [
+    " ".join(text.replace("<br />", " ").split()[: BUDGET.speed_words])
+    for text in test_reviews.texts[: BUDGET.speed_sample]
+]
 textcnn_length = max(len(tokenize(text)) for text in speed_texts)  # every model reads every word
 bert_length = max(len(ids) for ids in tokenizer(speed_texts, verbose=False)["input_ids"])
 
@@ -519,9 +644,11 @@ def bert_predict(texts: list[str]) -> torch.Tensor:
     return bert_encoder(**encoded).last_hidden_state
 
 
-print(f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
-      f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens on average "
-      f"(padded to {textcnn_length}), {bert_length} BERT word pieces at most (within BERT's 512)")
+print(
+    f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
+    f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens on average "
+    f"(padded to {textcnn_length}), {bert_length} BERT word pieces at most (within BERT's 512)"
+)
 model.eval().cpu()
 bag.eval().cpu()
 bert_encoder.eval()
@@ -533,8 +660,10 @@ speeds = {name: reviews_per_second(predict, speed_texts) for name, predict in pr
 
 bert_record = results.read_result_record("04_imdb_bert")
 if bert_record is None:
-    print("No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
-          "accuracy and training time. Only size and speed are compared below.")
+    print(
+        "No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
+        "accuracy and training time. Only size and speed are compared below."
+    )
 bert_accuracy = bert_record["metrics"]["test_accuracy"] if bert_record else None
 bert_seconds = bert_record["training"]["seconds"] if bert_record else None
 comparison_rows = {
@@ -542,25 +671,36 @@ comparison_rows = {
     "TextCNN": (count_parameters(model), textcnn_accuracy, textcnn_train_seconds),
     "BERT": (count_parameters(bert_encoder), bert_accuracy, bert_seconds),
 }
-table = ["| model | parameters | test accuracy | training time | reviews/s, raw text to logits |",
-         "|---|---:|---:|---:|---:|"]
+table = [
+    "| model | parameters | test accuracy | training time | reviews/s, raw text to logits |",
+    "|---|---:|---:|---:|---:|",
+]
 for (name, (parameters, accuracy, seconds)), speed in zip(comparison_rows.items(), speeds.values()):
     shown_accuracy = "n/a" if accuracy is None else f"{100 * accuracy:.1f} %"
     shown_seconds = "n/a" if seconds is None else f"{seconds:.0f} s"
     table.append(f"| {name} | {parameters:,} | {shown_accuracy} | {shown_seconds} | {speed:,.0f} |")
 display(Markdown("\n".join(table)))
 print(f"BERT = {bert_source.model}")
-print(f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
-      "BERT, "
-      f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters")
+print(
+    f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
+    "BERT, "
+    f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters"
+)
 if bert_record:
-    print(f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
-          f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
-          f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)")
+    print(
+        f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
+        f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
+        f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)"
+    )
 
-fig = plots.bar_chart(list(speeds), list(speeds.values()),
-                      title="Inference speed on the CPU, same text, tokenisation included",
-                      ylabel="reviews per second (log scale)", log_scale=True, annotate_format="{:.0f}")
+fig = plots.bar_chart(
+    list(speeds),
+    list(speeds.values()),
+    title="Inference speed on the CPU, same text, tokenisation included",
+    ylabel="reviews per second (log scale)",
+    log_scale=True,
+    annotate_format="{:.0f}",
+)
 plt.show()
 
 # %% [markdown]
@@ -577,20 +717,43 @@ plt.show()
 # ## The result record
 
 # %%
-record_path = results.write_result_record("05_imdb_textcnn", {
-    "data": {"source": imdb.source.kind, "location": imdb.source.location, "budget_adjustments": list(splits.adjustments), "train": len(train_set),
-             "validation": len(val_set), "test": len(test_set), "max_length": BUDGET.max_length},
-    "model": {"name": "TextCNN (widths 3/4/5, 100 filters each, embedding 128)", "parameters": count_parameters(model),
-              "vocabulary": len(vocabulary)},
-    "metrics": {"test_accuracy": textcnn_accuracy, "test_f1": textcnn_f1, "test_size": len(test_set),
-                "bag_of_ngrams_test_accuracy": bag_accuracy,
-                "embedding_init_val_accuracy": embedding_results},
-    "training": {"seconds": textcnn_train_seconds, "epochs_run": len(history),
-                 "bag_of_ngrams_seconds": bag_train_seconds},
-    "inference": {"reviews_per_second_raw_text": speeds, "words_per_review": BUDGET.speed_words,
-                  "bert_model": bert_source.model},
-    "chapter_seconds": run.seconds(),
-})
+record_path = results.write_result_record(
+    "05_imdb_textcnn",
+    {
+        "data": {
+            "source": imdb.source.kind,
+            "location": imdb.source.location,
+            "budget_adjustments": list(splits.adjustments),
+            "train": len(train_set),
+            "validation": len(val_set),
+            "test": len(test_set),
+            "max_length": BUDGET.max_length,
+        },
+        "model": {
+            "name": "TextCNN (widths 3/4/5, 100 filters each, embedding 128)",
+            "parameters": count_parameters(model),
+            "vocabulary": len(vocabulary),
+        },
+        "metrics": {
+            "test_accuracy": textcnn_accuracy,
+            "test_f1": textcnn_f1,
+            "test_size": len(test_set),
+            "bag_of_ngrams_test_accuracy": bag_accuracy,
+            "embedding_init_val_accuracy": embedding_results,
+        },
+        "training": {
+            "seconds": textcnn_train_seconds,
+            "epochs_run": len(history),
+            "bag_of_ngrams_seconds": bag_train_seconds,
+        },
+        "inference": {
+            "reviews_per_second_raw_text": speeds,
+            "words_per_review": BUDGET.speed_words,
+            "bert_model": bert_source.model,
+        },
+        "chapter_seconds": run.seconds(),
+    },
+)
 print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]

@@ -50,7 +50,14 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+        ],
         check=True,
     )
 
@@ -80,7 +87,6 @@ from tutorial_lib import data, launch, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters
 
 
-
 @dataclass(frozen=True)
 class Budget:
     train_size: int  # MNIST training images for the 1- vs. 2-process runs
@@ -95,15 +101,39 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(train_size=512, val_size=256, epochs=1, large_batch_train_size=512,
-                    large_batch_epochs=1, bert_layers=2, bert_hidden=128, sequence_length=32,
-                    timing_repeats=3),
-    "cpu": Budget(train_size=8_000, val_size=2_000, epochs=1, large_batch_train_size=4_000,
-                  large_batch_epochs=3, bert_layers=12, bert_hidden=768, sequence_length=128,
-                  timing_repeats=1),
-    "gpu": Budget(train_size=50_000, val_size=5_000, epochs=2, large_batch_train_size=20_000,
-                  large_batch_epochs=4, bert_layers=12, bert_hidden=768, sequence_length=128,
-                  timing_repeats=3),
+    "smoke": Budget(
+        train_size=512,
+        val_size=256,
+        epochs=1,
+        large_batch_train_size=512,
+        large_batch_epochs=1,
+        bert_layers=2,
+        bert_hidden=128,
+        sequence_length=32,
+        timing_repeats=3,
+    ),
+    "cpu": Budget(
+        train_size=8_000,
+        val_size=2_000,
+        epochs=1,
+        large_batch_train_size=4_000,
+        large_batch_epochs=3,
+        bert_layers=12,
+        bert_hidden=768,
+        sequence_length=128,
+        timing_repeats=1,
+    ),
+    "gpu": Budget(
+        train_size=50_000,
+        val_size=5_000,
+        epochs=2,
+        large_batch_train_size=20_000,
+        large_batch_epochs=4,
+        bert_layers=12,
+        bert_hidden=768,
+        sequence_length=128,
+        timing_repeats=3,
+    ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
@@ -126,7 +156,7 @@ BUDGET
 # whole batch.
 
 # %%
-ALLREDUCE_SCRIPT = '''
+ALLREDUCE_SCRIPT = """
 import json
 
 import torch
@@ -176,15 +206,16 @@ if rank == 0:
         "hand_vs_whole_batch": largest_difference(by_hand, whole_batch),
     }))
 dist.destroy_process_group()
-'''
+"""
 allreduce_script = SCRIPTS / "allreduce_by_hand.py"
 allreduce_script.write_text(ALLREDUCE_SCRIPT)
 started = time.perf_counter()
 by_hand = launch.result_lines(launch.torchrun(allreduce_script, nproc_per_node=2))[-1]
 print(f"{by_hand['world_size']} processes, {time.perf_counter() - started:.1f} s with start-up")
 print(f"largest gradient difference, by hand vs. DDP:          {by_hand['hand_vs_ddp']:.2e}")
-print(f"largest gradient difference, by hand vs. whole batch:  "
-      f"{by_hand['hand_vs_whole_batch']:.2e}")
+print(
+    f"largest gradient difference, by hand vs. whole batch:  {by_hand['hand_vs_whole_batch']:.2e}"
+)
 
 # %% [markdown]
 # The hand-written average equals DDP's gradient and the one-process gradient of the whole batch,
@@ -285,8 +316,14 @@ if strategy.is_main:
 train_script = SCRIPTS / "train_mnist.py"
 train_script.write_text(TRAIN_SCRIPT)
 global_batch = 64
-common = ["--train-size", str(BUDGET.train_size), "--val-size", str(BUDGET.val_size),
-          "--epochs", str(BUDGET.epochs)]
+common = [
+    "--train-size",
+    str(BUDGET.train_size),
+    "--val-size",
+    str(BUDGET.val_size),
+    "--epochs",
+    str(BUDGET.epochs),
+]
 on_cpu = ["--device", "cpu"]  # the comparison is about this machine's cores, GPU or not
 cores = os.cpu_count() or 1
 
@@ -309,22 +346,32 @@ def run_in_this_process(script: Path, *args: str, threads: int) -> str:
 runs, walls = {}, {}
 for threads in sorted({1, cores}):
     started = time.perf_counter()
-    output = run_in_this_process(train_script, "--batch-size", str(global_batch), *common,
-                                 *on_cpu, threads=threads)
+    output = run_in_this_process(
+        train_script, "--batch-size", str(global_batch), *common, *on_cpu, threads=threads
+    )
     runs[f"1 process x {threads} thread(s)"] = launch.result_lines(output)[-1]
     walls[f"1 process x {threads} thread(s)"] = time.perf_counter() - started
 two_name = f"2 processes x {max(1, cores // 2)} thread(s)"
 started = time.perf_counter()
-two_output = launch.torchrun(train_script, "--batch-size", str(global_batch // 2), *common,
-                             *on_cpu, nproc_per_node=2, threads_per_process=max(1, cores // 2))
+two_output = launch.torchrun(
+    train_script,
+    "--batch-size",
+    str(global_batch // 2),
+    *common,
+    *on_cpu,
+    nproc_per_node=2,
+    threads_per_process=max(1, cores // 2),
+)
 walls[two_name] = time.perf_counter() - started
 runs[two_name] = launch.result_lines(two_output)[-1]
 print("the epoch lines of the 2-process run (printed by rank 0 only):")
 print("\n".join(line for line in two_output.splitlines() if line.startswith("epoch")))
 print(f"\n{'run (global batch 64)':<28}{'train s':>9}{'samples/s':>11}{'wall s':>8}{'val acc':>9}")
 for name, run in runs.items():
-    print(f"{name:<28}{run['seconds']:>9.1f}{run['samples_per_second']:>11.0f}"
-          f"{walls[name]:>8.1f}{100 * run['val_accuracy']:>8.2f}%")
+    print(
+        f"{name:<28}{run['seconds']:>9.1f}{run['samples_per_second']:>11.0f}"
+        f"{walls[name]:>8.1f}{100 * run['val_accuracy']:>8.2f}%"
+    )
 
 # %% [markdown]
 # All runs train with a global batch of 64 — one process × 64, or two × 32 — for the same
@@ -345,14 +392,22 @@ speedup_over_one_core = one_thread["seconds"] / two_processes["seconds"]
 gradient_megabytes = 4 * two_processes["parameters"] / 1e6
 steps = two_processes["train_examples"] // global_batch * BUDGET.epochs
 print(f"CPU cores on this machine: {cores}")
-print(f"2 processes vs. 1 process on the same {cores} cores: {100 * same_cores_overhead:+.0f}% "
-      "training time")
-print(f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast "
-      f"(2.00x would be perfect; parallel efficiency {50 * speedup_over_one_core:.0f}%)")
-print(f"per optimiser step the 2 processes all-reduce {gradient_megabytes:.2f} MB of fp32 "
-      f"gradients: {steps} steps, {steps * gradient_megabytes:.0f} MB through gloo")
-print(f"start-up of the 2-process job (launcher, a torch import per process, data loading): "
-      f"{walls[two_name] - two_processes['seconds']:.1f} s")
+print(
+    f"2 processes vs. 1 process on the same {cores} cores: {100 * same_cores_overhead:+.0f}% "
+    "training time"
+)
+print(
+    f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast "
+    f"(2.00x would be perfect; parallel efficiency {50 * speedup_over_one_core:.0f}%)"
+)
+print(
+    f"per optimiser step the 2 processes all-reduce {gradient_megabytes:.2f} MB of fp32 "
+    f"gradients: {steps} steps, {steps * gradient_megabytes:.0f} MB through gloo"
+)
+print(
+    f"start-up of the 2-process job (launcher, a torch import per process, data loading): "
+    f"{walls[two_name] - two_processes['seconds']:.1f} s"
+)
 
 # %% [markdown]
 # Data parallelism speeds training up by adding *hardware*: $N$ GPUs do $N$ times the arithmetic.
@@ -434,8 +489,12 @@ BYTES_PER_PARAMETER = {"fp32 + Adam": 4 + 4 + 8, "bf16 mixed + Adam": 2 + 2 + 12
 
 
 def bert_config(layers: int, hidden: int) -> BertConfig:
-    return BertConfig(num_hidden_layers=layers, hidden_size=hidden,
-                      num_attention_heads=max(2, hidden // 64), intermediate_size=4 * hidden)
+    return BertConfig(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=max(2, hidden // 64),
+        intermediate_size=4 * hidden,
+    )
 
 
 def meta_parameters(build) -> int:
@@ -447,9 +506,11 @@ model_sizes = {
     "MnistCNN (chapter 2)": count_parameters(MnistCNN()),
     "ResNet-18 (chapter 3)": meta_parameters(lambda: resnet18(num_classes=10)),
     "MiniLM-L6 BERT (chapters 4, 6)": meta_parameters(
-        lambda: BertForSequenceClassification(bert_config(6, 384))),
+        lambda: BertForSequenceClassification(bert_config(6, 384))
+    ),
     "bert-base (chapter 4, gpu)": meta_parameters(
-        lambda: BertForSequenceClassification(bert_config(12, 768))),
+        lambda: BertForSequenceClassification(bert_config(12, 768))
+    ),
     "BERT-large": meta_parameters(lambda: BertForSequenceClassification(bert_config(24, 1024))),
     "7B decoder (Llama-2-7B shape)": meta_parameters(lambda: LlamaForCausalLM(LlamaConfig())),
 }
@@ -458,11 +519,15 @@ GPUS = 8
 print(f"{'model':<32}{'parameters':>15}{'DDP: per GPU':>14}{'FSDP over 8':>13}  fits 80 GB?")
 for name, parameters in model_sizes.items():
     per_gpu = 16 * parameters / GIGABYTE
-    print(f"{name:<32}{parameters:>15,}{per_gpu:>11.2f} GB{per_gpu / GPUS:>10.2f} GB  "
-          f"{'DDP' if per_gpu < GPU_MEMORY_GB else 'FSDP/ZeRO-3 only'}")
+    print(
+        f"{name:<32}{parameters:>15,}{per_gpu:>11.2f} GB{per_gpu / GPUS:>10.2f} GB  "
+        f"{'DDP' if per_gpu < GPU_MEMORY_GB else 'FSDP/ZeRO-3 only'}"
+    )
 largest_ddp_model = GPU_MEMORY_GB * GIGABYTE / 16
-print(f"\nDDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e9:.1f} billion "
-      "parameters, before a single activation is stored")
+print(
+    f"\nDDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e9:.1f} billion "
+    "parameters, before a single activation is stored"
+)
 
 # %% [markdown]
 # DDP replicates all 16 bytes per parameter in every GPU, so it stops at about 5 billion
@@ -481,6 +546,7 @@ print(f"\nDDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e
 # sequence length. We measure them directly: `torch.autograd.graph.saved_tensors_hooks` sees every
 # tensor the forward pass saves for backward; we add up their sizes (parameters excluded).
 
+
 # %%
 def saved_activation_bytes(model: nn.Module, inputs: dict) -> int:
     """Bytes of the tensors a forward pass saves for backward (each storage counted once)."""
@@ -498,8 +564,9 @@ def saved_activation_bytes(model: nn.Module, inputs: dict) -> int:
     return sum(saved.values())
 
 
-def step_seconds(model: nn.Module, inputs: dict, backward: bool = True,
-                 repeats: int = BUDGET.timing_repeats) -> float:
+def step_seconds(
+    model: nn.Module, inputs: dict, backward: bool = True, repeats: int = BUDGET.timing_repeats
+) -> float:
     """Median time of a forward pass, and of the backward pass too with ``backward`` (after one
     untimed pass, which pays for one-off allocations and kernel selection)."""
     times = []
@@ -522,20 +589,30 @@ forward_seconds = step_seconds(bert, batch, backward=False)
 (getattr(bert, "activation_checkpointing_enable", None) or bert.gradient_checkpointing_enable)()
 checkpointed_bytes = saved_activation_bytes(bert, batch)
 checkpointed_seconds = step_seconds(bert, batch)
-print(f"BERT with {BUDGET.bert_layers} layers, hidden size {BUDGET.bert_hidden}, "
-      f"{count_parameters(bert):,} parameters, one sequence of {BUDGET.sequence_length} tokens, "
-      "fp32:")
-print(f"  activations saved for backward: {plain_bytes / 1e6:.1f} MB "
-      f"-> {checkpointed_bytes / 1e6:.1f} MB with activation checkpointing "
-      f"({plain_bytes / checkpointed_bytes:.0f}x less)")
-print(f"  forward alone {forward_seconds:.3f} s, forward + backward {plain_seconds:.3f} s: "
-      f"recomputing the forward should cost about {100 * forward_seconds / plain_seconds:.0f}% "
-      "more")
-print(f"  measured with checkpointing: {checkpointed_seconds:.3f} s "
-      f"({100 * (checkpointed_seconds / plain_seconds - 1):+.0f}%)")
+print(
+    f"BERT with {BUDGET.bert_layers} layers, hidden size {BUDGET.bert_hidden}, "
+    f"{count_parameters(bert):,} parameters, one sequence of {BUDGET.sequence_length} tokens, "
+    "fp32:"
+)
+print(
+    f"  activations saved for backward: {plain_bytes / 1e6:.1f} MB "
+    f"-> {checkpointed_bytes / 1e6:.1f} MB with activation checkpointing "
+    f"({plain_bytes / checkpointed_bytes:.0f}x less)"
+)
+print(
+    f"  forward alone {forward_seconds:.3f} s, forward + backward {plain_seconds:.3f} s: "
+    f"recomputing the forward should cost about {100 * forward_seconds / plain_seconds:.0f}% "
+    "more"
+)
+print(
+    f"  measured with checkpointing: {checkpointed_seconds:.3f} s "
+    f"({100 * (checkpointed_seconds / plain_seconds - 1):+.0f}%)"
+)
 per_sequence_gb = plain_bytes / GIGABYTE
-print(f"  a per-GPU batch of 32 such sequences: {32 * per_sequence_gb:.2f} GB of fp32 activations "
-      f"(about half in bf16)")
+print(
+    f"  a per-GPU batch of 32 such sequences: {32 * per_sequence_gb:.2f} GB of fp32 activations "
+    f"(about half in bf16)"
+)
 
 # %% [markdown]
 # Activation memory is linear in the batch: double the per-GPU batch and it doubles, which is why
@@ -569,8 +646,12 @@ def ring_allreduce_seconds(gradient_bytes: float, processes: int, gb_per_second:
     return 2 * (processes - 1) / processes * gradient_bytes / (gb_per_second * GIGABYTE)
 
 
-def scaling_efficiency(compute_seconds: float, communication_seconds: float,
-                       overlap: float = 0.0, accumulation_steps: int = 1) -> float:
+def scaling_efficiency(
+    compute_seconds: float,
+    communication_seconds: float,
+    overlap: float = 0.0,
+    accumulation_steps: int = 1,
+) -> float:
     """Useful fraction of a step: compute / (compute + the communication not hidden).
 
     ``overlap`` is the share of the all-reduce hidden behind backward (DDP's buckets);
@@ -583,31 +664,41 @@ def scaling_efficiency(compute_seconds: float, communication_seconds: float,
 bert_base_gradient_bytes = 4 * model_sizes["bert-base (chapter 4, gpu)"]  # DDP reduces fp32 grads
 STEP_COMPUTE_SECONDS = 0.05  # assumption: one bert-base step (32 x 128 tokens) on one GPU
 scenarios = {
-    "8 GPUs, NVLink": ring_allreduce_seconds(bert_base_gradient_bytes, 8,
-                                             LINK_GB_PER_SECOND["NVLink"]),
-    "8 GPUs, PCIe only": ring_allreduce_seconds(bert_base_gradient_bytes, 8,
-                                                LINK_GB_PER_SECOND["PCIe 4.0 x16"]),
+    "8 GPUs, NVLink": ring_allreduce_seconds(
+        bert_base_gradient_bytes, 8, LINK_GB_PER_SECOND["NVLink"]
+    ),
+    "8 GPUs, PCIe only": ring_allreduce_seconds(
+        bert_base_gradient_bytes, 8, LINK_GB_PER_SECOND["PCIe 4.0 x16"]
+    ),
     # 4 nodes: reduce inside each node over NVLink, then a ring over the 4 nodes' network cards
     "4 nodes x 8 GPUs, 100 Gb/s Ethernet": (
         ring_allreduce_seconds(bert_base_gradient_bytes, 8, LINK_GB_PER_SECOND["NVLink"])
-        + ring_allreduce_seconds(bert_base_gradient_bytes, 4,
-                                 LINK_GB_PER_SECOND["100 Gb/s Ethernet"])),
+        + ring_allreduce_seconds(
+            bert_base_gradient_bytes, 4, LINK_GB_PER_SECOND["100 Gb/s Ethernet"]
+        )
+    ),
 }
-print(f"bert-base: {bert_base_gradient_bytes / 1e6:.0f} MB of fp32 gradients per step; "
-      f"compute per step assumed {1000 * STEP_COMPUTE_SECONDS:.0f} ms")
+print(
+    f"bert-base: {bert_base_gradient_bytes / 1e6:.0f} MB of fp32 gradients per step; "
+    f"compute per step assumed {1000 * STEP_COMPUTE_SECONDS:.0f} ms"
+)
 print(f"{'setting':<38}{'all-reduce':>11}{'no overlap':>12}{'2/3 hidden':>12}{'+ accum. 4':>12}")
 communication_table = {}
 for setting, seconds in scenarios.items():
-    row = {"allreduce_ms": 1000 * seconds,
-           "efficiency": scaling_efficiency(STEP_COMPUTE_SECONDS, seconds),
-           "efficiency_overlapped": scaling_efficiency(STEP_COMPUTE_SECONDS, seconds,
-                                                       overlap=2 / 3),
-           "efficiency_overlapped_accumulation_4": scaling_efficiency(
-               STEP_COMPUTE_SECONDS, seconds, overlap=2 / 3, accumulation_steps=4)}
+    row = {
+        "allreduce_ms": 1000 * seconds,
+        "efficiency": scaling_efficiency(STEP_COMPUTE_SECONDS, seconds),
+        "efficiency_overlapped": scaling_efficiency(STEP_COMPUTE_SECONDS, seconds, overlap=2 / 3),
+        "efficiency_overlapped_accumulation_4": scaling_efficiency(
+            STEP_COMPUTE_SECONDS, seconds, overlap=2 / 3, accumulation_steps=4
+        ),
+    }
     communication_table[setting] = row
-    print(f"{setting:<38}{row['allreduce_ms']:>8.1f} ms{100 * row['efficiency']:>11.0f}%"
-          f"{100 * row['efficiency_overlapped']:>11.0f}%"
-          f"{100 * row['efficiency_overlapped_accumulation_4']:>11.0f}%")
+    print(
+        f"{setting:<38}{row['allreduce_ms']:>8.1f} ms{100 * row['efficiency']:>11.0f}%"
+        f"{100 * row['efficiency_overlapped']:>11.0f}%"
+        f"{100 * row['efficiency_overlapped_accumulation_4']:>11.0f}%"
+    )
 
 # %% [markdown]
 # Within one NVLink machine the all-reduce of bert-base's 438 MB is a few milliseconds and 8 GPUs
@@ -632,41 +723,62 @@ for setting, seconds in scenarios.items():
 mnist = data.load_mnist()
 splits = data.budget_splits(mnist, BUDGET.large_batch_train_size, BUDGET.val_size, test_size=1)
 transform = data.mnist_transform()
-large_batch_train, large_batch_val = (split.with_transform(transform)
-                                      for split in (splits.train, splits.val))
+large_batch_train, large_batch_val = (
+    split.with_transform(transform) for split in (splits.train, splits.val)
+)
 val_loader = DataLoader(large_batch_val, batch_size=256)
 BASE_BATCH, BASE_LR, FACTOR = 32, 0.01, 8
 
 
 def large_batch_run(batch_size: int, lr: float, warmup_steps: int = 0) -> train.History:
     runtime.seed_everything(0)
-    loader = DataLoader(large_batch_train, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        large_batch_train,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     model = MnistCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     ramp = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
-    return train.fit(model, loader, val_loader, optimizer, epochs=BUDGET.large_batch_epochs,
-                     scheduler=ramp, verbose=False)
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    )
+    return train.fit(
+        model,
+        loader,
+        val_loader,
+        optimizer,
+        epochs=BUDGET.large_batch_epochs,
+        scheduler=ramp,
+        verbose=False,
+    )
 
 
 large_steps_per_epoch = len(large_batch_train) // (BASE_BATCH * FACTOR) + 1
 large_batch_runs = {
     f"batch {BASE_BATCH}, lr {BASE_LR}": large_batch_run(BASE_BATCH, BASE_LR),
-    f"batch {BASE_BATCH * FACTOR}, lr {BASE_LR} (unscaled)": large_batch_run(BASE_BATCH * FACTOR,
-                                                                            BASE_LR),
+    f"batch {BASE_BATCH * FACTOR}, lr {BASE_LR} (unscaled)": large_batch_run(
+        BASE_BATCH * FACTOR, BASE_LR
+    ),
     f"batch {BASE_BATCH * FACTOR}, lr {BASE_LR * FACTOR:g} (linear scaling)": large_batch_run(
-        BASE_BATCH * FACTOR, BASE_LR * FACTOR),
+        BASE_BATCH * FACTOR, BASE_LR * FACTOR
+    ),
     f"batch {BASE_BATCH * FACTOR}, lr {BASE_LR * FACTOR:g} + warm-up": large_batch_run(
-        BASE_BATCH * FACTOR, BASE_LR * FACTOR, warmup_steps=large_steps_per_epoch),
+        BASE_BATCH * FACTOR, BASE_LR * FACTOR, warmup_steps=large_steps_per_epoch
+    ),
 }
 fig, axis = plt.subplots(figsize=(7, 4), facecolor="white")
 for name, history in large_batch_runs.items():
     axis.plot(history["epoch"], [100 * a for a in history["val_accuracy"]], marker="o", label=name)
-    print(f"{name:<42} validation accuracy per epoch: "
-          + ", ".join(f"{100 * a:.2f}%" for a in history["val_accuracy"]))
-axis.set(title=f"MNIST, {len(large_batch_train):,} images: large batches and the learning rate",
-         xlabel="epoch", ylabel="validation accuracy (%)")
+    print(
+        f"{name:<42} validation accuracy per epoch: "
+        + ", ".join(f"{100 * a:.2f}%" for a in history["val_accuracy"])
+    )
+axis.set(
+    title=f"MNIST, {len(large_batch_train):,} images: large batches and the learning rate",
+    xlabel="epoch",
+    ylabel="validation accuracy (%)",
+)
 axis.legend(fontsize=8)
 plt.show()
 
@@ -693,33 +805,51 @@ if runtime.cuda_only_note("scaling over the GPUs of this machine"):
     counts = [count for count in (1, 2, 4, 8) if count <= torch.cuda.device_count()]
     gpu_scaling = launch.measure_scaling(train_script, counts, "--batch-size", "256", *common)
     for row in gpu_scaling:
-        print(f"{row['processes']} GPU(s): {row['samples_per_second']:,.0f} samples/s, "
-              f"efficiency {100 * row['efficiency']:.0f}%")
+        print(
+            f"{row['processes']} GPU(s): {row['samples_per_second']:,.0f} samples/s, "
+            f"efficiency {100 * row['efficiency']:.0f}%"
+        )
 
 # %% [markdown]
 # ## The result record
 
 # %%
-record_path = results.write_result_record("07_scaling_out", {
-    "data": {"source": mnist.source.describe(), "sizes": splits.sizes(),
-             "adjustments": list(splits.adjustments)},
-    "allreduce_by_hand": by_hand,
-    "one_vs_two_processes": {
-        "global_batch": global_batch, "cpu_cores": cores, "runs": runs, "wall_seconds": walls,
-        "two_processes_vs_one_on_same_cores_overhead": same_cores_overhead,
-        "two_processes_speedup_over_one_core": speedup_over_one_core,
+record_path = results.write_result_record(
+    "07_scaling_out",
+    {
+        "data": {
+            "source": mnist.source.describe(),
+            "sizes": splits.sizes(),
+            "adjustments": list(splits.adjustments),
+        },
+        "allreduce_by_hand": by_hand,
+        "one_vs_two_processes": {
+            "global_batch": global_batch,
+            "cpu_cores": cores,
+            "runs": runs,
+            "wall_seconds": walls,
+            "two_processes_vs_one_on_same_cores_overhead": same_cores_overhead,
+            "two_processes_speedup_over_one_core": speedup_over_one_core,
+        },
+        "memory": {
+            "parameters": model_sizes,
+            "bytes_per_parameter": BYTES_PER_PARAMETER,
+            "activation_bytes_per_sequence": plain_bytes,
+            "activation_bytes_checkpointed": checkpointed_bytes,
+            "checkpointing_time_ratio": checkpointed_seconds / plain_seconds,
+        },
+        "communication": {
+            "assumed_gb_per_second": LINK_GB_PER_SECOND,
+            "assumed_step_seconds": STEP_COMPUTE_SECONDS,
+            "bert_base": communication_table,
+        },
+        "large_batch_val_accuracy": {
+            name: h["val_accuracy"] for name, h in large_batch_runs.items()
+        },
+        "gpu_scaling": gpu_scaling,
+        "chapter_seconds": run.seconds(),
     },
-    "memory": {"parameters": model_sizes, "bytes_per_parameter": BYTES_PER_PARAMETER,
-               "activation_bytes_per_sequence": plain_bytes,
-               "activation_bytes_checkpointed": checkpointed_bytes,
-               "checkpointing_time_ratio": checkpointed_seconds / plain_seconds},
-    "communication": {"assumed_gb_per_second": LINK_GB_PER_SECOND,
-                      "assumed_step_seconds": STEP_COMPUTE_SECONDS,
-                      "bert_base": communication_table},
-    "large_batch_val_accuracy": {name: h["val_accuracy"] for name, h in large_batch_runs.items()},
-    "gpu_scaling": gpu_scaling,
-    "chapter_seconds": run.seconds(),
-})
+)
 print(f"wrote {record_path.name}")
 
 # %% [markdown]

@@ -41,19 +41,34 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     strategy = Strategy.from_environment("cpu", parallel=config.get("parallel", "ddp"))
     generator = torch.Generator().manual_seed(7)
-    train_loader = DataLoader(blobs(config.get("train_size", 96), seed=0),
-                              batch_size=config["batch_size"], shuffle=config.get("shuffle", False),
-                              generator=generator)
+    train_loader = DataLoader(
+        blobs(config.get("train_size", 96), seed=0),
+        batch_size=config["batch_size"],
+        shuffle=config.get("shuffle", False),
+        generator=generator,
+    )
     val_loader = DataLoader(blobs(config.get("val_size", 37), seed=1), batch_size=8)
     model = build_model(config.get("dropout", 0.0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    history = train.fit(model, train_loader, val_loader, optimizer, epochs=config["epochs"],
-                        max_steps_per_epoch=config.get("max_steps"), verbose=False,
-                        checkpoint_dir=config.get("checkpoint_dir"),
-                        resume=config.get("resume", False),
-                        accumulation_steps=config.get("accumulation_steps", 1), strategy=strategy)
-    result = {"model": strategy.model_state_dict(model), "history": history.records,
-              "world_size": strategy.world_size, "rank": strategy.rank}
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        epochs=config["epochs"],
+        max_steps_per_epoch=config.get("max_steps"),
+        verbose=False,
+        checkpoint_dir=config.get("checkpoint_dir"),
+        resume=config.get("resume", False),
+        accumulation_steps=config.get("accumulation_steps", 1),
+        strategy=strategy,
+    )
+    result = {
+        "model": strategy.model_state_dict(model),
+        "history": history.records,
+        "world_size": strategy.world_size,
+        "rank": strategy.rank,
+    }
     torch.save(result, out / f"rank{strategy.rank}.pt")
     return result
 
@@ -77,5 +92,12 @@ if __name__ == "__main__":
     finished = run(settings)
     if finished["rank"] == 0:  # the line tutorial_lib.launch.measure_scaling reads
         last = finished["history"][-1]
-        print("RESULT " + json.dumps({"samples_per_second": last["samples_per_second"],
-                                      "world_size": finished["world_size"]}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "samples_per_second": last["samples_per_second"],
+                    "world_size": finished["world_size"],
+                }
+            )
+        )

@@ -9,12 +9,17 @@ from pathlib import Path
 import jupytext
 import pytest
 import yaml
+from conftest import REPO_ROOT
 from jupytext.compare import compare_notebooks
 
-from conftest import REPO_ROOT
-
 CHAPTERS = sorted((REPO_ROOT / "chapters").glob("[0-9][0-9]_*.py"))
-REQUIRED_SECTIONS = ("What you will learn", "Prerequisites", "## Summary", "## Exercises", "## References")
+REQUIRED_SECTIONS = (
+    "What you will learn",
+    "Prerequisites",
+    "## Summary",
+    "## Exercises",
+    "## References",
+)
 
 
 def test_there_are_chapters():
@@ -24,7 +29,9 @@ def test_there_are_chapters():
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
 def test_py_and_ipynb_are_in_sync(source: Path):
     notebook_path = source.with_suffix(".ipynb")
-    assert notebook_path.is_file(), f"{source.name} has no paired notebook; run `jupytext --sync {source}`"
+    assert notebook_path.is_file(), (
+        f"{source.name} has no paired notebook; run `jupytext --sync {source}`"
+    )
     from_py = jupytext.read(source)
     from_ipynb = jupytext.read(notebook_path)
     compare_notebooks(from_ipynb, from_py, fmt="py:percent")
@@ -33,7 +40,11 @@ def test_py_and_ipynb_are_in_sync(source: Path):
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
 def test_committed_notebook_has_no_outputs_and_a_python3_kernel(source: Path):
     notebook = json.loads(source.with_suffix(".ipynb").read_text(encoding="utf-8"))
-    dirty = [i for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count"))]
+    dirty = [
+        i
+        for i, cell in enumerate(notebook["cells"])
+        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count"))
+    ]
     assert not dirty, f"code cells {dirty} carry outputs; strip them before committing"
     assert notebook["metadata"]["kernelspec"]["name"] == "python3"
 
@@ -43,10 +54,14 @@ def test_chapter_has_the_shared_structure(source: Path):
     text = source.read_text(encoding="utf-8")
     for section in REQUIRED_SECTIONS:
         assert section in text, f"{source.name} lacks '{section}'"
-    assert re.search(r"^BUDGETS = \{\n    \"smoke\": .*^    \"cpu\": .*^    \"gpu\": ", text, flags=re.M | re.S), (
+    assert re.search(
+        r"^BUDGETS = \{\n    \"smoke\": .*^    \"cpu\": .*^    \"gpu\": ", text, flags=re.M | re.S
+    ), (
         "the budget of every profile is declared once, visibly, at the top: BUDGETS = {smoke, cpu, gpu}"
     )
-    assert "run = runtime.start_chapter(BUDGETS" in text, "the chapter opens with runtime.start_chapter"
+    assert "run = runtime.start_chapter(BUDGETS" in text, (
+        "the chapter opens with runtime.start_chapter"
+    )
     assert ":class: dropdown" in text, "exercise solutions are hidden in a dropdown"
 
 
@@ -63,7 +78,9 @@ def test_toc_lists_every_chapter_notebook():
     chapter_files = [f for f in files if f.startswith("chapters/")]
     assert chapter_files == [f"chapters/{p.stem}.ipynb" for p in CHAPTERS]
     for file in files:
-        assert (REPO_ROOT / file).is_file() or (REPO_ROOT / f"{file}.md").is_file(), f"_toc.yml names a missing page {file}"
+        assert (REPO_ROOT / file).is_file() or (REPO_ROOT / f"{file}.md").is_file(), (
+            f"_toc.yml names a missing page {file}"
+        )
 
 
 MARKDOWN_HEADING_AS_COMMENT = re.compile(r"^# #{1,4} \w", re.MULTILINE)

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tutorial_lib.models import count_parameters
 from tutorial_lib.conv import (
     LayerGeometry,
     conv2d_macs,
@@ -22,6 +21,7 @@ from tutorial_lib.conv import (
     receptive_field,
     receptive_field_of,
 )
+from tutorial_lib.models import count_parameters
 
 
 @st.composite

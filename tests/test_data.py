@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import full_data_dir
 
 import tutorial_lib.data as data
-from conftest import full_data_dir
 from tutorial_lib.data import (
     ChecksumError,
     CorruptDataError,

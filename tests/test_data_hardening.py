@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import make_cifar, make_imdb_folder, make_mnist, replace_files, tar_gz, write_idx
 
 import tutorial_lib.data as data
-from test_data import make_cifar, make_imdb_folder, make_mnist, replace_files, tar_gz, write_idx
 from tutorial_lib.data import (
     ChecksumError,
     CorruptDataError,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data import expect_md5_of, fake_url, make_cifar, tar_gz
 
 import tutorial_lib.data as data
-from test_data import expect_md5_of, fake_url, make_cifar, tar_gz
 from tutorial_lib.data import (
     SOURCE_SAMPLE,
     ChecksumError,

@@ -25,8 +25,9 @@ WORKER = Path(distributed_worker.__file__)
 TIMEOUT_SECONDS = 120
 EQUIVALENCE = {"batch_size": 8, "epochs": 2, "max_steps": 4}  # 8 SGD steps with momentum
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="this torch build has no torch.distributed")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
+)
 
 
 def free_port() -> int:
@@ -36,16 +37,30 @@ def free_port() -> int:
 
 
 def torchrun_command(config: dict, *launcher_options: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *launcher_options,
-            str(WORKER), json.dumps(config)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launcher_options,
+        str(WORKER),
+        json.dumps(config),
+    ]
 
 
 def run_jobs(*commands: list[str]) -> None:
     """Run the commands at once (the nodes of one job) and fail with their output if any fails."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-           "TUTORIAL_NONINTERACTIVE": "1"}
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for command in commands]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TUTORIAL_NONINTERACTIVE": "1",
+    }
+    processes = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for command in commands
+    ]
     outputs = []
     try:
         for process in processes:
@@ -60,8 +75,12 @@ def run_jobs(*commands: list[str]) -> None:
 
 
 def one_node_command(config: dict, processes: int = 2) -> list[str]:
-    return torchrun_command(config, f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
-                            f"--master_port={free_port()}")
+    return torchrun_command(
+        config,
+        f"--nproc_per_node={processes}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+    )
 
 
 def run_on_one_node(config: dict, processes: int = 2) -> None:
@@ -99,8 +118,10 @@ def two_processes(tmp_path_factory) -> list[dict]:
 def test_ddp_on_two_processes_equals_one_process_with_twice_the_batch(one_process, two_processes):
     assert [result["world_size"] for result in two_processes] == [2, 2]
     assert_same_parameters(two_processes[0]["model"], one_process["model"])
-    moved = any(not torch.equal(tensor, distributed_worker.build_model(0.0).state_dict()[name])
-                for name, tensor in one_process["model"].items())
+    moved = any(
+        not torch.equal(tensor, distributed_worker.build_model(0.0).state_dict()[name])
+        for name, tensor in one_process["model"].items()
+    )
     assert moved, "the reference run must have trained"
 
 
@@ -110,17 +131,20 @@ def test_every_rank_ends_equal_and_validation_covers_the_whole_set(one_process, 
     model = distributed_worker.build_model(0.0)
     model.load_state_dict(two_processes[0]["model"])
     val_set = distributed_worker.blobs(37, seed=1)
-    expected = train.evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=37),
-                              device=torch.device("cpu"))
+    expected = train.evaluate(
+        model, torch.utils.data.DataLoader(val_set, batch_size=37), device=torch.device("cpu")
+    )
     for result in two_processes:
         last = result["history"][-1]
         assert last["val_accuracy"] == expected["accuracy"]
         assert last["val_loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert two_processes[0]["history"][-1]["val_accuracy"] * 37 == pytest.approx(
-        round(two_processes[0]["history"][-1]["val_accuracy"] * 37)), "a whole number of 37"
+        round(two_processes[0]["history"][-1]["val_accuracy"] * 37)
+    ), "a whole number of 37"
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert two_processes[0]["history"][-1][key] == pytest.approx(
-            one_process["history"][-1][key], rel=1e-5)
+            one_process["history"][-1][key], rel=1e-5
+        )
 
 
 def test_only_rank_0_writes_and_a_stopped_run_resumes_exactly(tmp_path):
@@ -129,14 +153,30 @@ def test_only_rank_0_writes_and_a_stopped_run_resumes_exactly(tmp_path):
     whole, first_half, second_half = tmp_path / "whole", tmp_path / "a", tmp_path / "b"
     checkpoints = tmp_path / "checkpoints"
     # The uninterrupted run and the first half are independent jobs: run them side by side.
-    run_jobs(one_node_command({**shuffled, "epochs": 3, "out": str(whole),
-                             "checkpoint_dir": str(tmp_path / "whole_checkpoints")}),
-           one_node_command({**shuffled, "epochs": 1, "out": str(first_half),
-                             "checkpoint_dir": str(checkpoints)}))
+    run_jobs(
+        one_node_command(
+            {
+                **shuffled,
+                "epochs": 3,
+                "out": str(whole),
+                "checkpoint_dir": str(tmp_path / "whole_checkpoints"),
+            }
+        ),
+        one_node_command(
+            {**shuffled, "epochs": 1, "out": str(first_half), "checkpoint_dir": str(checkpoints)}
+        ),
+    )
     assert not (first_half / "writes.rank1.txt").exists(), "rank 1 must never write a checkpoint"
     assert (first_half / "writes.rank0.txt").read_text().split() == ["best.pt", "last.pt"]
-    run_on_one_node({**shuffled, "epochs": 3, "out": str(second_half),
-                     "checkpoint_dir": str(checkpoints), "resume": True})
+    run_on_one_node(
+        {
+            **shuffled,
+            "epochs": 3,
+            "out": str(second_half),
+            "checkpoint_dir": str(checkpoints),
+            "resume": True,
+        }
+    )
     assert not (second_half / "writes.rank1.txt").exists()
     assert sorted(path.name for path in checkpoints.iterdir()) == ["best.pt", "last.pt"]
     uninterrupted, resumed = results(whole), results(second_half)
@@ -153,16 +193,25 @@ def test_only_rank_0_writes_and_a_stopped_run_resumes_exactly(tmp_path):
 def assert_same_numbers(first: list[dict], second: list[dict]) -> None:
     """Equal metrics epoch by epoch (timings aside)."""
     keys = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
-    assert [[record[key] for key in keys] for record in first] == \
-        [[record[key] for key in keys] for record in second]
+    assert [[record[key] for key in keys] for record in first] == [
+        [record[key] for key in keys] for record in second
+    ]
 
 
 def test_two_nodes_on_loopback_equal_two_processes_on_one_node(tmp_path, two_processes):
     port, out = free_port(), tmp_path / "nodes"
     config = {**EQUIVALENCE, "out": str(out)}
-    nodes = [torchrun_command(config, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
-                              "--master_addr=127.0.0.1", f"--master_port={port}")
-             for rank in (0, 1)]
+    nodes = [
+        torchrun_command(
+            config,
+            "--nnodes=2",
+            f"--node_rank={rank}",
+            "--nproc_per_node=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+        )
+        for rank in (0, 1)
+    ]
     run_jobs(*nodes)
     for node, one_node in zip(results(out), two_processes):
         assert_same_parameters(node["model"], one_node["model"], exact=True)
@@ -170,13 +219,21 @@ def test_two_nodes_on_loopback_equal_two_processes_on_one_node(tmp_path, two_pro
 
 
 def test_two_accumulated_micro_batches_equal_one_batch_twice_the_size(tmp_path, one_process):
-    accumulated = distributed_worker.run({**EQUIVALENCE, "batch_size": 8, "accumulation_steps": 2,
-                                          "max_steps": 8, "out": str(tmp_path / "one")})
+    accumulated = distributed_worker.run(
+        {
+            **EQUIVALENCE,
+            "batch_size": 8,
+            "accumulation_steps": 2,
+            "max_steps": 8,
+            "out": str(tmp_path / "one"),
+        }
+    )
     assert_same_parameters(accumulated["model"], one_process["model"])
     # and under DDP, where no_sync skips the all-reduce of the first micro-batch
     out = tmp_path / "ddp"
-    run_on_one_node({**EQUIVALENCE, "batch_size": 4, "accumulation_steps": 2, "max_steps": 8,
-                     "out": str(out)})
+    run_on_one_node(
+        {**EQUIVALENCE, "batch_size": 4, "accumulation_steps": 2, "max_steps": 8, "out": str(out)}
+    )
     assert_same_parameters(results(out)[0]["model"], one_process["model"])
 
 
@@ -200,7 +257,8 @@ def test_measure_scaling_launches_each_process_count_and_reports_efficiency(tmp_
     assert [row["processes"] for row in rows] == [1, 2]
     assert rows[0]["efficiency"] == 1.0
     assert rows[1]["efficiency"] == pytest.approx(
-        rows[1]["samples_per_second"] / (2 * rows[0]["samples_per_second"]))
+        rows[1]["samples_per_second"] / (2 * rows[0]["samples_per_second"])
+    )
     assert all(row["samples_per_second"] > 0 for row in rows)
     failing = tmp_path / "fails.py"
     failing.write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")

@@ -35,7 +35,10 @@ def test_without_a_head_biases_and_norm_weights_get_no_decay():
     by_name = {group["name"]: group for group in groups}
     assert set(by_name) == {"model, decay", "model, no decay"}
     assert {tuple(p.shape) for p in by_name["model, decay"]["params"]} == {(8, 4), (2, 8)}
-    assert by_name["model, no decay"]["weight_decay"] == 0.0 and len(by_name["model, no decay"]["params"]) == 4
+    assert (
+        by_name["model, no decay"]["weight_decay"] == 0.0
+        and len(by_name["model, no decay"]["params"]) == 4
+    )
 
 
 def test_bad_calls_say_what_is_wrong():

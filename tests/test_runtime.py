@@ -86,7 +86,13 @@ def test_data_dir_defaults_to_the_checkout_when_run_inside_it(monkeypatch):
 def test_environment_report_names_versions_device_profile_and_data(monkeypatch, capsys):
     monkeypatch.setenv("TUTORIAL_PROFILE", "smoke")
     report = runtime.environment_report()
-    for part in (f"torch {torch.__version__}", "torchvision", "transformers", "profile smoke", "data "):
+    for part in (
+        f"torch {torch.__version__}",
+        "torchvision",
+        "transformers",
+        "profile smoke",
+        "data ",
+    ):
         assert part in report
     runtime.print_environment()
     assert "SMOKE PROFILE" in capsys.readouterr().out
@@ -113,9 +119,13 @@ def test_start_chapter_prints_seeds_and_returns_the_profiles_budget(monkeypatch,
     assert folder.is_dir() and folder.name.startswith("ckpt-") and not any(folder.iterdir())
     assert run.seconds() >= 0
     # the scratch folder disappears with the process that made it
-    code = ("from tutorial_lib import runtime; "
-            "print(runtime.start_chapter({'smoke': 0, 'cpu': 0, 'gpu': 0}).scratch_dir('x'))")
-    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "from tutorial_lib import runtime; "
+        "print(runtime.start_chapter({'smoke': 0, 'cpu': 0, 'gpu': 0}).scratch_dir('x'))"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     from pathlib import Path
 
     assert not Path(printed.strip().splitlines()[-1]).exists()
@@ -125,13 +135,19 @@ def test_display_path_hides_the_build_machine(monkeypatch, tmp_path):
     from pathlib import Path
 
     monkeypatch.setenv("TUTORIAL_DATA_DIR", str(tmp_path / "shared"))
-    assert runtime.display_path(tmp_path / "shared" / "MNIST" / "raw") == "$TUTORIAL_DATA_DIR/MNIST/raw"
+    assert (
+        runtime.display_path(tmp_path / "shared" / "MNIST" / "raw")
+        == "$TUTORIAL_DATA_DIR/MNIST/raw"
+    )
     sample = Path(runtime.__file__).parent / "samples" / "mnist_sample.npz"
     assert runtime.display_path(sample) == "tutorial_lib/samples/mnist_sample.npz"
     monkeypatch.delenv("TUTORIAL_DATA_DIR")
     root = runtime.project_root(Path(runtime.__file__).parent)
     monkeypatch.chdir(root)
     assert runtime.display_path(root / "results" / "x.json") == "results/x.json"
-    assert runtime.display_path(Path.home() / ".cache" / "torch") in ("~/.cache/torch", "<temporary folder>/.cache/torch")
+    assert runtime.display_path(Path.home() / ".cache" / "torch") in (
+        "~/.cache/torch",
+        "<temporary folder>/.cache/torch",
+    )
     assert "data " + runtime.display_path(runtime.data_dir()) in runtime.environment_report()
     assert str(root) not in runtime.environment_report()

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 SETUP_PAGE = REPO_ROOT / "book" / "setup.md"
@@ -38,4 +37,6 @@ def test_every_command_on_the_setup_page_is_installed(command: str):
     )
     for word in words[1:]:
         if word.startswith("chapters/"):
-            assert (REPO_ROOT / word).is_file(), f"the setup page names {word}, which does not exist"
+            assert (REPO_ROOT / word).is_file(), (
+                f"the setup page names {word}, which does not exist"
+            )

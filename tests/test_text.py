@@ -112,13 +112,23 @@ def test_tokenized_texts_pad_dynamically_to_the_longest_in_the_batch(tmp_path):
     from tutorial_lib.text import TokenizedTexts
 
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "great", "dull", "movie"]))
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "great", "dull", "movie"])
+    )
     tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-    dataset = TokenizedTexts(tokenizer, ["a great movie<br />a great movie", "dull", "a dull dull movie"], [1, 0, 0], max_length=5)
+    dataset = TokenizedTexts(
+        tokenizer,
+        ["a great movie<br />a great movie", "dull", "a dull dull movie"],
+        [1, 0, 0],
+        max_length=5,
+    )
     assert len(dataset[0]["input_ids"]) == 5  # truncated to max_length, [CLS] ... [SEP]
     assert dataset[1]["labels"] == 0
     batch = DataCollatorWithPadding(tokenizer)([dataset[1], dataset[2]])
-    assert batch["input_ids"].shape == (2, 5)  # the longest member: [CLS] a dull dull movie -> truncated 5
+    assert batch["input_ids"].shape == (
+        2,
+        5,
+    )  # the longest member: [CLS] a dull dull movie -> truncated 5
     short = DataCollatorWithPadding(tokenizer)([dataset[1]])
     assert short["input_ids"].shape == (1, 3)  # [CLS] dull [SEP]: no padding to max_length
     assert batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]
@@ -128,7 +138,14 @@ def tiny_bert():
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     return BertModel(config)
 
 
@@ -138,11 +155,22 @@ def test_bert_pooled_head_output_shape_and_frozen_encoder_does_not_move():
     model = BertPooledClassifier(tiny_bert(), num_classes=2)
     freeze(model.encoder)
     before = {name: p.clone() for name, p in model.encoder.named_parameters()}
-    batch = {"input_ids": torch.randint(1, 30, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long), "labels": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "input_ids": torch.randint(1, 30, (4, 7)),
+        "attention_mask": torch.ones(4, 7, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
     from tutorial_lib import train
 
-    history = train.fit(model, [batch], None, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
-                        epochs=2, verbose=False, monitor="train_loss")
+    history = train.fit(
+        model,
+        [batch],
+        None,
+        torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
+        epochs=2,
+        verbose=False,
+        monitor="train_loss",
+    )
     assert len(history) == 2
     inputs, _ = train.split_batch(batch)
     assert train.forward(model, inputs).shape == (4, 2)
@@ -155,7 +183,16 @@ def test_bert_pooled_head_refuses_an_encoder_without_pooler():
 
     from tutorial_lib.models import BertPooledClassifier
 
-    encoder = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32), add_pooling_layer=False)
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=30,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        ),
+        add_pooling_layer=False,
+    )
     with pytest.raises(ValueError, match="pooler"):
         BertPooledClassifier(encoder)
 

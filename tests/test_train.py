@@ -26,7 +26,9 @@ def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
 
 
 def loaders(batch_size: int = 32):
-    return DataLoader(blobs(), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)), DataLoader(blobs(64, seed=1), batch_size=64)
+    return DataLoader(
+        blobs(), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    ), DataLoader(blobs(64, seed=1), batch_size=64)
 
 
 def small_model() -> nn.Module:
@@ -36,9 +38,25 @@ def small_model() -> nn.Module:
 
 def test_fit_drives_the_loss_down_and_records_every_epoch():
     model, (train_loader, val_loader) = small_model(), loaders()
-    history = train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=4, verbose=False)
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=4,
+        verbose=False,
+    )
     assert len(history) == 4
-    assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_second"} <= set(history.keys)
+    assert {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+        "samples_per_second",
+    } <= set(history.keys)
     assert history["train_loss"][-1] < history["train_loss"][0] / 2
     assert history["val_accuracy"][-1] > 0.95
 
@@ -54,20 +72,39 @@ class NeverImproves(nn.Module):
 
 def test_early_stopping_stops_after_patience_epochs():
     model, (train_loader, val_loader) = NeverImproves(), loaders()
-    history = train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=10, patience=2, verbose=False)
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=10,
+        patience=2,
+        verbose=False,
+    )
     assert len(history) == 3  # epoch 1 sets the best, epochs 2 and 3 fail to improve
 
 
 def test_checkpoint_round_trip_and_resume_continue_from_the_right_epoch(tmp_path):
     model, (train_loader, val_loader) = small_model(), loaders()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    train.fit(model, train_loader, val_loader, optimizer, epochs=2, checkpoint_dir=tmp_path, verbose=False)
+    train.fit(
+        model, train_loader, val_loader, optimizer, epochs=2, checkpoint_dir=tmp_path, verbose=False
+    )
     state = train.load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 2 and len(state["history"]) == 2
 
     resumed_model = small_model()
     resumed_optimizer = torch.optim.SGD(resumed_model.parameters(), lr=0.05, momentum=0.9)
-    history = train.fit(resumed_model, train_loader, val_loader, resumed_optimizer, epochs=4, checkpoint_dir=tmp_path, resume=True, verbose=False)
+    history = train.fit(
+        resumed_model,
+        train_loader,
+        val_loader,
+        resumed_optimizer,
+        epochs=4,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        verbose=False,
+    )
     assert history["epoch"] == [1, 2, 3, 4]
     assert resumed_optimizer.state_dict()["state"], "the optimiser state was restored"
 
@@ -95,7 +132,9 @@ def test_evaluate_on_a_known_model_gives_the_known_accuracy():
 
     points = torch.tensor([[1.0, 0], [-1.0, 0], [2.0, 0], [-3.0, 0]])
     labels = torch.tensor([1, 0, 0, 0])  # the third is wrong: 3 of 4 right
-    result = train.evaluate(FirstFeatureSign(), DataLoader(TensorDataset(points, labels), batch_size=3))
+    result = train.evaluate(
+        FirstFeatureSign(), DataLoader(TensorDataset(points, labels), batch_size=3)
+    )
     assert result["accuracy"] == 0.75
 
 
@@ -117,9 +156,22 @@ class DictModel(nn.Module):
 
 def test_fit_runs_on_dict_batches():
     input_ids = torch.tensor([[1, 2, 0], [3, 4, 5]] * 8)
-    batches = [{"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": torch.tensor([0, 1] * 8)}]
+    batches = [
+        {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "labels": torch.tensor([0, 1] * 8),
+        }
+    ]
     model = DictModel()
-    history = train.fit(model, batches, batches, torch.optim.SGD(model.parameters(), lr=0.5), epochs=3, verbose=False)
+    history = train.fit(
+        model,
+        batches,
+        batches,
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=3,
+        verbose=False,
+    )
     assert history["train_loss"][-1] < history["train_loss"][0]
 
 
@@ -127,7 +179,16 @@ def test_gradient_clipping_bounds_the_update():
     model = nn.Linear(1, 2, bias=False)
     nn.init.zeros_(model.weight)
     batch = [(torch.tensor([[1000.0]]), torch.tensor([1]))]
-    train.fit(model, batch, None, torch.optim.SGD(model.parameters(), lr=1.0), epochs=1, grad_clip_norm=0.5, verbose=False, monitor="train_loss")
+    train.fit(
+        model,
+        batch,
+        None,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        epochs=1,
+        grad_clip_norm=0.5,
+        verbose=False,
+        monitor="train_loss",
+    )
     assert model.weight.norm().item() == pytest.approx(0.5, rel=1e-4)
 
 
@@ -148,17 +209,32 @@ def test_metrics_come_from_scikit_learn():
     y_true, y_pred = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]
     assert metrics.accuracy(y_true, y_pred) == pytest.approx(4 / 6)
     rows = metrics.per_class_report(torch.tensor(y_true), torch.tensor(y_pred), ["a", "b", "c"])
-    assert rows[1] == {"class": "b", "precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    assert rows[1] == {
+        "class": "b",
+        "precision": pytest.approx(2 / 3),
+        "recall": 1.0,
+        "f1": pytest.approx(0.8),
+        "support": 2,
+    }
     assert "precision" in metrics.format_report(rows)
     assert metrics.macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
 
 
 def test_plot_helpers_return_figures_with_the_expected_axes():
     model, (train_loader, val_loader) = small_model(), loaders()
-    history = train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, verbose=False)
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=2,
+        verbose=False,
+    )
     assert len(plots.training_curves(history).axes) == 2
     fig = plots.confusion_matrix_figure([0, 1, 1], [0, 1, 0], ["neg", "pos"])
-    assert fig.axes[0].get_xlabel() == "predicted class" and [t.get_text() for t in fig.axes[0].texts] == ["1", "0", "1", "1"]
+    assert fig.axes[0].get_xlabel() == "predicted class" and [
+        t.get_text() for t in fig.axes[0].texts
+    ] == ["1", "0", "1", "1"]
     conv = nn.Conv2d(1, 6, 3)
     assert len(plots.conv_filters(conv, ncols=3).axes) == 6
     assert len(plots.feature_maps(conv, torch.rand(1, 8, 8), limit=4, ncols=4).axes) == 4
@@ -178,13 +254,16 @@ def test_result_record_holds_the_context_and_round_trips(tmp_path, monkeypatch):
 
 # --- hardening (issue 10): bad arguments, bad files and interrupted runs ----------------------
 
+
 def dropout_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
 
 
 def shuffled_loaders():
-    train_loader = DataLoader(blobs(), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(3))
+    train_loader = DataLoader(
+        blobs(), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
     return train_loader, DataLoader(blobs(64, seed=1), batch_size=64)
 
 
@@ -192,30 +271,60 @@ def test_an_unknown_monitor_is_rejected_before_training():
     model, (train_loader, val_loader) = small_model(), loaders()
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="'val_acc' is not a metric"):
-        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
-                  monitor="val_acc", verbose=False)
+        train.fit(
+            model,
+            train_loader,
+            val_loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=1,
+            monitor="val_acc",
+            verbose=False,
+        )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "nothing trained"
 
 
 def test_a_best_pt_this_run_did_not_write_is_never_loaded(tmp_path):
     stranger = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
     nn.init.constant_(stranger[0].weight, 42.0)
-    checkpoints.save_checkpoint(tmp_path / "best.pt", model=stranger.state_dict(), epoch=1, monitor="val_accuracy", value=1.0)
+    checkpoints.save_checkpoint(
+        tmp_path / "best.pt",
+        model=stranger.state_dict(),
+        epoch=1,
+        monitor="val_accuracy",
+        value=1.0,
+    )
     model, (train_loader, _) = small_model(), loaders()
-    train.fit(model, train_loader, None, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
-              checkpoint_dir=tmp_path, verbose=False)  # monitors val_accuracy, has no val_loader
+    train.fit(
+        model,
+        train_loader,
+        None,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        verbose=False,
+    )  # monitors val_accuracy, has no val_loader
     assert not torch.equal(model[0].weight, stranger[0].weight)
 
 
 def test_a_stopped_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
     """Shuffling and dropout: resume must restore the loader's generator and the global RNGs."""
+
     def run(epochs, folder, resume=False):
         model, (train_loader, val_loader) = dropout_model(), shuffled_loaders()
         if resume:  # a fresh process would start from other random states
             torch.manual_seed(12345)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        history = train.fit(model, train_loader, val_loader, optimizer, epochs=epochs, checkpoint_dir=folder,
-                            resume=resume, verbose=False, monitor="train_loss")
+        history = train.fit(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            epochs=epochs,
+            checkpoint_dir=folder,
+            resume=resume,
+            verbose=False,
+            monitor="train_loss",
+        )
         return model, history
 
     whole_model, whole_history = run(3, tmp_path / "whole")
@@ -230,11 +339,21 @@ def test_a_stopped_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
 def test_empty_loaders_and_zero_steps_are_clear_errors():
     model, (train_loader, val_loader) = small_model(), loaders()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    empty = DataLoader(
+        TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=4
+    )
     with pytest.raises(ValueError, match="training loader is empty or max_steps_per_epoch is 0"):
         train.fit(model, empty, val_loader, optimizer, epochs=1, verbose=False)
     with pytest.raises(ValueError, match="0 training steps"):
-        train.fit(model, train_loader, val_loader, optimizer, epochs=1, max_steps_per_epoch=0, verbose=False)
+        train.fit(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            epochs=1,
+            max_steps_per_epoch=0,
+            verbose=False,
+        )
     with pytest.raises(ValueError, match="yielded no batches"):
         train.fit(model, train_loader, empty, optimizer, epochs=1, verbose=False)
 
@@ -251,25 +370,54 @@ def test_a_nan_validation_loss_is_an_error_not_a_best_value(tmp_path):
 
     model, (train_loader, val_loader) = NanOnValidation(), loaders()
     with pytest.raises(FloatingPointError, match="validation loss is NaN at epoch 1"):
-        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2,
-                  checkpoint_dir=tmp_path, verbose=False)
+        train.fit(
+            model,
+            train_loader,
+            val_loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=2,
+            checkpoint_dir=tmp_path,
+            verbose=False,
+        )
     assert not (tmp_path / "best.pt").exists()
 
 
 def test_resuming_into_another_optimiser_says_what_differs(tmp_path):
     model, (train_loader, val_loader) = small_model(), loaders()
-    train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
-              checkpoint_dir=tmp_path, verbose=False)
+    train.fit(
+        model,
+        train_loader,
+        val_loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        verbose=False,
+    )
     other = small_model()
     with pytest.raises(train.CheckpointError, match="SGD optimiser but this run uses Adam"):
-        train.fit(other, train_loader, val_loader, torch.optim.Adam(other.parameters()), epochs=2,
-                  checkpoint_dir=tmp_path, resume=True, verbose=False)
+        train.fit(
+            other,
+            train_loader,
+            val_loader,
+            torch.optim.Adam(other.parameters()),
+            epochs=2,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            verbose=False,
+        )
 
 
 def test_resume_without_last_pt_says_it_starts_afresh(tmp_path, capsys):
     model, (train_loader, val_loader) = small_model(), loaders()
-    history = train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
-                        checkpoint_dir=tmp_path, resume=True)
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
     printed = capsys.readouterr().out
     assert f"there is no last.pt in {tmp_path} yet, so training starts afresh" in printed
     assert history["epoch"] == [1]
@@ -278,7 +426,9 @@ def test_resume_without_last_pt_says_it_starts_afresh(tmp_path, capsys):
 SPOILERS = {
     "empty": lambda good: b"",
     "truncated": lambda good: good[: len(good) // 2],
-    "random": lambda good: bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()),
+    "random": lambda good: bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()
+    ),
     "foreign pickle": lambda good: pickle.dumps({"model": print}),
 }
 
@@ -286,12 +436,27 @@ SPOILERS = {
 @pytest.mark.parametrize("spoil", SPOILERS.values(), ids=SPOILERS.keys())
 def test_an_unreadable_last_pt_names_the_file_and_what_to_do(tmp_path, spoil):
     model, (train_loader, val_loader) = small_model(), loaders()
-    train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
-              checkpoint_dir=tmp_path, verbose=False)
+    train.fit(
+        model,
+        train_loader,
+        val_loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        verbose=False,
+    )
     (tmp_path / "last.pt").write_bytes(spoil((tmp_path / "last.pt").read_bytes()))
     with pytest.raises(train.CheckpointError) as caught:
-        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2,
-                  checkpoint_dir=tmp_path, resume=True, verbose=False)
+        train.fit(
+            model,
+            train_loader,
+            val_loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=2,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            verbose=False,
+        )
     message = str(caught.value)
     assert str(tmp_path / "last.pt") in message and "Delete it" in message
     assert "weights_only" not in message and caught.value.__cause__ is None
@@ -318,20 +483,33 @@ def test_global_batch_is_per_process_batch_times_accumulation_steps():
     results = []
     for batch_size, accumulation_steps in ((32, 1), (16, 2)):
         model = small_model()
-        train.fit(model, DataLoader(data, batch_size=batch_size), None,
-                  torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=2,
-                  accumulation_steps=accumulation_steps, monitor="train_loss", verbose=False)
+        train.fit(
+            model,
+            DataLoader(data, batch_size=batch_size),
+            None,
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            epochs=2,
+            accumulation_steps=accumulation_steps,
+            monitor="train_loss",
+            verbose=False,
+        )
         results.append(model.state_dict())
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
-    assert train.optimizer_steps_per_epoch(DataLoader(data, batch_size=16), accumulation_steps=2) == 2
+    assert (
+        train.optimizer_steps_per_epoch(DataLoader(data, batch_size=16), accumulation_steps=2) == 2
+    )
 
 
 def test_a_schedule_sized_for_one_process_is_announced_under_torchrun(capsys):
     optimizer = torch.optim.SGD(small_model().parameters(), lr=0.1)
     one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=16)
     two_processes = train.Strategy(torch.device("cpu"), world_size=2)  # as under torchrun
-    train._check_schedule(one_cycle, epochs=2, steps=4, accumulation_steps=1, strategy=two_processes, say=print)
+    train._check_schedule(
+        one_cycle, epochs=2, steps=4, accumulation_steps=1, strategy=two_processes, say=print
+    )
     assert "plans 16 steps but each of the 2 processes takes 8" in capsys.readouterr().out
-    train._check_schedule(one_cycle, epochs=2, steps=8, accumulation_steps=1, strategy=two_processes, say=print)
+    train._check_schedule(
+        one_cycle, epochs=2, steps=8, accumulation_steps=1, strategy=two_processes, say=print
+    )
     assert capsys.readouterr().out == ""

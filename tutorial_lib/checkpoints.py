@@ -57,8 +57,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             "put back a good copy."
         ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is a torch file but not a checkpoint of tutorial_lib (it "
-                              "has no 'model' entry); delete it or point to the right file")
+        raise CheckpointError(
+            f"{path} is a torch file but not a checkpoint of tutorial_lib (it "
+            "has no 'model' entry); delete it or point to the right file"
+        )
     return state
 
 
@@ -84,9 +86,13 @@ def rng_state(loader: Any) -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": keys_name, "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "position": int(position), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "name": keys_name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "random": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -99,12 +105,19 @@ def set_rng_state(state: dict[str, Any], loader: Any) -> None:
     """Restore a state returned by :func:`rng_state` (the inverse of it)."""
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"],
-                         numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     python_state = state["random"]
-    random.setstate((python_state["version"], tuple(python_state["internal"]),
-                     python_state["gauss_next"]))
+    random.setstate(
+        (python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"])
+    )
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     for name, generator in _loader_generators(loader).items():

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 IntPair = int | tuple[int, int]
 
 

@@ -49,11 +49,13 @@ def _autocast_dtype(device: torch.device, mixed_precision: bool | str | None) ->
         return torch.bfloat16
     if mixed_precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or False on "
-                             f"{device.type}")
+            raise ValueError(
+                f"mixed_precision='fp16' needs a CUDA device; use 'bf16' or False on {device.type}"
+            )
         return torch.float16
-    raise ValueError(f"mixed_precision must be None, True, False, 'bf16' or 'fp16', "
-                     f"not {mixed_precision!r}")
+    raise ValueError(
+        f"mixed_precision must be None, True, False, 'bf16' or 'fp16', not {mixed_precision!r}"
+    )
 
 
 @dataclass
@@ -102,17 +104,24 @@ class Strategy:
             device = torch.device(device)
             if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU
                 if local_rank >= torch.cuda.device_count():
-                    raise ValueError(f"LOCAL_RANK {local_rank} but only "
-                                     f"{torch.cuda.device_count()} GPU(s): start at most that many "
-                                     "processes per node (--nproc_per_node), or pass device='cpu'")
+                    raise ValueError(
+                        f"LOCAL_RANK {local_rank} but only "
+                        f"{torch.cuda.device_count()} GPU(s): start at most that many "
+                        "processes per node (--nproc_per_node), or pass device='cpu'"
+                    )
                 device = torch.device("cuda", local_rank)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
                 atexit.register(_destroy_process_group)
-            return cls(device, _autocast_dtype(device, mixed_precision), parallel,
-                       dist.get_rank(), dist.get_world_size())
+            return cls(
+                device,
+                _autocast_dtype(device, mixed_precision),
+                parallel,
+                dist.get_rank(),
+                dist.get_world_size(),
+            )
         device = torch.device(device) if device is not None else get_device()
         return cls(device, _autocast_dtype(device, mixed_precision), parallel)
 
@@ -131,8 +140,10 @@ class Strategy:
         precision = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype)[6:]
         if not self.distributed:
             return f"1 process on {self.device}, {precision}"
-        return (f"{self.world_size} processes ({self.parallel}, {dist.get_backend()}) "
-                f"on {self.device.type}, {precision}")
+        return (
+            f"{self.world_size} processes ({self.parallel}, {dist.get_backend()}) "
+            f"on {self.device.type}, {precision}"
+        )
 
     # --- the model -------------------------------------------------------------------------
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
@@ -183,8 +194,12 @@ class Strategy:
         """Back-propagate ``loss`` (scaled first when fp16 needs the gradient scaler)."""
         self.scaler.scale(loss).backward()
 
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-             grad_clip_norm: float | None = None) -> None:
+    def step(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grad_clip_norm: float | None = None,
+    ) -> None:
         """Unscale and clip the gradients, step the optimiser and clear the gradients."""
         if grad_clip_norm is not None:
             self.scaler.unscale_(optimizer)
@@ -209,13 +224,24 @@ class Strategy:
             return loader
         shuffle = training and isinstance(loader.sampler, RandomSampler)
         seed = loader.generator.initial_seed() if loader.generator is not None else 0
-        sampler = DistributedSampler(loader.dataset, self.world_size, self.rank, shuffle=shuffle,
-                                     seed=seed, drop_last=training and loader.drop_last)
+        sampler = DistributedSampler(
+            loader.dataset,
+            self.world_size,
+            self.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=training and loader.drop_last,
+        )
         return DataLoader(
-            loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-            collate_fn=loader.collate_fn, drop_last=training and loader.drop_last,
-            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-            worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            collate_fn=loader.collate_fn,
+            drop_last=training and loader.drop_last,
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn,
+            generator=loader.generator,
             persistent_workers=loader.persistent_workers,
         )
 
@@ -307,8 +333,9 @@ class Strategy:
             return get_optimizer_state_dict(model, optimizer, options=options)
         return optimizer.state_dict()
 
-    def load_optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                                  state: dict) -> None:
+    def load_optimizer_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
+    ) -> None:
         """Load a full optimiser state written by :meth:`optimizer_state_dict`."""
         if self.distributed and self.parallel == "fsdp":
             from torch.distributed.checkpoint.state_dict import (
@@ -316,8 +343,9 @@ class Strategy:
                 set_optimizer_state_dict,
             )
 
-            set_optimizer_state_dict(model, optimizer, state,
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+            )
             return
         optimizer.load_state_dict(state)
 
@@ -325,19 +353,25 @@ class Strategy:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _rebind(optimizer: torch.optim.Optimizer, names: dict[int, str],
-            sharded: dict[str, nn.Parameter]) -> None:
+def _rebind(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], sharded: dict[str, nn.Parameter]
+) -> None:
     """Point ``optimizer`` at the sharded parameters that replaced the ones it was built with."""
     if optimizer.state:
-        raise ValueError("FSDP2 replaces the parameters: pass an optimiser that has not stepped "
-                         "yet (build it right before fit)")
+        raise ValueError(
+            "FSDP2 replaces the parameters: pass an optimiser that has not stepped "
+            "yet (build it right before fit)"
+        )
     for group in optimizer.param_groups:
         group["params"] = [sharded[names[id(parameter)]] for parameter in group["params"]]
 
 
 def _rebuildable(loader: Iterable) -> bool:
-    return (isinstance(loader, DataLoader) and loader.batch_size is not None
-            and type(loader.batch_sampler) is BatchSampler)
+    return (
+        isinstance(loader, DataLoader)
+        and loader.batch_size is not None
+        and type(loader.batch_sampler) is BatchSampler
+    )
 
 
 def _destroy_process_group() -> None:

@@ -28,24 +28,41 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _launch_env(threads_per_process: int) -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parents[1])
     paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths),
-            "OMP_NUM_THREADS": str(threads_per_process), "TUTORIAL_NONINTERACTIVE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "OMP_NUM_THREADS": str(threads_per_process),
+        "TUTORIAL_NONINTERACTIVE": "1",
+    }
 
 
 def _run(command: list[str], threads_per_process: int, timeout: float) -> str:
     try:
-        finished = subprocess.run(command, env=_launch_env(threads_per_process),
-                                  capture_output=True, text=True, timeout=timeout, check=False)
+        finished = subprocess.run(
+            command,
+            env=_launch_env(threads_per_process),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{command[2]} did not finish within {timeout} s") from None
     if finished.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[1:3])} failed (exit {finished.returncode}):\n"
-                           f"{(finished.stdout + finished.stderr)[-4000:]}")
+        raise RuntimeError(
+            f"{' '.join(command[1:3])} failed (exit {finished.returncode}):\n"
+            f"{(finished.stdout + finished.stderr)[-4000:]}"
+        )
     return finished.stdout
 
 
-def torchrun(script: str | os.PathLike, *args: str, nproc_per_node: int = 2,
-             threads_per_process: int = 1, timeout: float = 600) -> str:
+def torchrun(
+    script: str | os.PathLike,
+    *args: str,
+    nproc_per_node: int = 2,
+    threads_per_process: int = 1,
+    timeout: float = 600,
+) -> str:
     """Run ``torchrun --nproc_per_node=N script args`` on this machine and return its output.
 
     It is ``python -m torch.distributed.run`` (the ``torchrun`` command) of this interpreter, on
@@ -55,21 +72,35 @@ def torchrun(script: str | os.PathLike, *args: str, nproc_per_node: int = 2,
     Raises:
         RuntimeError: with the end of the output, if the run fails or exceeds ``timeout`` s.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc_per_node}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+        *args,
+    ]
     return _run(command, threads_per_process, timeout)
 
 
-def python_script(script: str | os.PathLike, *args: str, threads: int | None = None,
-                  timeout: float = 600) -> str:
+def python_script(
+    script: str | os.PathLike, *args: str, threads: int | None = None, timeout: float = 600
+) -> str:
     """Run ``python script args`` (one process, ``threads`` CPU threads, default all) and return
     its output. Raises ``RuntimeError`` as :func:`torchrun`."""
     command = [sys.executable, "-u", str(script), *args]
     return _run(command, threads or os.cpu_count() or 1, timeout)
 
 
-def measure_scaling(script: str | os.PathLike, process_counts: Iterable[int], *args: str,
-                    threads_per_process: int = 1, timeout: float = 600) -> list[dict[str, float]]:
+def measure_scaling(
+    script: str | os.PathLike,
+    process_counts: Iterable[int],
+    *args: str,
+    threads_per_process: int = 1,
+    timeout: float = 600,
+) -> list[dict[str, float]]:
     """Launch ``script`` under ``torchrun`` once per process count and return, per count,
     ``{"processes", "samples_per_second", "efficiency"}``.
 
@@ -79,11 +110,18 @@ def measure_scaling(script: str | os.PathLike, process_counts: Iterable[int], *a
     """
     rows = []
     for count in process_counts:
-        output = torchrun(script, *args, nproc_per_node=count,
-                          threads_per_process=threads_per_process, timeout=timeout)
+        output = torchrun(
+            script,
+            *args,
+            nproc_per_node=count,
+            threads_per_process=threads_per_process,
+            timeout=timeout,
+        )
         reported = result_lines(output)
         if not reported:
-            raise RuntimeError(f"{script} printed no RESULT line; its output ends:\n{output[-2000:]}")
+            raise RuntimeError(
+                f"{script} printed no RESULT line; its output ends:\n{output[-2000:]}"
+            )
         rows.append({"processes": count, "samples_per_second": reported[-1]["samples_per_second"]})
     base = rows[0]["samples_per_second"] / rows[0]["processes"]
     for row in rows:
@@ -93,5 +131,8 @@ def measure_scaling(script: str | os.PathLike, process_counts: Iterable[int], *a
 
 def result_lines(output: str) -> list[dict[str, Any]]:
     """Return the JSON objects a launched script printed on lines starting with ``RESULT ``."""
-    return [json.loads(line[len("RESULT "):]) for line in output.splitlines()
-            if line.startswith("RESULT ")]
+    return [
+        json.loads(line[len("RESULT ") :])
+        for line in output.splitlines()
+        if line.startswith("RESULT ")
+    ]

@@ -13,12 +13,18 @@ def _numpy(values: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
-def accuracy(y_true: Sequence[int] | np.ndarray | torch.Tensor, y_pred: Sequence[int] | np.ndarray | torch.Tensor) -> float:
+def accuracy(
+    y_true: Sequence[int] | np.ndarray | torch.Tensor,
+    y_pred: Sequence[int] | np.ndarray | torch.Tensor,
+) -> float:
     """Return the fraction of predictions equal to the true labels."""
     return float(accuracy_score(_numpy(y_true), _numpy(y_pred)))
 
 
-def macro_f1(y_true: Sequence[int] | np.ndarray | torch.Tensor, y_pred: Sequence[int] | np.ndarray | torch.Tensor) -> float:
+def macro_f1(
+    y_true: Sequence[int] | np.ndarray | torch.Tensor,
+    y_pred: Sequence[int] | np.ndarray | torch.Tensor,
+) -> float:
     """Return the F1 score averaged over classes with equal weight."""
     return float(f1_score(_numpy(y_true), _numpy(y_pred), average="macro"))
 
@@ -33,7 +39,13 @@ def per_class_report(
         _numpy(y_true), _numpy(y_pred), labels=list(range(len(class_names))), zero_division=0
     )
     return [
-        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        {
+            "class": name,
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(s),
+        }
         for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
     ]
 
@@ -42,5 +54,7 @@ def format_report(rows: list[dict[str, float | str | int]]) -> str:
     """Return the rows of :func:`per_class_report` as an aligned text table."""
     lines = [f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for row in rows:
-        lines.append(f"{row['class']:<12}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10,}")
+        lines.append(
+            f"{row['class']:<12}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10,}"
+        )
     return "\n".join(lines)

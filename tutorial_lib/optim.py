@@ -44,23 +44,31 @@ def param_groups(
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
-            buckets.setdefault((id(parameter) in head_ids, parameter.ndim >= 2), []).append(parameter)
+            buckets.setdefault((id(parameter) in head_ids, parameter.ndim >= 2), []).append(
+                parameter
+            )
     if not buckets:
-        raise ValueError("model has no trainable parameter; unfreeze something before building an optimiser")
+        raise ValueError(
+            "model has no trainable parameter; unfreeze something before building an optimiser"
+        )
     groups = []
     for (is_head, decays), params in sorted(buckets.items()):
         part = "head" if is_head else ("model" if head is None else "backbone")
-        groups.append({
-            "params": params,
-            "lr": (head_lr if head_lr is not None else lr) if is_head else lr,
-            "weight_decay": weight_decay if decays else 0.0,
-            "name": f"{part}, {'decay' if decays else 'no decay'}",
-        })
+        groups.append(
+            {
+                "params": params,
+                "lr": (head_lr if head_lr is not None else lr) if is_head else lr,
+                "weight_decay": weight_decay if decays else 0.0,
+                "name": f"{part}, {'decay' if decays else 'no decay'}",
+            }
+        )
     if verbose:
         for group in groups:
             count = sum(p.numel() for p in group["params"])
-            print(f"{group['name']:<20} {len(group['params']):>4} tensors {count:>12,} parameters"
-                  f"  lr {group['lr']:.1e}  weight decay {group['weight_decay']:g}")
+            print(
+                f"{group['name']:<20} {len(group['params']):>4} tensors {count:>12,} parameters"
+                f"  lr {group['lr']:.1e}  weight decay {group['weight_decay']:g}"
+            )
     return groups
 
 

@@ -43,8 +43,13 @@ def image_grid(
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     ncols = max(1, min(ncols, len(images)))
     nrows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             facecolor="white", squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+        facecolor="white",
+        squeeze=False,
+    )
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
         if index >= len(images):
@@ -75,8 +80,13 @@ def bar_chart(
     fig, ax = plt.subplots(figsize=(6, 3.6), facecolor="white")
     bars = ax.bar(labels, values, color="#4C72B0")
     for bar, value in zip(bars, values):
-        ax.annotate(annotate_format.format(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=9)
+        ax.annotate(
+            annotate_format.format(value),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
     if log_scale:
         ax.set_yscale("log")
     ax.set_title(title)
@@ -94,7 +104,9 @@ def training_curves(history, title: str = "Training curves") -> Figure:
     for prefix, style in (("train", "-o"), ("val", "--s")):
         if f"{prefix}_loss" in history.keys:
             loss_ax.plot(epochs, history[f"{prefix}_loss"], style, label=prefix)
-            accuracy_ax.plot(epochs, [100 * v for v in history[f"{prefix}_accuracy"]], style, label=prefix)
+            accuracy_ax.plot(
+                epochs, [100 * v for v in history[f"{prefix}_accuracy"]], style, label=prefix
+            )
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     accuracy_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (loss_ax, accuracy_ax):
@@ -106,7 +118,9 @@ def training_curves(history, title: str = "Training curves") -> Figure:
     return fig
 
 
-def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
+def confusion_matrix_figure(
+    y_true, y_pred, class_names: Sequence[str], title: str = "Confusion matrix"
+) -> Figure:
     """Draw scikit-learn's confusion matrix (rows: true class, columns: predicted) with counts
     in the cells; return the figure."""
     from sklearn.metrics import confusion_matrix
@@ -119,9 +133,18 @@ def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str], title: s
     ax.imshow(matrix, cmap="Blues")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), count in np.ndenumerate(matrix):
-        ax.text(column, row, str(count), ha="center", va="center", fontsize=8,
-                color="white" if count > threshold else "black")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0)
+        ax.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if count > threshold else "black",
+        )
+    ax.set_xticks(
+        range(len(class_names)), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0
+    )
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set(title=title, xlabel="predicted class", ylabel="true class")
     fig.tight_layout()
@@ -133,14 +156,31 @@ def conv_filters(layer: torch.nn.Conv2d, title: str = "Learned filters", ncols: 
     weights = layer.weight.detach().cpu()
     if weights.shape[1] != 1:
         weights = weights.mean(dim=1, keepdim=True)
-    return image_grid(list(weights[:, 0]), titles=[str(i) for i in range(len(weights))], ncols=ncols,
-                      suptitle=title, symmetric=True, size=1.1)
+    return image_grid(
+        list(weights[:, 0]),
+        titles=[str(i) for i in range(len(weights))],
+        ncols=ncols,
+        suptitle=title,
+        symmetric=True,
+        size=1.1,
+    )
 
 
-def feature_maps(module: torch.nn.Module, image: torch.Tensor, title: str = "Feature maps", limit: int = 16,
-                 ncols: int = 8) -> Figure:
+def feature_maps(
+    module: torch.nn.Module,
+    image: torch.Tensor,
+    title: str = "Feature maps",
+    limit: int = 16,
+    ncols: int = 8,
+) -> Figure:
     """Run one image ``(C, H, W)`` through ``module`` and draw the first ``limit`` output channels."""
     with torch.no_grad():
         maps = module(image.unsqueeze(0))[0].cpu()
-    return image_grid(list(maps[:limit]), titles=[f"channel {i}" for i in range(min(limit, len(maps)))],
-                      ncols=ncols, suptitle=title, cmap="viridis", size=1.3)
+    return image_grid(
+        list(maps[:limit]),
+        titles=[f"channel {i}" for i in range(min(limit, len(maps)))],
+        ncols=ncols,
+        suptitle=title,
+        cmap="viridis",
+        size=1.3,
+    )

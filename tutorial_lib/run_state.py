@@ -56,15 +56,24 @@ def _improves(value: float, best: float | None, monitor: str) -> bool:
     return value < best if "loss" in monitor else value > best
 
 
-def track_best(progress: Progress, record: dict[str, float], monitor: str, strategy: Strategy,
-                model: nn.Module, checkpoint_dir: Path | None, keep_in_memory: bool,
-                best_in_memory: dict[str, torch.Tensor] | None) -> dict | None:
+def track_best(
+    progress: Progress,
+    record: dict[str, float],
+    monitor: str,
+    strategy: Strategy,
+    model: nn.Module,
+    checkpoint_dir: Path | None,
+    keep_in_memory: bool,
+    best_in_memory: dict[str, torch.Tensor] | None,
+) -> dict | None:
     """Update the best value; write ``best.pt`` or keep a copy when it improved. Returns the
     in-memory best weights (unchanged when it did not improve)."""
     if math.isnan(record.get("val_loss", 0.0)):
-        raise FloatingPointError(f"the validation loss is NaN at epoch {record['epoch']}: the "
-                                 "model outputs non-numbers on some example; lower the learning "
-                                 "rate or check the validation data")
+        raise FloatingPointError(
+            f"the validation loss is NaN at epoch {record['epoch']}: the "
+            "model outputs non-numbers on some example; lower the learning "
+            "rate or check the validation data"
+        )
     value = record.get(monitor)
     if value is None:  # a validation metric without a val_loader: nothing to compare
         return best_in_memory
@@ -78,14 +87,26 @@ def track_best(progress: Progress, record: dict[str, float], monitor: str, strat
     if keep_in_memory:
         return {key: tensor.detach().to("cpu", copy=True) for key, tensor in weights.items()}
     if strategy.is_main:
-        checkpoints.save_checkpoint(checkpoint_dir / "best.pt", model=weights,
-                                    epoch=record["epoch"], monitor=monitor, value=value)
+        checkpoints.save_checkpoint(
+            checkpoint_dir / "best.pt",
+            model=weights,
+            epoch=record["epoch"],
+            monitor=monitor,
+            value=value,
+        )
     strategy.barrier()
     return best_in_memory
 
 
-def save_last(path: Path, progress: Progress, strategy: Strategy, model: nn.Module,
-               optimizer: torch.optim.Optimizer, scheduler: Any, train_loader: Any) -> None:
+def save_last(
+    path: Path,
+    progress: Progress,
+    strategy: Strategy,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_loader: Any,
+) -> None:
     """Write ``last.pt`` from rank 0; the state is gathered on every rank (collectives)."""
     state = {
         "model": strategy.model_state_dict(model),
@@ -104,8 +125,15 @@ def save_last(path: Path, progress: Progress, strategy: Strategy, model: nn.Modu
     strategy.barrier()
 
 
-def resume_from(path: Path, strategy: Strategy, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, train_loader: Any, say: Callable[..., None]) -> Progress:
+def resume_from(
+    path: Path,
+    strategy: Strategy,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_loader: Any,
+    say: Callable[..., None],
+) -> Progress:
     """Load ``last.pt`` into the run and return its progress (a fresh one without the file)."""
     if not path.is_file():
         say(f"resume: there is no {path.name} in {path.parent} yet, so training starts afresh")
@@ -113,32 +141,48 @@ def resume_from(path: Path, strategy: Strategy, model: nn.Module, optimizer: tor
     state = load_checkpoint(path)
     saved_class = state.get("optimizer_class")
     if saved_class is not None and saved_class != type(optimizer).__name__:
-        raise CheckpointError(f"{path} holds the state of a {saved_class} optimiser but this run "
-                              f"uses {type(optimizer).__name__}; build the same optimiser as the "
-                              "run that wrote it, or start afresh in another checkpoint_dir")
+        raise CheckpointError(
+            f"{path} holds the state of a {saved_class} optimiser but this run "
+            f"uses {type(optimizer).__name__}; build the same optimiser as the "
+            "run that wrote it, or start afresh in another checkpoint_dir"
+        )
     strategy.load_model_state_dict(model, state["model"])
     try:
         strategy.load_optimizer_state_dict(model, optimizer, state["optimizer"])
     except (KeyError, ValueError) as error:
-        raise CheckpointError(f"the optimiser state in {path} does not fit this optimiser "
-                              f"({error}); its parameter groups or settings differ from the run "
-                              "that wrote it") from None
+        raise CheckpointError(
+            f"the optimiser state in {path} does not fit this optimiser "
+            f"({error}); its parameter groups or settings differ from the run "
+            "that wrote it"
+        ) from None
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     rng_states = state.get("rng_states") or []
     if len(rng_states) == strategy.world_size:
         set_rng_state(rng_states[strategy.rank], train_loader)
     else:
-        say(f"resume: {path.name} was written by {len(rng_states)} process(es), this run has "
-            f"{strategy.world_size}; the random streams continue from new seeds")
+        say(
+            f"resume: {path.name} was written by {len(rng_states)} process(es), this run has "
+            f"{strategy.world_size}; the random streams continue from new seeds"
+        )
     say(f"resumed from {path} after epoch {state['epoch']}")
-    return Progress(History(list(state["history"])), state["epoch"], state["best_value"],
-                     state.get("best_epoch"), state["stale_epochs"])
+    return Progress(
+        History(list(state["history"])),
+        state["epoch"],
+        state["best_value"],
+        state.get("best_epoch"),
+        state["stale_epochs"],
+    )
 
 
-def restore_best(progress: Progress, strategy: Strategy, model: nn.Module,
-                  checkpoint_dir: Path | None, best_in_memory: dict | None,
-                  say: Callable[..., None]) -> None:
+def restore_best(
+    progress: Progress,
+    strategy: Strategy,
+    model: nn.Module,
+    checkpoint_dir: Path | None,
+    best_in_memory: dict | None,
+    say: Callable[..., None],
+) -> None:
     """Load back the best weights, only if this run (or the run it resumed) kept them."""
     if best_in_memory is not None:
         strategy.load_model_state_dict(model, best_in_memory)
@@ -148,7 +192,9 @@ def restore_best(progress: Progress, strategy: Strategy, model: nn.Module,
         return
     best = load_checkpoint(best_path)
     if best.get("epoch") != progress.best_epoch:
-        say(f"not loading {best_path}: it holds epoch {best.get('epoch')}, but this run's best "
-            f"was epoch {progress.best_epoch} (another run wrote it)")
+        say(
+            f"not loading {best_path}: it holds epoch {best.get('epoch')}, but this run's best "
+            f"was epoch {progress.best_epoch} (another run wrote it)"
+        )
         return
     strategy.load_model_state_dict(model, best["model"])

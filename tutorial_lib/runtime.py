@@ -192,7 +192,10 @@ def display_path(path: Path | str) -> str:
         bases.append((root, "."))
     for folder in {sysconfig.get_paths()["purelib"], *site.getsitepackages()}:
         bases.append((Path(folder).resolve(), "<site-packages>"))
-    bases += [(Path(tempfile.gettempdir()).resolve(), "<temporary folder>"), (Path.home().resolve(), "~")]
+    bases += [
+        (Path(tempfile.gettempdir()).resolve(), "<temporary folder>"),
+        (Path.home().resolve(), "~"),
+    ]
     for base, label in bases:
         if resolved == base or base in resolved.parents:
             relative = resolved.relative_to(base).as_posix()
@@ -212,7 +215,11 @@ def _version(package: str) -> str:
 def environment_report() -> str:
     """Return a one-line description of the run: versions, device, profile and data directory."""
     device = get_device()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
     return (
         f"Python {platform.python_version()} | torch {torch.__version__} | "
         f"torchvision {_version('torchvision')} | transformers {_version('transformers')} | "

@@ -40,11 +40,18 @@ class Vocabulary:
         self.stoi = {token: index for index, token in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, tokenized_texts: Iterable[Sequence[str]], min_freq: int = 2, max_size: int | None = None) -> "Vocabulary":
+    def build(
+        cls,
+        tokenized_texts: Iterable[Sequence[str]],
+        min_freq: int = 2,
+        max_size: int | None = None,
+    ) -> Vocabulary:
         """Build a vocabulary from tokenized *training* texts: every token seen at least
         ``min_freq`` times, most frequent first (ties alphabetically), at most ``max_size`` words."""
         counts = Counter(token for tokens in tokenized_texts for token in tokens)
-        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w)
+        )
         return cls([PAD, UNK, *words[:max_size]])
 
     @property
@@ -77,7 +84,7 @@ class Vocabulary:
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> "Vocabulary":
+    def load(cls, path: Path | str) -> Vocabulary:
         """Read a vocabulary written by :meth:`save`.
 
         Raises:
@@ -107,7 +114,7 @@ def truncate(tokens: Sequence[str], max_length: int, keep: str = "head") -> list
     if keep == "head":
         return list(tokens[:max_length])
     head = max_length // 2
-    return [*tokens[:head], *tokens[len(tokens) - (max_length - head):]]
+    return [*tokens[:head], *tokens[len(tokens) - (max_length - head) :]]
 
 
 def with_bigrams(tokens: Sequence[str]) -> list[str]:
@@ -117,7 +124,10 @@ def with_bigrams(tokens: Sequence[str]) -> list[str]:
 
 
 def encode_texts(
-    vocabulary: Vocabulary, tokenized_texts: Sequence[Sequence[str]], max_length: int, keep: str = "head"
+    vocabulary: Vocabulary,
+    tokenized_texts: Sequence[Sequence[str]],
+    max_length: int,
+    keep: str = "head",
 ) -> torch.Tensor:
     """Return a ``(N, max_length)`` tensor of token indices: each text cut by :func:`truncate`
     (``keep`` says which part survives), then right-padded with ``<pad>``."""
@@ -179,7 +189,12 @@ class TokenizedTexts(Dataset):
     """
 
     def __init__(
-        self, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int, keep: str = "head"
+        self,
+        tokenizer,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        max_length: int,
+        keep: str = "head",
     ) -> None:
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

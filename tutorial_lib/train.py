@@ -127,8 +127,10 @@ def predict(
         raise ValueError("the evaluation loader yielded no batches; give it at least one example")
     sharded = shard is not loader
     total = len(loader.dataset) if sharded else 0
-    return tuple(strategy.gather_in_order(torch.cat(part), total, sharded)
-                 for part in (all_logits, all_targets))
+    return tuple(
+        strategy.gather_in_order(torch.cat(part), total, sharded)
+        for part in (all_logits, all_targets)
+    )
 
 
 def evaluate(
@@ -154,8 +156,9 @@ def evaluate(
     }
 
 
-def optimizer_steps_per_epoch(loader: Iterable[Batch], accumulation_steps: int = 1,
-                              strategy: Strategy | None = None) -> int:
+def optimizer_steps_per_epoch(
+    loader: Iterable[Batch], accumulation_steps: int = 1, strategy: Strategy | None = None
+) -> int:
     """Return how many optimiser steps :func:`fit` takes per epoch on this process: the batches
     of this process's share of ``loader`` divided by ``accumulation_steps`` (rounded up). Size a
     learning-rate schedule with it, so it stays right under ``torchrun``."""
@@ -224,8 +227,9 @@ def fit(
     _check_schedule(scheduler, epochs, steps, accumulation_steps, strategy, say)
     progress, best_in_memory = Progress(), None
     if resume:
-        progress = resume_from(checkpoint_dir / "last.pt", strategy, model, optimizer, scheduler,
-                           train_loader, say)
+        progress = resume_from(
+            checkpoint_dir / "last.pt", strategy, model, optimizer, scheduler, train_loader, say
+        )
     optimizer.zero_grad(set_to_none=True)
 
     for epoch in range(progress.epoch, epochs):
@@ -233,8 +237,13 @@ def fit(
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on all ranks
         started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        batches = progress_bar(train_loader, total=steps, desc=f"epoch {epoch + 1}/{epochs}",
-                               leave=False, disable=not strategy.is_main)
+        batches = progress_bar(
+            train_loader,
+            total=steps,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            leave=False,
+            disable=not strategy.is_main,
+        )
         for step, batch in enumerate(batches):
             if steps is not None and step >= steps:
                 break
@@ -246,8 +255,10 @@ def fit(
                     logits = forward(wrapped, inputs)
                     loss = loss_fn(logits, targets)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1},"
-                                             f" step {step}; lower the learning rate")
+                    raise FloatingPointError(
+                        f"the loss became {loss.item()} at epoch {epoch + 1},"
+                        f" step {step}; lower the learning rate"
+                    )
                 strategy.backward(loss / accumulation_steps)  # gradients add up over micro-steps
             if last_micro_step:
                 strategy.step(wrapped, optimizer, grad_clip_norm)  # clip, step, zero the grads
@@ -271,16 +282,32 @@ def fit(
             metrics = evaluate(model, val_loader, loss_fn, strategy=strategy)
             record.update({f"val_{key}": value for key, value in metrics.items()})
         progress.history.records.append(record)
-        best_in_memory = track_best(progress, record, monitor, strategy, model, checkpoint_dir,
-                                     keep_in_memory=checkpoint_dir is None and patience is not None,
-                                     best_in_memory=best_in_memory)
+        best_in_memory = track_best(
+            progress,
+            record,
+            monitor,
+            strategy,
+            model,
+            checkpoint_dir,
+            keep_in_memory=checkpoint_dir is None and patience is not None,
+            best_in_memory=best_in_memory,
+        )
         if checkpoint_dir is not None:
-            save_last(checkpoint_dir / "last.pt", progress, strategy, model, optimizer,
-                       scheduler, train_loader)
+            save_last(
+                checkpoint_dir / "last.pt",
+                progress,
+                strategy,
+                model,
+                optimizer,
+                scheduler,
+                train_loader,
+            )
         say(_epoch_line(record, epochs))
         if patience is not None and progress.stale_epochs >= patience:
-            say(f"early stop: {monitor} has not improved for {patience} epochs "
-                f"(best {progress.best_value:.4f} at epoch {progress.best_epoch})")
+            say(
+                f"early stop: {monitor} has not improved for {patience} epochs "
+                f"(best {progress.best_value:.4f} at epoch {progress.best_epoch})"
+            )
             break
 
     restore_best(progress, strategy, model, checkpoint_dir, best_in_memory, say)
@@ -291,8 +318,14 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     """The ``print`` of processes other than rank 0 and of ``verbose=False``."""
 
 
-def _check_arguments(monitor: str, val_loader: Any, patience: int | None, resume: bool,
-                     checkpoint_dir: Any, accumulation_steps: int) -> None:
+def _check_arguments(
+    monitor: str,
+    val_loader: Any,
+    patience: int | None,
+    resume: bool,
+    checkpoint_dir: Any,
+    accumulation_steps: int,
+) -> None:
     if monitor not in MONITORS:
         raise ValueError(f"monitor={monitor!r} is not a metric fit records; use one of {MONITORS}")
     if monitor.startswith("val_") and val_loader is None and patience is not None:
@@ -300,12 +333,19 @@ def _check_arguments(monitor: str, val_loader: Any, patience: int | None, resume
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be a whole number ≥ 1, "
-                         f"not {accumulation_steps!r}")
+        raise ValueError(
+            f"accumulation_steps must be a whole number ≥ 1, not {accumulation_steps!r}"
+        )
 
 
-def _check_schedule(scheduler: Any, epochs: int, steps: int | None, accumulation_steps: int,
-                    strategy: Strategy, say: Callable[..., None]) -> None:
+def _check_schedule(
+    scheduler: Any,
+    epochs: int,
+    steps: int | None,
+    accumulation_steps: int,
+    strategy: Strategy,
+    say: Callable[..., None],
+) -> None:
     """Under torchrun each process takes 1/N of the steps: a schedule sized with
     ``len(train_loader)`` would stop part-way (one-cycle would never anneal). Say so."""
     planned = getattr(scheduler, "total_steps", None)
@@ -313,35 +353,56 @@ def _check_schedule(scheduler: Any, epochs: int, steps: int | None, accumulation
         return
     taken = epochs * math.ceil(steps / accumulation_steps)
     if planned > taken:
-        say(f"NOTICE: the learning-rate schedule plans {planned} steps but each of the "
+        say(
+            f"NOTICE: the learning-rate schedule plans {planned} steps but each of the "
             f"{strategy.world_size} processes takes {taken}; size it with "
-            "train.optimizer_steps_per_epoch(train_loader) so it completes")
+            "train.optimizer_steps_per_epoch(train_loader) so it completes"
+        )
 
 
-def _steps_per_epoch(loader: Any, max_steps_per_epoch: int | None,
-                     accumulation_steps: int) -> int | None:
+def _steps_per_epoch(
+    loader: Any, max_steps_per_epoch: int | None, accumulation_steps: int
+) -> int | None:
     """Batches per epoch on this process (``None`` for an iterable without a length)."""
     steps = len(loader) if hasattr(loader, "__len__") else None
     if max_steps_per_epoch is not None:
         steps = max_steps_per_epoch if steps is None else min(steps, max_steps_per_epoch)
     if steps is not None and steps <= 0:
-        raise ValueError(f"an epoch would have {steps} training steps (the training loader is "
-                         "empty or max_steps_per_epoch is 0); give it at least one batch")
+        raise ValueError(
+            f"an epoch would have {steps} training steps (the training loader is "
+            "empty or max_steps_per_epoch is 0); give it at least one batch"
+        )
     if steps is None and accumulation_steps > 1:
-        raise ValueError("accumulation_steps > 1 needs a training loader with a length (or "
-                         "max_steps_per_epoch) so that an epoch's last optimiser step is known")
+        raise ValueError(
+            "accumulation_steps > 1 needs a training loader with a length (or "
+            "max_steps_per_epoch) so that an epoch's last optimiser step is known"
+        )
     return steps
 
 
 def _epoch_line(record: dict[str, float], epochs: int) -> str:
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     shown = "  ".join(f"{key} {record[key]:.4f}" for key in keys if key in record)
-    return (f"epoch {record['epoch']}/{epochs}  {shown}  ({record['seconds']:.1f} s, "
-            f"{record['samples_per_second']:.0f} samples/s)")
+    return (
+        f"epoch {record['epoch']}/{epochs}  {shown}  ({record['seconds']:.1f} s, "
+        f"{record['samples_per_second']:.0f} samples/s)"
+    )
 
 
 __all__ = [
-    "MONITORS", "CheckpointError", "History", "Strategy", "evaluate", "fit", "forward",
-    "load_checkpoint", "load_model", "optimizer_steps_per_epoch", "predict", "progress_bar",
-    "save_model", "split_batch", "to_device",
+    "MONITORS",
+    "CheckpointError",
+    "History",
+    "Strategy",
+    "evaluate",
+    "fit",
+    "forward",
+    "load_checkpoint",
+    "load_model",
+    "optimizer_steps_per_epoch",
+    "predict",
+    "progress_bar",
+    "save_model",
+    "split_batch",
+    "to_device",
 ]
