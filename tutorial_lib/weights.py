@@ -94,6 +94,39 @@ def imagenet_categories() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+CIFAR10_IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
+    "airplane": (404, 895, 908),  # airliner, warplane, wing
+    "automobile": (436, 468, 511, 609, 627, 656, 661, 751, 817),  # beach wagon, cab, convertible, ...
+    "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),
+    "cat": tuple(range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    "deer": (350, 351, 352, 353),  # ImageNet has no deer: ibex, hartebeest, impala, gazelle
+    "dog": tuple(range(151, 269)),
+    "frog": (30, 31, 32),
+    "horse": (339, 603),  # sorrel, horse cart
+    "ship": (403, 472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914),
+    "truck": (555, 569, 675, 717, 734, 864, 867),  # fire engine, garbage truck, moving van, ...
+}
+"""ImageNet classes (output indices) that depict each CIFAR-10 class, for checking pretrained
+weights without training anything (:func:`imagenet_to_cifar10`)."""
+
+
+def imagenet_to_cifar10(logits: torch.Tensor) -> torch.Tensor:
+    """Return the CIFAR-10 class index each row of ImageNet ``logits`` ``(N, 1000)`` points to:
+    the CIFAR-10 class of the highest-scoring ImageNet class among those listed in
+    :data:`CIFAR10_IMAGENET_CLASSES` (a zero-shot classifier made from the ImageNet head).
+
+    Raises:
+        ValueError: if ``logits`` is not ``(N, 1000)``.
+    """
+    if logits.dim() != 2 or logits.shape[1] != 1000:
+        raise ValueError(f"expected ImageNet logits of shape (N, 1000), got {tuple(logits.shape)}")
+    cifar_of_imagenet = torch.full((1000,), -1, dtype=torch.long)
+    for cifar_class, imagenet_classes in enumerate(CIFAR10_IMAGENET_CLASSES.values()):
+        cifar_of_imagenet[list(imagenet_classes)] = cifar_class
+    restricted = logits.masked_fill(cifar_of_imagenet < 0, float("-inf"))
+    return cifar_of_imagenet[restricted.argmax(dim=1)]
+
+
 def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Module, WeightsSource]:
     """Return a torchvision ResNet-18 and where its weights came from.
 
@@ -343,8 +376,8 @@ def load_bert(name: str, num_labels: int | None = None, verbose: bool = True):
 
 
 __all__ = [
-    "BACKBONE_NORMALISATION", "EFFICIENTNET_LITE0_STAGES", "IMAGE_BACKBONES", "WeightsSource",
+    "BACKBONE_NORMALISATION", "CIFAR10_IMAGENET_CLASSES", "EFFICIENTNET_LITE0_STAGES", "IMAGE_BACKBONES", "WeightsSource",
     "WeightsUnavailableError", "bert_fallback_path", "display_name", "efficientnet_lite0",
-    "efficientnet_lite0_checkpoint", "efficientnet_pytorch_to_timm", "imagenet_categories",
+    "efficientnet_lite0_checkpoint", "efficientnet_pytorch_to_timm", "imagenet_categories", "imagenet_to_cifar10",
     "load_bert", "load_image_backbone", "load_resnet18", "resolve_bert",
 ]
