@@ -143,8 +143,13 @@ def test_pretrained_efficientnet_and_its_normalisation_recognise_real_cifar_imag
     model = weights.efficientnet_lite0()
     recorded = _zero_shot_accuracy(model, *weights.BACKBONE_NORMALISATION["efficientnet_lite0"])
     imagenet_statistics = _zero_shot_accuracy(model, *weights.BACKBONE_NORMALISATION["resnet18"])
+    pytorch_padding = _zero_shot_accuracy(
+        weights.efficientnet_lite0(tensorflow_padding=False),
+        *weights.BACKBONE_NORMALISATION["efficientnet_lite0"],
+    )
     assert recorded >= 0.45
     assert recorded > imagenet_statistics + 0.04
+    assert recorded > pytorch_padding + 0.04
     assert (
         _zero_shot_accuracy(weights.efficientnet_lite0(pretrained=False), (0.5,) * 3, (0.5,) * 3)
         < 0.25
