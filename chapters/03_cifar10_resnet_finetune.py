@@ -80,7 +80,7 @@ from torchvision.models import resnet18
 
 from tutorial_lib import data, metrics, plots, results, runtime, train, weights
 from tutorial_lib.models import (PooledFeatures, classifier_head, count_parameters,
-                                 image_classifier_for)
+                                 image_classifier_for, keep_batch_norm_statistics)
 from tutorial_lib.optim import param_groups
 
 CHAPTER_STARTED = time.perf_counter()
@@ -437,8 +437,8 @@ test_loader = DataLoader(test_set, batch_size=250)
 # %% [markdown]
 # ## The recipe
 #
-# Fine-tuning and training from scratch share one recipe, so that only the initialisation
-# differs:
+# Fine-tuning and training from scratch share one recipe — the same images, epochs, optimiser,
+# schedule and loss — so that what differs is where the weights start:
 #
 # - **AdamW**, Adam with decoupled weight decay, leaving biases and batch-norm weights undecayed;
 # - a **one-cycle** schedule: the learning rate warms up over the first 20% of the steps, then
@@ -525,7 +525,15 @@ for name, backbone in (("linear probe", imagenet_model),
 # before the head has learned to use them. The linear probe we just trained *is* a good head for
 # those features, so fine-tuning starts from it — "linear probing, then fine-tuning" (LP-FT,
 # {cite:t}`kumar2022fine`). The probe standardised the features first; folding that into the
-# linear layer gives one `nn.Linear` that computes the same:
+# linear layer gives one `nn.Linear` that computes the same.
+#
+# For the probe's head to stay a good head, the features must stay those it was trained on. In
+# training mode, batch normalisation normalises each batch with that batch's statistics and
+# drifts its running statistics towards the new data — a different feature space from the first
+# step. So the batch-norm layers keep their ImageNet statistics (evaluation mode) while all
+# weights, their scales and shifts included, train: `models.keep_batch_norm_statistics`, the
+# choice the Keras fine-tuning guide recommends too {cite:p}`chollet2020transfer`. (From scratch
+# there are no statistics worth keeping, so that model trains batch norm as usual.)
 
 # %%
 def fold_probe_into_head(probe: nn.Sequential, head: nn.Linear) -> None:
@@ -539,6 +547,7 @@ def fold_probe_into_head(probe: nn.Sequential, head: nn.Linear) -> None:
 runtime.seed_everything(0)
 models = {}
 models["fine-tune"], _ = image_classifier_for("fine-tune", verbose=False)
+keep_batch_norm_statistics(models["fine-tune"])
 fold_probe_into_head(probe_heads["linear probe"], classifier_head(models["fine-tune"]))
 some_features = torch.randn(5, classifier_head(models["fine-tune"]).in_features)
 print("folded head computes what the probe computes:",
@@ -676,7 +685,7 @@ def fine_tune_at_224(train_images: data.ImageDataset, test_images: data.ImageDat
     """Fine-tune the pretrained backbone at 224 pixels; return its test accuracy and timings."""
     runtime.seed_everything(0)
     model, source = image_classifier_for("fine-tune", verbose=False)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = keep_batch_norm_statistics(model).to(device, memory_format=torch.channels_last)
     loader_options = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     big_train = DataLoader(train_images.with_transform(data.cifar10_transforms(
         True, size=224, mean=mean, std=std)), batch_size=batch_size, shuffle=True,
@@ -794,4 +803,5 @@ print(f"wrote {record_path}")
 # - {cite:t}`krizhevsky2009learning` — the CIFAR-10 data set.
 # - {cite:t}`loshchilov2019decoupled` — AdamW.
 # - {cite:t}`kumar2022fine` — linear probing, then fine-tuning (LP-FT).
+# - {cite:t}`chollet2020transfer` — fine-tuning with batch normalisation in inference mode.
 # - {cite:t}`szegedy2016rethinking` — label smoothing.

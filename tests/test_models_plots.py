@@ -139,3 +139,19 @@ def test_unknown_strategy_and_headless_model_are_refused():
         image_classifier_for("distillation")
     with pytest.raises(TypeError, match="no `fc`"):
         classifier_head(torch.nn.Conv2d(1, 1, 1))
+
+
+def test_kept_batch_norm_statistics_do_not_move_while_weights_train(offline_backbone):
+    from tutorial_lib.models import image_classifier_for, keep_batch_norm_statistics
+
+    model, _ = image_classifier_for("fine-tune", architecture=offline_backbone, verbose=False)
+    keep_batch_norm_statistics(model).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert model.training and norms and not any(norm.training for norm in norms)
+    before = norms[0].running_mean.clone(), norms[0].weight.clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logits = model(torch.randn(4, 3, 32, 32) * 3 + 1)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    assert torch.equal(norms[0].running_mean, before[0])
+    assert not torch.equal(norms[0].weight, before[1])

@@ -80,6 +80,27 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return classifier_head(model)
 
 
+def keep_batch_norm_statistics(model: nn.Module) -> nn.Module:
+    """Make ``model.train()`` leave every batch-norm layer in evaluation mode; return ``model``.
+
+    The layers then keep normalising with their pretrained running statistics instead of each
+    batch's, and never update them; their scale and shift still train. Fine-tuning a pretrained
+    network on a small data set this way keeps the features the linear probe saw (the Keras
+    fine-tuning guide recommends the same for BatchNormalization layers).
+    """
+    train_as_defined = model.train
+
+    def train(mode: bool = True) -> nn.Module:
+        train_as_defined(mode)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return model
+
+    model.train = train
+    return model
+
+
 class PooledFeatures(nn.Module):
     """An image classifier without its head: images ``(N, 3, H, W)`` -> the pooled feature
     vectors ``(N, D)`` its head would classify (512 for ResNet-18, 1,280 for EfficientNet-Lite0).
