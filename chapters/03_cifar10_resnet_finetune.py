@@ -79,8 +79,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
 from tutorial_lib import data, metrics, plots, results, runtime, train, weights
-from tutorial_lib.models import (PooledFeatures, classifier_head, count_parameters,
-                                 image_classifier_for, keep_batch_norm_statistics)
+from tutorial_lib.models import (
+    PooledFeatures,
+    classifier_head,
+    count_parameters,
+    image_classifier_for,
+    keep_batch_norm_statistics,
+)
 from tutorial_lib.optim import param_groups
 
 CHAPTER_STARTED = time.perf_counter()
