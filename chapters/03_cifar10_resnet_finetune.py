@@ -60,16 +60,20 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q",
-         "git+https://github.com/from-zero-dl/pytorch-from-zero"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+        ],
         check=True,
     )
 
 # %%
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -87,11 +91,6 @@ from tutorial_lib.models import (
     keep_batch_norm_statistics,
 )
 from tutorial_lib.optim import param_groups
-
-CHAPTER_STARTED = time.perf_counter()
-runtime.print_environment()
-generator = runtime.seed_everything(0)
-device = runtime.get_device()
 
 
 @dataclass(frozen=True)
@@ -112,24 +111,60 @@ class Budget:
     gpu_224_epochs: int  # the 224-pixel recipe, CUDA only
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(train_size=64, val_size=50, test_size=50, image_size=32, batch_size=32,
-                        check_images=20, size_study=(32, 48), size_study_images=32,
-                        probe_epochs=2, finetune_epochs=1, scratch_epochs=1, patience=2,
-                        training_minutes=0.5, gpu_224_epochs=1),
-        # 11,000 training images at most: with the full 50,000 of a download the chapter still
-        # keeps to its ~15 minutes on two CPU cores.
-        "cpu": Budget(train_size=11_000, val_size=1_000, test_size=None, image_size=64,
-                      batch_size=64, check_images=500, size_study=(32, 64, 96, 128),
-                      size_study_images=2_000, probe_epochs=30, finetune_epochs=3,
-                      scratch_epochs=3, patience=4, training_minutes=11, gpu_224_epochs=0),
-        "gpu": Budget(train_size=None, val_size=2_000, test_size=None, image_size=128,
-                      batch_size=128, check_images=2_000, size_study=(32, 64, 96, 128, 160),
-                      size_study_images=5_000, probe_epochs=50, finetune_epochs=10,
-                      scratch_epochs=10, patience=4, training_minutes=30, gpu_224_epochs=5),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(
+        train_size=64,
+        val_size=50,
+        test_size=50,
+        image_size=32,
+        batch_size=32,
+        check_images=20,
+        size_study=(32, 48),
+        size_study_images=32,
+        probe_epochs=2,
+        finetune_epochs=1,
+        scratch_epochs=1,
+        patience=2,
+        training_minutes=0.5,
+        gpu_224_epochs=1,
+    ),
+    # 11,000 training images at most: with the full 50,000 of a download the chapter still
+    # keeps to its ~15 minutes on two CPU cores.
+    "cpu": Budget(
+        train_size=11_000,
+        val_size=1_000,
+        test_size=None,
+        image_size=64,
+        batch_size=64,
+        check_images=500,
+        size_study=(32, 64, 96, 128),
+        size_study_images=2_000,
+        probe_epochs=30,
+        finetune_epochs=3,
+        scratch_epochs=3,
+        patience=4,
+        training_minutes=11,
+        gpu_224_epochs=0,
+    ),
+    "gpu": Budget(
+        train_size=None,
+        val_size=2_000,
+        test_size=None,
+        image_size=128,
+        batch_size=128,
+        check_images=2_000,
+        size_study=(32, 64, 96, 128, 160),
+        size_study_images=5_000,
+        probe_epochs=50,
+        finetune_epochs=10,
+        scratch_epochs=10,
+        patience=4,
+        training_minutes=30,
+        gpu_224_epochs=5,
+    ),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET, device, generator = run.budget, run.device, run.generator
 BUDGET
 
 # %% [markdown]
@@ -163,13 +198,17 @@ with torch.no_grad():
 # $1 \times 1$ convolution on the shortcut matches the shapes) and doubles the channels. The shapes
 # after each stage, for ImageNet's 224 pixels and for a 64-pixel input:
 
+
 # %%
 def stage_shapes(model: nn.Module, size: int) -> list[tuple[str, tuple[int, ...]]]:
     """Shapes after the stem and each of ResNet's four stages, for one ``size`` x ``size`` image."""
     shapes = []
-    hooks = [getattr(model, name).register_forward_hook(
-        lambda module, inputs, output, name=name: shapes.append((name, tuple(output.shape[1:]))))
-        for name in ("maxpool", "layer1", "layer2", "layer3", "layer4")]
+    hooks = [
+        getattr(model, name).register_forward_hook(
+            lambda module, inputs, output, name=name: shapes.append((name, tuple(output.shape[1:])))
+        )
+        for name in ("maxpool", "layer1", "layer2", "layer3", "layer4")
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, size, size))
     for hook in hooks:
@@ -211,12 +250,16 @@ imagenet_model, weights_source = weights.load_image_backbone()
 BACKBONE = weights.display_name(weights_source)
 PRETRAINED = weights_source.pretrained
 imagenet_model.eval()
-print(f"backbone: {BACKBONE} | ImageNet weights: {PRETRAINED} | "
-      f"{count_parameters(imagenet_model):,} parameters | head {classifier_head(imagenet_model)}")
+print(
+    f"backbone: {BACKBONE} | ImageNet weights: {PRETRAINED} | "
+    f"{count_parameters(imagenet_model):,} parameters | head {classifier_head(imagenet_model)}"
+)
 if not PRETRAINED:
-    print("=> Without ImageNet weights, 'linear probe' trains a head on random features and "
-          "'fine-tune' starts from random weights: the comparison below then shows the training "
-          "recipe only, not transfer learning.")
+    print(
+        "=> Without ImageNet weights, 'linear probe' trains a head on random features and "
+        "'fine-tune' starts from random weights: the comparison below then shows the training "
+        "recipe only, not transfer learning."
+    )
 
 # %% [markdown]
 # EfficientNet-Lite0, if that is what runs, is a different family — inverted-residual blocks
@@ -249,10 +292,18 @@ with torch.no_grad():
 top3 = probabilities.topk(3, dim=1)
 fig = plots.image_grid(
     [cifar.test.images[i] for i in shown],
-    titles=[f"{cifar.test.classes[cifar.test.labels[i]]}\n" + "\n".join(
-        f"{categories[c]} {100 * p:.0f}%" for p, c in zip(top3.values[k], top3.indices[k]))
-        for k, i in enumerate(shown)],
-    ncols=6, size=2.0, suptitle=f"{BACKBONE}'s ImageNet head on CIFAR-10 test images (top 3)")
+    titles=[
+        f"{cifar.test.classes[cifar.test.labels[i]]}\n"
+        + "\n".join(
+            f"{categories[c]} {100 * p:.0f}%"
+            for p, c in zip(top3.values[k], top3.indices[k], strict=True)
+        )
+        for k, i in enumerate(shown)
+    ],
+    ncols=6,
+    size=2.0,
+    suptitle=f"{BACKBONE}'s ImageNet head on CIFAR-10 test images (top 3)",
+)
 plt.show()
 
 # %% [markdown]
@@ -267,25 +318,37 @@ plt.show()
 # TensorFlow-trained models):
 
 # %%
-print("ImageNet classes standing for each CIFAR-10 class:",
-      {name: len(group) for name, group in weights.CIFAR10_IMAGENET_CLASSES.items()})
+print(
+    "ImageNet classes standing for each CIFAR-10 class:",
+    {name: len(group) for name, group in weights.CIFAR10_IMAGENET_CLASSES.items()},
+)
 check = data.subset(cifar.test, BUDGET.check_images, seed=1)
-candidates = {"ImageNet mean/std": (data.IMAGENET_MEAN, data.IMAGENET_STD),
-              "[-1, 1]": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+candidates = {
+    "ImageNet mean/std": (data.IMAGENET_MEAN, data.IMAGENET_STD),
+    "[-1, 1]": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 zero_shot = {}
 for name, (candidate_mean, candidate_std) in candidates.items():
     with torch.no_grad():
-        logits = torch.cat([
-            imagenet_model(imagenet_inputs(batch, 96, candidate_mean, candidate_std))
-            for batch in check.images.split(250)])
+        logits = torch.cat(
+            [
+                imagenet_model(imagenet_inputs(batch, 96, candidate_mean, candidate_std))
+                for batch in check.images.split(250)
+            ]
+        )
     zero_shot[name] = metrics.accuracy(check.labels, weights.imagenet_to_cifar10(logits))
-    print(f"{name:<18} zero-shot accuracy at 96 px on {len(check)} test images: "
-          f"{100 * zero_shot[name]:.1f}%")
+    print(
+        f"{name:<18} zero-shot accuracy at 96 px on {len(check)} test images: "
+        f"{100 * zero_shot[name]:.1f}%"
+    )
 measured = max(zero_shot, key=zero_shot.get)
-recorded = next(name for name, (candidate_mean, _) in candidates.items()
-                if tuple(candidate_mean) == tuple(mean))
-print(f"measured best: {measured}; recorded for {BACKBONE} in weights.BACKBONE_NORMALISATION: "
-      f"{recorded} ({'agrees' if measured == recorded else 'DISAGREES: check more images'})")
+recorded = next(
+    name for name, (candidate_mean, _) in candidates.items() if tuple(candidate_mean) == tuple(mean)
+)
+print(
+    f"measured best: {measured}; recorded for {BACKBONE} in weights.BACKBONE_NORMALISATION: "
+    f"{recorded} ({'agrees' if measured == recorded else 'DISAGREES: check more images'})"
+)
 
 # %% [markdown]
 # Read the result as follows. For torchvision's ResNet-18 the ImageNet statistics should win —
@@ -315,13 +378,16 @@ print(splits.describe())
 # images (scored on the validation images), and the speed of one training step of the whole
 # network.
 
+
 # %%
-def pooled_features(classifier: nn.Module, images: data.ImageDataset, size: int,
-                    batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(
+    classifier: nn.Module, images: data.ImageDataset, size: int, batch_size: int = 250
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen pooled features ``(N, D)`` and labels of ``images`` at ``size`` pixels."""
-    loader = DataLoader(images.with_transform(data.cifar10_transforms(False, size=size, mean=mean,
-                                                                      std=std)),
-                        batch_size=batch_size)
+    loader = DataLoader(
+        images.with_transform(data.cifar10_transforms(False, size=size, mean=mean, std=std)),
+        batch_size=batch_size,
+    )
     return train.predict(PooledFeatures(classifier), loader, device)
 
 
@@ -338,25 +404,33 @@ class _Standardise(nn.Module):
         return (features - self.centre) / self.scale
 
 
-def train_linear_probe(train_features, train_labels, val_features, val_labels, epochs: int,
-                       verbose: bool = False) -> tuple[nn.Module, train.History]:
+def train_linear_probe(
+    train_features, train_labels, val_features, val_labels, epochs: int, verbose: bool = False
+) -> tuple[nn.Module, train.History]:
     """A linear head trained with AdamW on cached (standardised) features."""
     centre, scale = train_features.mean(0), train_features.std() + 1e-6
     head = nn.Sequential(_Standardise(centre, scale), nn.Linear(train_features.shape[1], 10))
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-    loaders = [DataLoader(TensorDataset(features, labels), batch_size=256, shuffle=shuffle,
-                          generator=generator)
-               for features, labels, shuffle in ((train_features, train_labels, True),
-                                                 (val_features, val_labels, False))]
-    history = train.fit(head, loaders[0], loaders[1], optimizer, epochs=epochs, device=device,
-                        verbose=verbose)
+    loaders = [
+        DataLoader(
+            TensorDataset(features, labels), batch_size=256, shuffle=shuffle, generator=generator
+        )
+        for features, labels, shuffle in (
+            (train_features, train_labels, True),
+            (val_features, val_labels, False),
+        )
+    ]
+    history = train.fit(
+        head, loaders[0], loaders[1], optimizer, epochs=epochs, device=device, verbose=verbose
+    )
     return head, history
 
 
 def train_images_per_second(size: int, steps: int = 3) -> float:
     """Measured speed of full training steps (forward, backward, AdamW) at ``size`` pixels."""
-    model, _ = image_classifier_for("from scratch", architecture=weights_source.model,
-                                    verbose=False)
+    model, _ = image_classifier_for(
+        "from scratch", architecture=weights_source.model, verbose=False
+    )
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.randn(BUDGET.batch_size, 3, size, size, device=device)
@@ -375,23 +449,35 @@ size_study = {}
 for size in BUDGET.size_study:
     train_features, train_labels = pooled_features(imagenet_model, study_train, size)
     val_features, val_labels = pooled_features(imagenet_model, val_images, size)
-    _, history = train_linear_probe(train_features, train_labels, val_features, val_labels,
-                                    BUDGET.probe_epochs)
+    _, history = train_linear_probe(
+        train_features, train_labels, val_features, val_labels, BUDGET.probe_epochs
+    )
     speed = train_images_per_second(size)
-    size_study[size] = {"probe_val_accuracy": max(history["val_accuracy"]),
-                        "train_images_per_second": speed,
-                        "finetune_minutes": BUDGET.finetune_epochs * len(train_images) / speed / 60}
+    size_study[size] = {
+        "probe_val_accuracy": max(history["val_accuracy"]),
+        "train_images_per_second": speed,
+        "finetune_minutes": BUDGET.finetune_epochs * len(train_images) / speed / 60,
+    }
 
-print(f"{BACKBONE}, linear probe on {len(study_train):,} training images; fine-tuning time "
-      f"projected for {BUDGET.finetune_epochs} epochs of {len(train_images):,} images")
+print(
+    f"{BACKBONE}, linear probe on {len(study_train):,} training images; fine-tuning time "
+    f"projected for {BUDGET.finetune_epochs} epochs of {len(train_images):,} images"
+)
 print(f"{'pixels':>7}{'probe val acc':>15}{'train img/s':>13}{'fine-tune time':>16}")
 for size, row in size_study.items():
-    print(f"{size:>7}{100 * row['probe_val_accuracy']:>14.1f}%"
-          f"{row['train_images_per_second']:>13.0f}{row['finetune_minutes']:>13.1f} min")
-affordable = [size for size, row in size_study.items()
-              if 2 * row["finetune_minutes"] <= BUDGET.training_minutes]
-print(f"sizes at which fine-tuning and training from scratch fit {BUDGET.training_minutes} minutes "
-      f"on this machine: {affordable or 'none'}")
+    print(
+        f"{size:>7}{100 * row['probe_val_accuracy']:>14.1f}%"
+        f"{row['train_images_per_second']:>13.0f}{row['finetune_minutes']:>13.1f} min"
+    )
+affordable = [
+    size
+    for size, row in size_study.items()
+    if 2 * row["finetune_minutes"] <= BUDGET.training_minutes
+]
+print(
+    f"sizes at which fine-tuning and training from scratch fit {BUDGET.training_minutes} minutes "
+    f"on this machine: {affordable or 'none'}"
+)
 IMAGE_SIZE = BUDGET.image_size
 print(f"this profile trains at {IMAGE_SIZE} px")
 
@@ -412,8 +498,9 @@ print(f"this profile trains at {IMAGE_SIZE} px")
 # Validation and test images are never augmented: they must measure the model, not the randomness.
 
 # %%
-train_transform = data.cifar10_transforms(train=True, color_jitter=True, size=IMAGE_SIZE,
-                                          mean=mean, std=std)
+train_transform = data.cifar10_transforms(
+    train=True, color_jitter=True, size=IMAGE_SIZE, mean=mean, std=std
+)
 eval_transform = data.cifar10_transforms(train=False, size=IMAGE_SIZE, mean=mean, std=std)
 train_set = train_images.with_transform(train_transform)
 val_set = val_images.with_transform(eval_transform)
@@ -428,14 +515,19 @@ def to_displayable(image: torch.Tensor) -> torch.Tensor:
 original = train_images.images[0]
 views = [original] + [to_displayable(train_set[0][0]) for _ in range(7)]
 fig = plots.image_grid(
-    views, titles=["original"] + [f"augmented {k}" for k in range(1, 8)], ncols=8, size=1.5,
+    views,
+    titles=["original"] + [f"augmented {k}" for k in range(1, 8)],
+    ncols=8,
+    size=1.5,
     suptitle=f"One training image ({cifar.train.classes[train_images.labels[0]]}) and seven "
-             f"random augmentations at {IMAGE_SIZE} px")
+    f"random augmentations at {IMAGE_SIZE} px",
+)
 plt.show()
 
 # %%
-train_loader = DataLoader(train_set, batch_size=BUDGET.batch_size, shuffle=True,
-                          generator=generator)
+train_loader = DataLoader(
+    train_set, batch_size=BUDGET.batch_size, shuffle=True, generator=generator
+)
 val_loader = DataLoader(val_set, batch_size=250)
 test_loader = DataLoader(test_set, batch_size=250)
 
@@ -465,26 +557,51 @@ print("smoothed target:", [round(float(p), 4) for p in smoothed_target])
 logits = torch.randn(1, num_classes)
 loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
 by_hand = -(smoothed_target * logits.log_softmax(dim=1)).sum()
-print(f"cross-entropy with the smoothed target {float(by_hand):.6f} == PyTorch's "
-      f"label_smoothing=0.1 {float(loss_fn(logits, torch.tensor([true_class]))):.6f}")
+print(
+    f"cross-entropy with the smoothed target {float(by_hand):.6f} == PyTorch's "
+    f"label_smoothing=0.1 {float(loss_fn(logits, torch.tensor([true_class]))):.6f}"
+)
 
 
 # %%
-def train_strategy(strategy: str, model: nn.Module, epochs: int, backbone_lr: float,
-                   head_lr: float):
-    groups = param_groups(model, lr=backbone_lr, weight_decay=0.05, head=classifier_head(model),
-                          head_lr=head_lr, verbose=False)
+def train_strategy(
+    strategy: str, model: nn.Module, epochs: int, backbone_lr: float, head_lr: float
+):
+    groups = param_groups(
+        model,
+        lr=backbone_lr,
+        weight_decay=0.05,
+        head=classifier_head(model),
+        head_lr=head_lr,
+        verbose=False,
+    )
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in groups], epochs=epochs,
-        steps_per_epoch=len(train_loader), pct_start=0.2)
-    print(f"--- {strategy} ({BACKBONE}): {count_parameters(model, trainable_only=True):,} "
-          f"trainable of {count_parameters(model):,} parameters")
+        optimizer,
+        max_lr=[group["lr"] for group in groups],
+        epochs=epochs,
+        steps_per_epoch=len(train_loader),
+        pct_start=0.2,
+    )
+    print(
+        f"--- {strategy} ({BACKBONE}): {count_parameters(model, trainable_only=True):,} "
+        f"trainable of {count_parameters(model):,} parameters"
+    )
     started = time.perf_counter()
-    history = train.fit(model, train_loader, val_loader, optimizer, epochs=epochs, loss_fn=loss_fn,
-                        scheduler=scheduler, device=device, patience=BUDGET.patience,
-                        checkpoint_dir=Path(tempfile.mkdtemp(prefix="transfer-")))
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        epochs=epochs,
+        loss_fn=loss_fn,
+        scheduler=scheduler,
+        device=device,
+        patience=BUDGET.patience,
+        checkpoint_dir=run.scratch_dir("transfer"),
+    )
     return history, time.perf_counter() - started
+
 
 # %% [markdown]
 # ## Strategy 1: the linear probe
@@ -499,23 +616,30 @@ def train_strategy(strategy: str, model: nn.Module, epochs: int, backbone_lr: fl
 
 # %%
 runtime.seed_everything(0)
-random_backbone, _ = image_classifier_for("from scratch", architecture=weights_source.model,
-                                          verbose=False)
+random_backbone, _ = image_classifier_for(
+    "from scratch", architecture=weights_source.model, verbose=False
+)
 histories, seconds, probe_results, probe_heads = {}, {}, {}, {}
-for name, backbone in (("linear probe", imagenet_model),
-                       ("probe on random features", random_backbone)):
+for name, backbone in (
+    ("linear probe", imagenet_model),
+    ("probe on random features", random_backbone),
+):
     started = time.perf_counter()
-    features = {split: pooled_features(backbone, images, IMAGE_SIZE)
-                for split, images in (("train", train_images), ("val", val_images),
-                                      ("test", test_images))}
-    probe_heads[name], histories[name] = train_linear_probe(*features["train"], *features["val"],
-                                                            BUDGET.probe_epochs)
+    features = {
+        split: pooled_features(backbone, images, IMAGE_SIZE)
+        for split, images in (("train", train_images), ("val", val_images), ("test", test_images))
+    }
+    probe_heads[name], histories[name] = train_linear_probe(
+        *features["train"], *features["val"], BUDGET.probe_epochs
+    )
     seconds[name] = time.perf_counter() - started
-    probe_results[name] = train.predict(probe_heads[name],
-                                        DataLoader(TensorDataset(*features["test"]),
-                                                   batch_size=1_000), device)
-    print(f"{name}: best validation accuracy {100 * max(histories[name]['val_accuracy']):.1f}% "
-          f"({seconds[name]:.0f} s, features included)")
+    probe_results[name] = train.predict(
+        probe_heads[name], DataLoader(TensorDataset(*features["test"]), batch_size=1_000), device
+    )
+    print(
+        f"{name}: best validation accuracy {100 * max(histories[name]['val_accuracy']):.1f}% "
+        f"({seconds[name]:.0f} s, features included)"
+    )
 
 # %% [markdown]
 # ## Strategy 2: full fine-tuning with discriminative learning rates
@@ -540,6 +664,7 @@ for name, backbone in (("linear probe", imagenet_model),
 # choice the Keras fine-tuning guide recommends too {cite:p}`chollet2020transfer`. (From scratch
 # there are no statistics worth keeping, so that model trains batch norm as usual.)
 
+
 # %%
 def fold_probe_into_head(probe: nn.Sequential, head: nn.Linear) -> None:
     """Copy a (standardise -> linear) probe into ``head``: W' = W / scale, b' = b - W' centre."""
@@ -555,13 +680,18 @@ models["fine-tune"], _ = image_classifier_for("fine-tune", verbose=False)
 keep_batch_norm_statistics(models["fine-tune"])
 fold_probe_into_head(probe_heads["linear probe"], classifier_head(models["fine-tune"]))
 some_features = torch.randn(5, classifier_head(models["fine-tune"]).in_features)
-print("folded head computes what the probe computes:",
-      torch.allclose(classifier_head(models["fine-tune"])(some_features),
-                     probe_heads["linear probe"](some_features), atol=1e-4))
+print(
+    "folded head computes what the probe computes:",
+    torch.allclose(
+        classifier_head(models["fine-tune"])(some_features),
+        probe_heads["linear probe"](some_features),
+        atol=1e-4,
+    ),
+)
 backbone_lr = 3e-4 if PRETRAINED else 3e-3  # from random weights there is nothing to protect
 histories["fine-tune"], seconds["fine-tune"] = train_strategy(
-    "fine-tune", models["fine-tune"], BUDGET.finetune_epochs, backbone_lr=backbone_lr,
-    head_lr=1e-3)
+    "fine-tune", models["fine-tune"], BUDGET.finetune_epochs, backbone_lr=backbone_lr, head_lr=1e-3
+)
 
 # %% [markdown]
 # ## Strategy 3: from scratch
@@ -571,10 +701,12 @@ histories["fine-tune"], seconds["fine-tune"] = train_strategy(
 
 # %%
 runtime.seed_everything(0)
-models["from scratch"], _ = image_classifier_for("from scratch", architecture=weights_source.model,
-                                                 verbose=False)
+models["from scratch"], _ = image_classifier_for(
+    "from scratch", architecture=weights_source.model, verbose=False
+)
 histories["from scratch"], seconds["from scratch"] = train_strategy(
-    "from scratch", models["from scratch"], BUDGET.scratch_epochs, backbone_lr=3e-3, head_lr=3e-3)
+    "from scratch", models["from scratch"], BUDGET.scratch_epochs, backbone_lr=3e-3, head_lr=3e-3
+)
 
 # %% [markdown]
 # ## The comparison
@@ -586,13 +718,18 @@ test_results = dict(probe_results)
 for strategy, model in models.items():
     test_results[strategy] = train.predict(model, test_loader, device)
 
-print(f"backbone: {BACKBONE} ({'ImageNet weights' if PRETRAINED else 'no ImageNet weights'}); "
-      f"{len(train_set):,} training images at {IMAGE_SIZE} px")
+print(
+    f"backbone: {BACKBONE} ({'ImageNet weights' if PRETRAINED else 'no ImageNet weights'}); "
+    f"{len(train_set):,} training images at {IMAGE_SIZE} px"
+)
 print(f"{'strategy':<26}{'trainable':>12}{'epochs':>8}{'time':>9}{'best val':>10}{'test acc':>10}")
 summary = {}
 for strategy, (logits, targets) in test_results.items():
-    trainable = (10 * (features["train"][0].shape[1] + 1) if strategy in probe_results
-                 else count_parameters(models[strategy], trainable_only=True))
+    trainable = (
+        10 * (features["train"][0].shape[1] + 1)
+        if strategy in probe_results
+        else count_parameters(models[strategy], trainable_only=True)
+    )
     summary[strategy] = {
         "test_accuracy": metrics.accuracy(targets, logits.argmax(dim=1)),
         "best_val_accuracy": max(histories[strategy]["val_accuracy"]),
@@ -601,8 +738,10 @@ for strategy, (logits, targets) in test_results.items():
         "trainable_parameters": trainable,
     }
     row = summary[strategy]
-    print(f"{strategy:<26}{trainable:>12,}{row['epochs_run']:>8}{row['train_seconds']:>7.0f} s"
-          f"{100 * row['best_val_accuracy']:>9.1f}%{100 * row['test_accuracy']:>9.1f}%")
+    print(
+        f"{strategy:<26}{trainable:>12,}{row['epochs_run']:>8}{row['train_seconds']:>7.0f} s"
+        f"{100 * row['best_val_accuracy']:>9.1f}%{100 * row['test_accuracy']:>9.1f}%"
+    )
 gain = summary["fine-tune"]["test_accuracy"] - summary["from scratch"]["test_accuracy"]
 print(f"fine-tuning minus from scratch: {100 * gain:+.1f} points")
 
@@ -611,10 +750,17 @@ for strategy in ("fine-tune", "from scratch"):
     history = histories[strategy]
     ax.plot(history["epoch"], [100 * v for v in history["val_accuracy"]], "-o", label=strategy)
 for strategy in probe_results:
-    ax.axhline(100 * summary[strategy]["best_val_accuracy"], linestyle="--", color="grey" if
-               "random" in strategy else "black", label=f"{strategy} (best)")
-ax.set(title=f"Validation accuracy per epoch, {BACKBONE} on CIFAR-10 at {IMAGE_SIZE} px",
-       xlabel="epoch", ylabel="validation accuracy (%)")
+    ax.axhline(
+        100 * summary[strategy]["best_val_accuracy"],
+        linestyle="--",
+        color="grey" if "random" in strategy else "black",
+        label=f"{strategy} (best)",
+    )
+ax.set(
+    title=f"Validation accuracy per epoch, {BACKBONE} on CIFAR-10 at {IMAGE_SIZE} px",
+    xlabel="epoch",
+    ylabel="validation accuracy (%)",
+)
 ax.grid(alpha=0.3)
 ax.legend()
 ax.xaxis.get_major_locator().set_params(integer=True)
@@ -642,8 +788,12 @@ logits, targets = test_results[best_strategy]
 predictions = logits.argmax(dim=1)
 print(f"best strategy by validation accuracy: {best_strategy}")
 print(metrics.format_report(metrics.per_class_report(targets, predictions, cifar.test.classes)))
-fig = plots.confusion_matrix_figure(targets, predictions, cifar.test.classes,
-                                    title=f"CIFAR-10 test set, {best_strategy} ({BACKBONE})")
+fig = plots.confusion_matrix_figure(
+    targets,
+    predictions,
+    cifar.test.classes,
+    title=f"CIFAR-10 test set, {best_strategy} ({BACKBONE})",
+)
 plt.show()
 
 # %% [markdown]
@@ -662,9 +812,13 @@ most_confident = wrong[confidence[wrong].argsort(descending=True)][:12]
 classes = cifar.test.classes
 fig = plots.image_grid(
     [test_images.images[i] for i in most_confident],
-    titles=[f"{classes[targets[i]]} → {classes[predictions[i]]}\n{100 * confidence[i]:.0f}%"
-            for i in most_confident],
-    ncols=6, size=1.8, suptitle="The most confident mistakes (true → predicted, confidence)",
+    titles=[
+        f"{classes[targets[i]]} → {classes[predictions[i]]}\n{100 * confidence[i]:.0f}%"
+        for i in most_confident
+    ],
+    ncols=6,
+    size=1.8,
+    suptitle="The most confident mistakes (true → predicted, confidence)",
 )
 plt.show()
 
@@ -683,33 +837,69 @@ plt.show()
 # switches on for CUDA) and the channels-last memory layout (which tensor cores prefer). The
 # recipe is one function:
 
+
 # %%
-def fine_tune_at_224(train_images: data.ImageDataset, test_images: data.ImageDataset, epochs: int,
-                     batch_size: int = 128, num_workers: int = 4,
-                     max_steps_per_epoch: int | None = None) -> dict:
+def fine_tune_at_224(
+    train_images: data.ImageDataset,
+    test_images: data.ImageDataset,
+    epochs: int,
+    batch_size: int = 128,
+    num_workers: int = 4,
+    max_steps_per_epoch: int | None = None,
+) -> dict:
     """Fine-tune the pretrained backbone at 224 pixels; return its test accuracy and timings."""
     runtime.seed_everything(0)
     model, source = image_classifier_for("fine-tune", verbose=False)
     model = keep_batch_norm_statistics(model).to(device, memory_format=torch.channels_last)
     loader_options = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
-    big_train = DataLoader(train_images.with_transform(data.cifar10_transforms(
-        True, size=224, mean=mean, std=std)), batch_size=batch_size, shuffle=True,
-        generator=generator, **loader_options)
-    big_test = DataLoader(test_images.with_transform(data.cifar10_transforms(
-        False, size=224, mean=mean, std=std)), batch_size=2 * batch_size, **loader_options)
-    groups = param_groups(model, lr=1e-3 / 5, weight_decay=0.05, head=classifier_head(model),
-                          head_lr=1e-3, verbose=False)
+    big_train = DataLoader(
+        train_images.with_transform(data.cifar10_transforms(True, size=224, mean=mean, std=std)),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        **loader_options,
+    )
+    big_test = DataLoader(
+        test_images.with_transform(data.cifar10_transforms(False, size=224, mean=mean, std=std)),
+        batch_size=2 * batch_size,
+        **loader_options,
+    )
+    groups = param_groups(
+        model,
+        lr=1e-3 / 5,
+        weight_decay=0.05,
+        head=classifier_head(model),
+        head_lr=1e-3,
+        verbose=False,
+    )
     optimizer = torch.optim.AdamW(groups)
     steps_per_epoch = min(len(big_train), max_steps_per_epoch or len(big_train))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in groups], epochs=epochs,
-        steps_per_epoch=steps_per_epoch, pct_start=0.2)
-    history = train.fit(model, big_train, None, optimizer, epochs=epochs, loss_fn=loss_fn,
-                        scheduler=scheduler, device=device, monitor="train_loss",
-                        max_steps_per_epoch=max_steps_per_epoch)
-    return {"backbone": weights.display_name(source), "pretrained": source.pretrained,
-            "test_accuracy": train.evaluate(model, big_test, device=device)["accuracy"],
-            "epochs_run": len(history), "train_seconds": sum(history["seconds"])}
+        optimizer,
+        max_lr=[group["lr"] for group in groups],
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        pct_start=0.2,
+    )
+    history = train.fit(
+        model,
+        big_train,
+        None,
+        optimizer,
+        epochs=epochs,
+        loss_fn=loss_fn,
+        scheduler=scheduler,
+        device=device,
+        monitor="train_loss",
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
+    return {
+        "backbone": weights.display_name(source),
+        "pretrained": source.pretrained,
+        "test_accuracy": train.evaluate(model, big_test, device=device)["accuracy"],
+        "epochs_run": len(history),
+        "train_seconds": sum(history["seconds"]),
+    }
 
 
 # %% [markdown]
@@ -719,31 +909,56 @@ def fine_tune_at_224(train_images: data.ImageDataset, test_images: data.ImageDat
 
 # %%
 if runtime.cuda_only_note(f"fine-tuning {BACKBONE} at 224x224 pixels with mixed precision"):
-    summary["fine-tune 224 px (GPU)"] = fine_tune_at_224(train_images, test_images,
-                                                         epochs=BUDGET.gpu_224_epochs)
+    summary["fine-tune 224 px (GPU)"] = fine_tune_at_224(
+        train_images, test_images, epochs=BUDGET.gpu_224_epochs
+    )
     print(summary["fine-tune 224 px (GPU)"])
 elif runtime.get_profile() == "smoke":
-    smoke_224 = fine_tune_at_224(data.subset(train_images, 4), data.subset(test_images, 4),
-                                 epochs=1, batch_size=2, num_workers=0, max_steps_per_epoch=2)
-    print(f"smoke run of the 224-pixel recipe on the CPU: {smoke_224['epochs_run']} epoch of 2 "
-          f"steps in {smoke_224['train_seconds']:.1f} s")
+    smoke_224 = fine_tune_at_224(
+        data.subset(train_images, 4),
+        data.subset(test_images, 4),
+        epochs=1,
+        batch_size=2,
+        num_workers=0,
+        max_steps_per_epoch=2,
+    )
+    print(
+        f"smoke run of the 224-pixel recipe on the CPU: {smoke_224['epochs_run']} epoch of 2 "
+        f"steps in {smoke_224['train_seconds']:.1f} s"
+    )
 
 # %% [markdown]
 # ## The result record
 
 # %%
-record_path = results.write_result_record("03_cifar10_resnet_finetune", {
-    "data": {"source": cifar.source.kind, "location": cifar.source.location,
-             "budget_adjustments": list(splits.adjustments), **splits.sizes()},
-    "model": {"backbone": BACKBONE, "weights": weights_source.describe(), "pretrained": PRETRAINED,
-              "parameters": count_parameters(models["from scratch"]), "input_pixels": IMAGE_SIZE,
-              "normalisation": {"mean": list(mean), "std": list(std)}},
-    "metrics": {"best_strategy": best_strategy, "strategies": summary,
-                "fine_tune_minus_scratch": gain, "zero_shot_accuracy": zero_shot,
-                "size_study": {str(size): row for size, row in size_study.items()}},
-    "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
-})
-print(f"wrote {record_path}")
+record_path = results.write_result_record(
+    "03_cifar10_resnet_finetune",
+    {
+        "data": {
+            "source": cifar.source.kind,
+            "location": cifar.source.location,
+            "budget_adjustments": list(splits.adjustments),
+            **splits.sizes(),
+        },
+        "model": {
+            "backbone": BACKBONE,
+            "weights": weights_source.describe(),
+            "pretrained": PRETRAINED,
+            "parameters": count_parameters(models["from scratch"]),
+            "input_pixels": IMAGE_SIZE,
+            "normalisation": {"mean": list(mean), "std": list(std)},
+        },
+        "metrics": {
+            "best_strategy": best_strategy,
+            "strategies": summary,
+            "fine_tune_minus_scratch": gain,
+            "zero_shot_accuracy": zero_shot,
+            "size_study": {str(size): row for size, row in size_study.items()},
+        },
+        "chapter_seconds": run.seconds(),
+    },
+)
+print(f"wrote {runtime.display_path(record_path)}")
 
 # %% [markdown]
 # ## Summary

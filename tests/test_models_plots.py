@@ -58,11 +58,13 @@ def test_frozen_features_receive_no_gradient_and_do_not_change():
     freeze(model.features)
     before = [p.clone() for p in model.features.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    loss = torch.nn.functional.cross_entropy(
+        model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])
+    )
     loss.backward()
     optimizer.step()
     assert all(p.grad is None for p in model.features.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, model.features.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.features.parameters(), strict=True))
     assert count_parameters(model, trainable_only=True) == 421_642 - 320 - 18_496
 
 
@@ -90,8 +92,9 @@ def offline_backbone(request, monkeypatch):
 def test_transfer_strategies_have_a_ten_class_head(strategy, offline_backbone):
     from tutorial_lib.models import classifier_head, image_classifier_for
 
-    model, source = image_classifier_for(strategy, num_classes=10, architecture=offline_backbone,
-                                         verbose=False)
+    model, source = image_classifier_for(
+        strategy, num_classes=10, architecture=offline_backbone, verbose=False
+    )
     assert source.model == offline_backbone
     assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
     head = classifier_head(model)

