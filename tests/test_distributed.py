@@ -70,7 +70,7 @@ def run_jobs(*commands: list[str]) -> None:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    for process, output in zip(processes, outputs):
+    for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, f"torchrun failed:\n{output[-4000:]}"
 
 
@@ -213,7 +213,7 @@ def test_two_nodes_on_loopback_equal_two_processes_on_one_node(tmp_path, two_pro
         for rank in (0, 1)
     ]
     run_jobs(*nodes)
-    for node, one_node in zip(results(out), two_processes):
+    for node, one_node in zip(results(out), two_processes, strict=True):
         assert_same_parameters(node["model"], one_node["model"], exact=True)
         assert_same_numbers(node["history"], one_node["history"])
 

@@ -54,7 +54,7 @@ def test_seeding_makes_random_draws_repeat():
     first = torch.rand(3), torch.randint(0, 100, (3,))
     runtime.seed_everything(7)
     second = torch.rand(3), torch.randint(0, 100, (3,))
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch):

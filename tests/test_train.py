@@ -280,7 +280,9 @@ def test_an_unknown_monitor_is_rejected_before_training():
             monitor="val_acc",
             verbose=False,
         )
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "nothing trained"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), (
+        "nothing trained"
+    )
 
 
 def test_a_best_pt_this_run_did_not_write_is_never_loaded(tmp_path):
@@ -332,7 +334,7 @@ def test_a_stopped_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
     resumed_model, resumed_history = run(3, tmp_path / "split", resume=True)
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert resumed_history[key] == whole_history[key]
-    for whole, resumed in zip(whole_model.parameters(), resumed_model.parameters()):
+    for whole, resumed in zip(whole_model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(whole, resumed)
 
 

@@ -46,7 +46,7 @@ def per_class_report(
             "f1": float(f),
             "support": int(s),
         }
-        for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
     ]
 
 
