@@ -183,8 +183,9 @@ display(Markdown(
 # Why should a small adapter suffice? {cite:t}`aghajanyan2021intrinsic` fine-tuned pretrained
 # language models in a random low-dimensional subspace of their parameters and found that a few
 # hundred to a few thousand free directions reach most of the full fine-tuning performance
-# (200 parameters gave 90% of it for RoBERTa-large on MRPC): the **intrinsic dimension**
-# (内在维度) of fine-tuning is small, and smaller the better the pre-training.
+# (200 parameters gave 90% of it for RoBERTa on the MRPC paraphrase task): the **intrinsic
+# dimension** (内在维度) of fine-tuning is small; pre-training lowers it, and larger pretrained
+# models tend to have a lower one.
 # {cite:t}`hu2022lora` turned that into a method. They hypothesise that the *update* `ΔW` of a
 # weight matrix during adaptation has a low rank, and train it directly in factored form:
 #
@@ -423,16 +424,23 @@ print(f"best LoRA on validation: {best_lora}, "
       f"{100 * chosen[best_lora]['trainable'] / total_parameters:.2f}% of the parameters, "
       f"{gap:+.1f} points behind full fine-tuning on the test reviews; its Adam state is "
       f"{full_run['optimizer_bytes'] / chosen[best_lora]['optimizer_bytes']:,.0f}x smaller")
+print("ranked by test accuracy: " + ", ".join(
+    f"{label} {100 * run['test_accuracy']:.1f}%"
+    for label, run in sorted(chosen.items(), key=lambda item: -item[1]["test_accuracy"])))
+accuracy = full_run["test_accuracy"]
+standard_error = 100 * (accuracy * (1 - accuracy) / len(splits.test)) ** 0.5
+print(f"standard error of one accuracy near {100 * accuracy:.0f}% on {len(splits.test):,} "
+      f"test reviews: {standard_error:.1f} points")
 
 # %% [markdown]
 # Read the table along its columns. The trainable parameters set everything that scales with
-# them: Adam's state is exactly 8 bytes per trainable parameter, and the saved size is 4 bytes
-# per parameter plus a little bookkeeping. Training time shrinks far less: every method still
-# runs the whole network forward, and all but head-only also run it backward (LoRA's gradients
-# must flow through the frozen layers to reach the adapters in the lower layers); only the weight
-# gradients of frozen matrices are skipped. Head-only saves the backward pass entirely, and pays
-# for it in accuracy. With a test set of this size an accuracy difference of a point or two is
-# within noise (the standard error of an accuracy near 85% on 800 reviews is about 1.3 points),
+# them: Adam's state is 8 bytes per trainable parameter (two fp32 moments, plus a step counter
+# per tensor), and the saved size is 4 bytes per parameter plus a little bookkeeping. Training
+# time shrinks far less: every method still runs the whole network forward, and all but
+# head-only also run it backward (LoRA's gradients must flow through the frozen layers to reach
+# the adapters in the lower layers); only the weight gradients of frozen matrices are skipped.
+# Head-only skips the backward pass through the encoder; what that costs in accuracy is in the
+# last column. An accuracy difference within about two standard errors (printed above) is noise,
 # so compare the methods by groups, not by decimals. (Under `smoke`, none of this means anything.)
 #
 # ## Checking the premise: how low-rank is a full fine-tuning update?
@@ -523,10 +531,13 @@ model_bytes = folder_bytes(work_dir / "full-model")
 print("adapter files:", sorted(path.name for path in (work_dir / "adapter").iterdir()))
 print(f"adapter {adapter_bytes / 2**20:.2f} MiB vs full model {model_bytes / 2**20:.1f} MiB: "
       f"{model_bytes / adapter_bytes:.0f}x smaller")
+pooler_parameters = count_parameters(pretrained.bert.pooler)
+print(f"the pooler is {100 * pooler_parameters / chosen[best_lora]['trainable']:.0f}% of the "
+      f"adapter's {chosen[best_lora]['trainable']:,} parameters")
 
 # %% [markdown]
-# The adapter holds the LoRA matrices and the trained head; most of its size is the pooler
-# (384 × 384 numbers), which a model with a trained pooler would not need to store. Anyone with
+# The adapter holds the LoRA matrices and the trained head; the pooler's share of it is printed
+# above — a model with a pre-trained pooler would not need to train or store it. Anyone with
 # the same base model can load it — here onto a freshly loaded base — and, for deployment, fold
 # it into the weights with `merge_and_unload`, which returns a plain `transformers` model:
 
@@ -585,8 +596,8 @@ del multi, shared_base
 # ## On a GPU: bert-base-uncased with LoRA on the full data
 #
 # The whole `peft` recipe in one function: `task_type=SEQ_CLS` makes `peft` train the new
-# classifier with the adapters (bert-base's pooler was pre-trained, so it stays frozen), LoRA
-# dropout 0.1 as in {cite:t}`hu2022lora`, and the same `fit` as everywhere. With CUDA it trains
+# classifier with the adapters (bert-base's pooler was pre-trained, so it stays frozen), a LoRA
+# dropout of 0.1, and the same `fit` as everywhere. With CUDA it trains
 # bert-base-uncased on all 25,000 training reviews at 256 tokens and scores all 25,000 test
 # reviews. The `smoke` profile runs the same function on the CPU on a handful of reviews, so that
 # its code is tested; the `cpu` profile skips it.
@@ -645,9 +656,9 @@ if recipe_result is not None:
 # weights (4-bit NormalFloat), quantise the quantisation constants as well ("double
 # quantization"), and page the optimiser state to CPU memory at memory peaks. The LoRA adapters
 # train in 16 bits on top; each frozen weight is dequantised on the fly for the matrix product.
-# That brings a 7-billion-parameter model to roughly 4 GB of weights, and let the authors
-# fine-tune a 65-billion-parameter model on one 48 GB GPU while matching 16-bit fine-tuning on
-# their benchmarks. In code it is one more argument: `from_pretrained(...,
+# Half a byte per weight is 3.5 GB for 7 billion weights (plus the constants), and it let the
+# authors fine-tune a 65-billion-parameter model on one 48 GB GPU while matching 16-bit
+# fine-tuning on their benchmarks. In code it is one more argument: `from_pretrained(...,
 # quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))` from
 # `transformers`, then `peft.prepare_model_for_kbit_training` and the same `LoraConfig`. It needs
 # the `bitsandbytes` library and a CUDA GPU, so this CPU-run page describes it without running it.
@@ -688,9 +699,10 @@ print(f"wrote {record_path.name} in {record_path.parent.name}/")
 #   so training starts at the pretrained model; after training the update merges into the weight.
 # - Written by hand it is a few lines; `peft` computes the same numbers and adds the plumbing:
 #   saving only the adapter, loading it on a fresh base, merging, several adapters on one base.
-# - On this task LoRA trains a fraction of a percent of the parameters; compare its accuracy with
-#   full fine-tuning in the table above. BitFit is a strong, even smaller baseline; a head on a
-#   frozen encoder is cheapest and weakest.
+# - On this task LoRA trains around 1% of the parameters (much of it the head), and its Adam
+#   state and adapter file shrink in proportion; how close it comes to full fine-tuning, and how
+#   BitFit and a trained head compare, is in the table — judged against the standard error, on
+#   validation-chosen learning rates.
 # - Choose learning rates per method on validation data: the fewer parameters train, the larger
 #   the rate they need.
 # - QLoRA keeps the frozen base in 4 bits, so that the base itself fits.
