@@ -66,6 +66,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import copy
 import inspect
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -272,7 +273,7 @@ probe = tokenizer(splits.val.texts[:4], truncation=True, max_length=BUDGET.max_l
 
 with torch.no_grad():
     for layer in lora.lora_layers(by_hand).values():
-        layer.lora_B.normal_(std=0.05)
+        layer.lora_B.normal_(std=0.5)
 print(f"copied {lora.copy_lora_to_peft(by_hand, with_peft)} tensors into peft's model")
 by_hand.eval()
 with_peft.eval()
@@ -280,7 +281,7 @@ with torch.no_grad():
     logits_by_hand, logits_peft = by_hand(**probe).logits, with_peft(**probe).logits
     logits_base = pretrained(**probe).logits
 print(f"LoRALinear vs peft: max logit difference {(logits_by_hand - logits_peft).abs().max():.1e}")
-print(f"(and the update matters: {(logits_by_hand - logits_base).abs().max():.2f} from the base)")
+print(f"(and the update matters: {(logits_by_hand - logits_base).abs().max():.1e} from the base)")
 del by_hand, with_peft
 
 # %% [markdown]
@@ -689,6 +690,7 @@ record_path = results.write_result_record("06_peft_lora", {
     "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
 })
 print(f"wrote {record_path.name} in {record_path.parent.name}/")
+shutil.rmtree(work_dir)  # the measured adapters and checkpoints are no longer needed
 
 # %% [markdown]
 # ## Summary
