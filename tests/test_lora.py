@@ -1,0 +1,287 @@
+"""The hand-written LoRA of chapter 6, checked against itself and against Hugging Face peft."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tutorial_lib.lora import (
+    LoRALinear,
+    adapter_state_dict,
+    copy_lora_to_peft,
+    inject_lora,
+    load_adapter,
+    lora_layers,
+    save_adapter,
+)
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_bert(num_labels: int = 2) -> nn.Module:
+    """A randomly initialised 2-layer BERT classifier (no download), in eval mode."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, 100, (3, 10), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 7:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def randomise_lora(model: nn.Module, seed: int = 2) -> None:
+    """Give every B a non-zero value so that the low-rank path changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.5)
+
+
+def test_wrapped_layer_starts_equal_to_the_base_and_freezes_it():
+    torch.manual_seed(0)
+    base = nn.Linear(8, 5)
+    reference = copy.deepcopy(base)
+    layer = LoRALinear(base, rank=2, alpha=4)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(layer(x), reference(x), rtol=0, atol=0)
+    assert layer.lora_A.shape == (2, 8) and layer.lora_B.shape == (5, 2)
+    assert torch.count_nonzero(layer.lora_A) == layer.lora_A.numel()  # A random, B zero
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+    assert layer.scaling == 2.0
+
+
+def test_a_is_initialised_like_nn_linear():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(400, 3), rank=50, alpha=1)
+    bound = (
+        1 / 400**0.5
+    )  # kaiming_uniform_(a=sqrt(5)) draws from U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert layer.lora_A.abs().max() <= bound
+    assert layer.lora_A.abs().max() > 0.95 * bound
+
+
+def test_only_a_and_b_receive_gradients():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 4), rank=3, alpha=3)
+    layer(torch.randn(5, 6)).pow(2).sum().backward()
+    assert layer.base.weight.grad is None and layer.base.bias.grad is None
+    assert layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0
+    # B is zero, so the gradient of A is zero at the start, but it exists
+    assert layer.lora_A.grad is not None
+
+
+def test_update_is_alpha_over_rank_times_b_a():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 4)
+    layer = LoRALinear(base, rank=2, alpha=6)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 6)
+    expected = base(x) + 3.0 * x @ (layer.lora_B @ layer.lora_A).T
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_merged_output_equals_unmerged_and_merge_is_not_applied_twice():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 4), rank=2, alpha=4)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    original_weight = layer.base.weight.detach().clone()
+    x = torch.randn(3, 6)
+    unmerged = layer(x)
+    layer.merge()
+    layer.merge()  # a no-op: the flag says the update is already in the weight
+    assert layer.merged
+    torch.testing.assert_close(layer.base.weight, original_weight + layer.delta_weight())
+    torch.testing.assert_close(layer(x), unmerged)
+    layer.unmerge()
+    layer.unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.base.weight, original_weight)
+    torch.testing.assert_close(layer(x), unmerged)
+
+
+def test_dropout_acts_on_the_low_rank_path_only():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 4), rank=2, alpha=2, dropout=0.5)
+    x = torch.randn(8, 6)
+    layer.train()
+    torch.testing.assert_close(layer(x), layer.base(x))  # B = 0: dropout cannot show
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert not torch.allclose(layer(x), layer(x))  # two dropout masks
+    layer.eval()
+    torch.testing.assert_close(layer(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"rank": 0, "alpha": 1}, ValueError),
+        ({"rank": 2.0, "alpha": 1}, ValueError),
+        ({"rank": 2, "alpha": 0}, ValueError),
+        ({"rank": 2, "alpha": 1, "dropout": 1.0}, ValueError),
+    ],
+)
+def test_bad_hyperparameters_are_refused(arguments, error):
+    with pytest.raises(error):
+        LoRALinear(nn.Linear(4, 4), **arguments)
+
+
+def test_only_linear_layers_can_be_wrapped():
+    with pytest.raises(TypeError, match="nn.Linear"):
+        LoRALinear(nn.Conv1d(4, 4, 1), rank=1, alpha=1)
+
+
+def test_injection_freezes_all_but_lora_and_modules_to_save():
+    model = tiny_bert()
+    trainable = inject_lora(
+        model, ["query", "value"], rank=4, alpha=8, modules_to_save=["classifier"]
+    )
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert len(lora_layers(model)) == 4  # 2 layers x (query, value)
+    assert all(
+        name.endswith(("lora_A", "lora_B")) or name.startswith("classifier.") for name in names
+    )
+    lora_count = 4 * 4 * (32 + 32)
+    assert (
+        trainable
+        == lora_count + 32 * 2 + 2
+        == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    )
+
+
+def test_injection_errors_leave_the_model_unchanged():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="querry"):
+        inject_lora(model, ["querry"], rank=2, alpha=2)
+    with pytest.raises(TypeError, match="LayerNorm"):
+        inject_lora(model, ["LayerNorm"], rank=2, alpha=2)
+    with pytest.raises(ValueError, match="head"):
+        inject_lora(model, ["query"], rank=2, alpha=2, modules_to_save=["head"])
+    with pytest.raises(ValueError, match="rank"):
+        inject_lora(model, ["query"], rank=0, alpha=2)
+    assert not lora_layers(model)
+    assert all(p.requires_grad for p in model.parameters())
+    inject_lora(model, ["query"], rank=2, alpha=2)
+    with pytest.raises(ValueError, match="already"):
+        inject_lora(model, ["query"], rank=2, alpha=2)
+
+
+def test_injected_model_starts_equal_to_the_base_model():
+    model = tiny_bert()
+    reference = copy.deepcopy(model)
+    inject_lora(model, ["query", "value"], rank=2, alpha=4)
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("modules_to_save", [[], ["classifier"]])
+def test_outputs_and_trainable_count_equal_peft(modules_to_save):
+    model = tiny_bert()
+    peft_base, unadapted = copy.deepcopy(model), copy.deepcopy(model)
+    trainable = inject_lora(
+        model, ["query", "value"], rank=4, alpha=8, modules_to_save=modules_to_save
+    )
+    randomise_lora(model)
+    if modules_to_save:
+        with torch.no_grad():  # a trained head, so that copying it matters
+            model.classifier.weight.mul_(3)
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value"],
+        modules_to_save=modules_to_save or None,
+    )
+    peft_model = peft.get_peft_model(peft_base, config).eval()
+    copied = copy_lora_to_peft(model, peft_model)
+    assert copied == 2 * 4 + 2 * len(modules_to_save)
+    peft_trainable, _ = peft_model.get_nb_trainable_parameters()
+    assert trainable == peft_trainable
+    batch = tiny_batch()
+    with torch.no_grad():
+        ours, theirs = model(**batch).logits, peft_model(**batch).logits
+    torch.testing.assert_close(ours, theirs)
+    with torch.no_grad():
+        assert not torch.allclose(ours, unadapted(**batch).logits)  # the copied update matters
+
+
+def test_merged_model_equals_peft_merge_and_unload():
+    model = tiny_bert()
+    peft_model = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(r=2, lora_alpha=2, target_modules=["value"])
+    )
+    inject_lora(model, ["value"], rank=2, alpha=2)
+    randomise_lora(model)
+    copy_lora_to_peft(model, peft_model)
+    for layer in lora_layers(model).values():
+        layer.merge()
+    merged_peft = peft_model.merge_and_unload().eval()
+    for name, layer in lora_layers(model).items():
+        torch.testing.assert_close(layer.base.weight, merged_peft.get_submodule(name).weight)
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, merged_peft(**batch).logits)
+
+
+def test_adapter_round_trip_restores_the_outputs(tmp_path):
+    model = tiny_bert()
+    fresh = copy.deepcopy(model)
+    inject_lora(model, ["query", "value"], rank=3, alpha=3, modules_to_save=["classifier"])
+    randomise_lora(model)
+    with torch.no_grad():
+        model.classifier.bias.fill_(0.7)
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    assert set(adapter_state_dict(model)) == set(torch.load(path, weights_only=True))
+    assert not list(tmp_path.glob(".*.part"))  # the atomic write left no temporary file
+    batch = tiny_batch()
+    inject_lora(fresh, ["query", "value"], rank=3, alpha=3, modules_to_save=["classifier"])
+    with torch.no_grad():
+        before = fresh(**batch).logits
+        load_adapter(fresh, path)
+        after, expected = fresh(**batch).logits, model(**batch).logits
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(after, expected)
+    # only the adapter was saved: far fewer numbers than the model has
+    saved = sum(t.numel() for t in torch.load(path, weights_only=True).values())
+    assert (
+        saved
+        == sum(p.numel() for p in model.parameters() if p.requires_grad)
+        < 0.2 * sum(p.numel() for p in model.parameters())
+    )
+
+
+def test_load_adapter_refuses_mismatches_and_merged_layers(tmp_path):
+    model = tiny_bert()
+    inject_lora(model, ["query"], rank=2, alpha=2)
+    state = adapter_state_dict(model)
+    other_rank = tiny_bert()
+    inject_lora(other_rank, ["query"], rank=3, alpha=3)
+    with pytest.raises(ValueError, match="rank"):
+        load_adapter(other_rank, state)
+    other_targets = tiny_bert()
+    inject_lora(other_targets, ["value"], rank=2, alpha=2)
+    with pytest.raises(ValueError, match="missing"):
+        load_adapter(other_targets, state)
+    next(iter(lora_layers(model).values())).merge()
+    with pytest.raises(ValueError, match="unmerge"):
+        load_adapter(model, state)
+    with pytest.raises(FileNotFoundError):
+        load_adapter(model, tmp_path / "absent.pt")

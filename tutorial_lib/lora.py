@@ -1,0 +1,301 @@
+"""LoRA, low-rank adaptation (Hu et al. 2021), written out: the layer of chapter 6.
+
+A frozen linear layer ``W x + b`` gets a trainable low-rank update, ``W x + b + (alpha / r) B A x``
+with ``A`` of shape ``(r, in_features)`` and ``B`` of shape ``(out_features, r)``. ``A`` starts
+as ``nn.Linear`` initialises its weights (Kaiming-uniform with ``a = sqrt(5)``) and ``B`` at zero,
+as in the reference implementation (microsoft/LoRA ``loralib``) and Hugging Face ``peft``, so the
+wrapped model starts exactly equal to the pretrained one. Only ``A`` and ``B`` train; for
+inference the update can be folded into ``W`` (:meth:`LoRALinear.merge`), which makes the layer
+cost nothing extra. The tests check every output against ``peft``'s ``LoraConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .files import atomic_write
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + (alpha / rank) * B A dropout(x)``: ``base`` frozen, ``A`` and ``B`` trainable.
+
+    ``lora_A`` has shape ``(rank, in_features)`` and ``lora_B`` ``(out_features, rank)``; ``B``
+    starts at zero, so the layer starts equal to ``base``. Dropout acts on the input of the
+    low-rank path only, as in ``peft``. :meth:`merge` folds the update into ``base.weight`` and
+    :meth:`unmerge` takes it out again; the ``merged`` flag makes a second call a no-op, so the
+    update is never applied twice.
+
+    Raises:
+        TypeError: if ``base`` is not an ``nn.Linear``.
+        ValueError: if ``rank`` is not a positive integer, ``alpha`` is not positive, or
+            ``dropout`` is not in ``[0, 1)``.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer (1, 4, 8, ...), got {rank!r}")
+        if not alpha > 0:
+            raise ValueError(
+                f"alpha must be positive (often equal to rank or twice it), got {alpha!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.base = base
+        base.requires_grad_(False)
+        self.rank, self.alpha = rank, float(alpha)
+        self.scaling = self.alpha / rank
+        weight = base.weight
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device)
+        )
+        # nn.Linear's own initialisation for A; B = 0 makes the update start at exactly zero.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        """Return the update ``(alpha / rank) * B @ A``, shaped like ``base.weight``."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        if self.merged:  # the update already sits in base.weight
+            return result
+        return (
+            result
+            + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        )
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update to ``base.weight`` so the forward pass is one matrix product.
+
+        While merged, ``A`` and ``B`` get no gradient: merge for inference, not for training.
+        Does nothing if already merged."""
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update from ``base.weight`` again; does nothing if not merged."""
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+
+
+def _matches(name: str, suffixes: Sequence[str]) -> bool:
+    """``peft``'s rule for ``target_modules`` given as a list: the full name or its last parts."""
+    return any(name == suffix or name.endswith("." + suffix) for suffix in suffixes)
+
+
+def inject_lora(
+    model: nn.Module,
+    target_modules: Sequence[str],
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    modules_to_save: Sequence[str] = (),
+) -> int:
+    """Replace every ``nn.Linear`` of ``model`` whose name ends with one of ``target_modules``
+    (e.g. ``["query", "value"]``, matched as ``peft`` matches them) by a :class:`LoRALinear`,
+    freeze everything else except the modules named by ``modules_to_save`` (e.g. a new
+    ``"classifier"``), and return the number of trainable parameters.
+
+    The model is changed in place. Unlike ``peft``, which keeps a separate trainable copy of each
+    module to save (so that several adapters can share one model), the modules to save here are
+    unfrozen where they are.
+
+    Raises:
+        TypeError: if ``target_modules`` is a single string or a matched module is not an
+            ``nn.Linear``.
+        ValueError: if a target matches no module or one already carrying LoRA, or a name in
+            ``modules_to_save`` matches nothing.
+        The model is left unchanged when anything is raised (also for a bad ``rank``, ``alpha``
+        or ``dropout``, which :class:`LoRALinear` refuses).
+    """
+    if isinstance(target_modules, str):
+        raise TypeError(f"target_modules is a list of name suffixes, e.g. [{target_modules!r}]")
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and _matches(name, target_modules)
+    ]
+    for suffix in target_modules:
+        if not any(_matches(name, [suffix]) for name, _ in targets):
+            raise ValueError(f"no module of the model is named {suffix!r} or ends with '.{suffix}'")
+    for name, module in targets:
+        if isinstance(module, LoRALinear) or any(
+            isinstance(m, LoRALinear) for m in module.modules()
+        ):
+            raise ValueError(f"{name} already carries LoRA; inject once per model")
+        if not isinstance(module, nn.Linear):
+            raise TypeError(
+                f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear layers only"
+            )
+    saved = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and _matches(name, modules_to_save)
+    ]
+    for suffix in modules_to_save:
+        if not any(_matches(name, [suffix]) for name, _ in saved):
+            raise ValueError(f"modules_to_save names {suffix!r}, but no module is called that")
+    # Build every wrapper before touching the model, so a bad rank leaves it unchanged.
+    wrappers = {name: LoRALinear(module, rank, alpha, dropout) for name, module in targets}
+    model.requires_grad_(False)
+    for name, wrapper in wrappers.items():
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child_name, wrapper)
+        wrapper.lora_A.requires_grad_(True)
+        wrapper.lora_B.requires_grad_(True)
+    for _, module in saved:
+        module.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Return the :class:`LoRALinear` layers of ``model`` by module name."""
+    return {
+        name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)
+    }
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the trainable parameters of ``model`` by name, detached copies on the CPU.
+
+    After :func:`inject_lora` these are exactly the adapter: every ``lora_A``/``lora_B`` and the
+    modules to save. The frozen base is left out, which is why an adapter file is small.
+
+    Raises:
+        ValueError: if nothing in ``model`` is trainable.
+    """
+    state = {
+        name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad
+    }
+    if not state:
+        raise ValueError("the model has no trainable parameter, so there is no adapter to take")
+    return state
+
+
+def save_adapter(model: nn.Module, path: Path | str) -> Path:
+    """Write :func:`adapter_state_dict` of ``model`` to ``path`` atomically; return the path."""
+    state = adapter_state_dict(model)
+    return atomic_write(Path(path), lambda temporary: torch.save(state, temporary))
+
+
+def load_adapter(model: nn.Module, source: Path | str | Mapping[str, torch.Tensor]) -> nn.Module:
+    """Copy an adapter (a file from :func:`save_adapter`, or a state dict) into ``model``.
+
+    ``model`` must already carry the same LoRA layers (call :func:`inject_lora` with the same
+    targets and rank on a fresh base). Files are read with ``weights_only=True``. Returns
+    ``model``.
+
+    Raises:
+        FileNotFoundError: if ``source`` is a path that does not exist.
+        ValueError: if a LoRA layer of ``model`` is merged (unmerge first, or the old update
+            would stay in the base weight), if the adapter's names differ from the model's
+            trainable parameters, or if a shape differs.
+    """
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"no adapter file at {source}")
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    else:
+        state = dict(source)
+    merged = [name for name, layer in lora_layers(model).items() if layer.merged]
+    if merged:
+        raise ValueError(
+            f"{len(merged)} LoRA layers are merged (e.g. {merged[0]}); "
+            "call unmerge() before loading"
+        )
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = (
+        sorted(parameters.keys() - state.keys()),
+        sorted(state.keys() - parameters.keys()),
+    )
+    if missing or unexpected:
+        raise ValueError(
+            f"the adapter does not fit this model: missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{'...' if len(unexpected) > 3 else ''}; inject LoRA with the "
+            f"same targets and modules_to_save first"
+        )
+    for name, parameter in parameters.items():
+        if state[name].shape != parameter.shape:
+            raise ValueError(
+                f"{name}: the adapter has shape {tuple(state[name].shape)}, the model "
+                f"{tuple(parameter.shape)}; was it trained with another rank?"
+            )
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(state[name])
+    return model
+
+
+def copy_lora_to_peft(
+    model: nn.Module, peft_model: nn.Module, adapter_name: str = "default"
+) -> int:
+    """Copy the LoRA matrices and saved modules of ``model`` (from :func:`inject_lora`) into the
+    adapter ``adapter_name`` of a ``peft`` model built from the same base; return how many
+    tensors were copied.
+
+    ``peft`` names a wrapped layer ``base_model.model.<name>`` and keeps ``lora_A``/``lora_B``
+    as ``nn.Linear`` layers whose weights have exactly the shapes of ours.
+
+    Raises:
+        ValueError: if a ``peft`` LoRA layer or saved module has no counterpart in ``model``.
+    """
+    ours = dict(model.named_modules())
+    copied = 0
+    with torch.no_grad():
+        for peft_name, module in peft_model.named_modules():
+            name = peft_name.removeprefix("base_model.model.")
+            if (
+                hasattr(module, "lora_A")
+                and isinstance(module.lora_A, nn.ModuleDict)
+                and adapter_name in module.lora_A
+            ):
+                layer = ours.get(name)
+                if not isinstance(layer, LoRALinear):
+                    raise ValueError(f"peft adapts {name}, which is not a LoRALinear in the model")
+                module.lora_A[adapter_name].weight.copy_(layer.lora_A)
+                module.lora_B[adapter_name].weight.copy_(layer.lora_B)
+                copied += 2
+            elif (
+                isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)
+                and adapter_name in module.modules_to_save
+            ):
+                if name not in ours:
+                    raise ValueError(f"peft saves the module {name}, which the model lacks")
+                target_state = module.modules_to_save[adapter_name].state_dict()
+                for key, value in ours[name].state_dict().items():
+                    target_state[key].copy_(value)
+                    copied += 1
+    return copied
+
+
+__all__ = [
+    "LoRALinear",
+    "adapter_state_dict",
+    "copy_lora_to_peft",
+    "inject_lora",
+    "load_adapter",
+    "lora_layers",
+    "save_adapter",
+]
