@@ -58,8 +58,15 @@ import sys
 
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q",
-         "git+https://github.com/from-zero-dl/pytorch-from-zero", "peft>=0.21,<0.22"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+            "peft>=0.21,<0.22",
+        ],
         check=True,
     )
 
@@ -67,7 +74,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 import copy
 import inspect
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,12 +90,7 @@ from tutorial_lib import data, lora, optim, results, runtime, train, weights
 from tutorial_lib.models import count_parameters
 from tutorial_lib.text import TokenizedTexts
 
-CHAPTER_STARTED = time.perf_counter()
-runtime.print_environment()
 print(f"peft {peft.__version__}")
-runtime.seed_everything(0)
-device = runtime.get_device()
-work_dir = Path(tempfile.mkdtemp(prefix="chapter6-"))  # adapters and checkpoints, measured
 
 
 @dataclass(frozen=True)
@@ -107,30 +108,60 @@ class Budget:
     recipe_train_size: int  # the GPU recipe's training reviews; 0 = only on CUDA, skipped here
 
 
-BUDGET = runtime.select_budget(
-    {
-        "smoke": Budget(
-            model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=48, val_size=32,
-            test_size=48, max_length=48, batch_size=16, epochs=1,
-            learning_rates={"full": (1e-4,), "lora": (3e-3,), "bitfit": (3e-3,), "head": (3e-3,)},
-            ranks=(1, 4, 16), sweep_rank=4, recipe_train_size=32,
-        ),
-        "cpu": Budget(
-            model_name="sentence-transformers/all-MiniLM-L6-v2", train_size=640, val_size=200,
-            test_size=800, max_length=128, batch_size=16, epochs=1,
-            learning_rates={"full": (1e-4, 2e-4), "lora": (1e-3, 3e-3),
-                            "bitfit": (3e-3, 1e-2), "head": (1e-3, 1e-2)},
-            ranks=(1, 4, 16), sweep_rank=4, recipe_train_size=0,
-        ),
-        "gpu": Budget(
-            model_name="bert-base-uncased", train_size=4_000, val_size=1_000, test_size=5_000,
-            max_length=256, batch_size=32, epochs=2,
-            learning_rates={"full": (2e-5, 5e-5, 1e-4), "lora": (3e-4, 1e-3, 3e-3),
-                            "bitfit": (1e-3, 3e-3, 1e-2), "head": (1e-3, 3e-3, 1e-2)},
-            ranks=(1, 4, 16), sweep_rank=4, recipe_train_size=25_000,
-        ),
-    }
-)
+BUDGETS = {
+    "smoke": Budget(
+        model_name="sentence-transformers/all-MiniLM-L6-v2",
+        train_size=48,
+        val_size=32,
+        test_size=48,
+        max_length=48,
+        batch_size=16,
+        epochs=1,
+        learning_rates={"full": (1e-4,), "lora": (3e-3,), "bitfit": (3e-3,), "head": (3e-3,)},
+        ranks=(1, 4, 16),
+        sweep_rank=4,
+        recipe_train_size=32,
+    ),
+    "cpu": Budget(
+        model_name="sentence-transformers/all-MiniLM-L6-v2",
+        train_size=640,
+        val_size=200,
+        test_size=800,
+        max_length=128,
+        batch_size=16,
+        epochs=1,
+        learning_rates={
+            "full": (1e-4, 2e-4),
+            "lora": (1e-3, 3e-3),
+            "bitfit": (3e-3, 1e-2),
+            "head": (1e-3, 1e-2),
+        },
+        ranks=(1, 4, 16),
+        sweep_rank=4,
+        recipe_train_size=0,
+    ),
+    "gpu": Budget(
+        model_name="bert-base-uncased",
+        train_size=4_000,
+        val_size=1_000,
+        test_size=5_000,
+        max_length=256,
+        batch_size=32,
+        epochs=2,
+        learning_rates={
+            "full": (2e-5, 5e-5, 1e-4),
+            "lora": (3e-4, 1e-3, 3e-3),
+            "bitfit": (1e-3, 3e-3, 1e-2),
+            "head": (1e-3, 3e-3, 1e-2),
+        },
+        ranks=(1, 4, 16),
+        sweep_rank=4,
+        recipe_train_size=25_000,
+    ),
+}
+run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+BUDGET, device, generator = run.budget, run.device, run.generator
+work_dir = run.scratch_dir("chapter6")  # adapters and checkpoints, measured
 print(BUDGET)
 
 # %% [markdown]
@@ -154,6 +185,7 @@ print(f"{count_parameters(pretrained):,} parameters")
 # its weight: 4 bytes, or 2 in 16-bit. (Activations, which grow with batch size and sequence
 # length, come on top in both cases and are left out here.)
 
+
 # %%
 def training_memory_gb(frozen: float, trainable: float, frozen_bytes: int = 4) -> float:
     """Frozen weights, plus weight, gradient and two Adam moments (fp32) per trainable one."""
@@ -162,16 +194,29 @@ def training_memory_gb(frozen: float, trainable: float, frozen_bytes: int = 4) -
 
 adapter_share = 0.005  # LoRA adapters are typically well under 1% of a large model's size
 memory_rows = []
-for name, parameters in [(bert_source.model, count_parameters(pretrained)),
-                         ("bert-base-uncased", 109.5e6), ("a 7-billion-parameter model", 7e9)]:
-    memory_rows.append((name, parameters, training_memory_gb(0, parameters),
-                        training_memory_gb(parameters, adapter_share * parameters, 2)))
-display(Markdown(
-    "| model | parameters | full fine-tuning, fp32 | frozen 16-bit base + 0.5% adapter |\n"
-    "|---|---:|---:|---:|\n"
-    + "\n".join(f"| {name} | {parameters / 1e6:,.1f} M | {full:,.2f} GB | {peft_gb:,.2f} GB |"
-                for name, parameters, full, peft_gb in memory_rows)
-))
+for name, parameters in [
+    (bert_source.model, count_parameters(pretrained)),
+    ("bert-base-uncased", 109.5e6),
+    ("a 7-billion-parameter model", 7e9),
+]:
+    memory_rows.append(
+        (
+            name,
+            parameters,
+            training_memory_gb(0, parameters),
+            training_memory_gb(parameters, adapter_share * parameters, 2),
+        )
+    )
+display(
+    Markdown(
+        "| model | parameters | full fine-tuning, fp32 | frozen 16-bit base + 0.5% adapter |\n"
+        "|---|---:|---:|---:|\n"
+        + "\n".join(
+            f"| {name} | {parameters / 1e6:,.1f} M | {full:,.2f} GB | {peft_gb:,.2f} GB |"
+            for name, parameters, full, peft_gb in memory_rows
+        )
+    )
+)
 
 # %% [markdown]
 # Fine-tuning all of a 7-billion-parameter model needs about 112 GB before the first activation
@@ -218,8 +263,10 @@ print(f"starts equal to the base: {torch.equal(wrapped(x), query(x))}")
 with torch.no_grad():
     wrapped.lora_B.normal_(std=0.02)  # as if trained a little
 wrapped(x).square().sum().backward()
-print("parameters with a gradient:",
-      [name for name, p in wrapped.named_parameters() if p.grad is not None])
+print(
+    "parameters with a gradient:",
+    [name for name, p in wrapped.named_parameters() if p.grad is not None],
+)
 before = wrapped(x)
 wrapped.merge()
 print(f"merged = unmerged: max difference {(wrapped(x) - before).abs().max():.1e}")
@@ -238,11 +285,12 @@ HEAD = ["classifier", "pooler"]
 LORA_ALPHA = 8  # fixed for every rank, as Hu et al. fix it; only the learning rate is tuned
 
 by_hand = copy.deepcopy(pretrained)
-trainable = lora.inject_lora(by_hand, LORA_TARGETS, rank=4, alpha=LORA_ALPHA,
-                             modules_to_save=HEAD)
-print(f"{len(lora.lora_layers(by_hand))} LoRA layers; {trainable:,} of "
-      f"{count_parameters(by_hand):,} parameters trainable "
-      f"({100 * trainable / count_parameters(by_hand):.2f}%)")
+trainable = lora.inject_lora(by_hand, LORA_TARGETS, rank=4, alpha=LORA_ALPHA, modules_to_save=HEAD)
+print(
+    f"{len(lora.lora_layers(by_hand))} LoRA layers; {trainable:,} of "
+    f"{count_parameters(by_hand):,} parameters trainable "
+    f"({100 * trainable / count_parameters(by_hand):.2f}%)"
+)
 print(by_hand.bert.encoder.layer[0].attention.self)
 
 # %% [markdown]
@@ -252,12 +300,15 @@ print(by_hand.bert.encoder.layer[0].attention.self)
 # a trainable copy of the head per adapter, so that several adapters can share one base:
 
 # %%
-config = peft.LoraConfig(r=4, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS,
-                         modules_to_save=HEAD)
+config = peft.LoraConfig(
+    r=4, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS, modules_to_save=HEAD
+)
 with_peft = peft.get_peft_model(copy.deepcopy(pretrained), config)
 with_peft.print_trainable_parameters()
-print(f"inject_lora: {trainable:,} trainable; peft: "
-      f"{with_peft.get_nb_trainable_parameters()[0]:,} trainable")
+print(
+    f"inject_lora: {trainable:,} trainable; peft: "
+    f"{with_peft.get_nb_trainable_parameters()[0]:,} trainable"
+)
 
 # %% [markdown]
 # The two agree on the count. To check that they compute the same function we need a non-zero
@@ -268,8 +319,13 @@ print(f"inject_lora: {trainable:,} trainable; peft: "
 imdb = data.load_imdb()
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 print(splits.describe())
-probe = tokenizer(splits.val.texts[:4], truncation=True, max_length=BUDGET.max_length,
-                  padding=True, return_tensors="pt")
+probe = tokenizer(
+    splits.val.texts[:4],
+    truncation=True,
+    max_length=BUDGET.max_length,
+    padding=True,
+    return_tensors="pt",
+)
 
 with torch.no_grad():
     for layer in lora.lora_layers(by_hand).values():
@@ -307,9 +363,13 @@ collator = DataCollatorWithPadding(tokenizer)
 
 def loader(reviews, shuffle: bool) -> DataLoader:
     dataset = TokenizedTexts(tokenizer, reviews.texts, reviews.labels, BUDGET.max_length)
-    return DataLoader(dataset, batch_size=BUDGET.batch_size if shuffle else 64, shuffle=shuffle,
-                      collate_fn=collator,
-                      generator=torch.Generator().manual_seed(0) if shuffle else None)
+    return DataLoader(
+        dataset,
+        batch_size=BUDGET.batch_size if shuffle else 64,
+        shuffle=shuffle,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(0) if shuffle else None,
+    )
 
 
 train_loader = loader(splits.train, shuffle=True)
@@ -321,6 +381,7 @@ print(f"LoRA learning rates tried at rank {BUDGET.sweep_rank}, reused for the ot
 # After training we also record what the optimiser holds (Adam's moments for every trainable
 # tensor) and the size on disk of what the method must store: its trainable parameters
 # (`lora.save_adapter` writes exactly those; for full fine-tuning, that is the whole model).
+
 
 # %%
 def build(method: str, rank: int | None = None) -> torch.nn.Module:
@@ -342,21 +403,41 @@ def train_variant(model: torch.nn.Module, learning_rate: float) -> dict:
     total_steps = BUDGET.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
     started = time.perf_counter()
-    history = train.fit(model, train_loader, val_loader, optimizer, epochs=BUDGET.epochs,
-                        scheduler=scheduler, device=device, grad_clip_norm=1.0, verbose=False)
-    optimizer_bytes = sum(value.numel() * value.element_size() for state in optimizer.state.values()
-                          for value in state.values() if torch.is_tensor(value))
-    return {"learning_rate": learning_rate, "val_accuracy": history["val_accuracy"][-1],
-            "train_seconds": time.perf_counter() - started, "optimizer_bytes": optimizer_bytes,
-            "trainable": count_parameters(model, trainable_only=True)}
+    history = train.fit(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        epochs=BUDGET.epochs,
+        scheduler=scheduler,
+        device=device,
+        grad_clip_norm=1.0,
+        verbose=False,
+    )
+    optimizer_bytes = sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
+    )
+    return {
+        "learning_rate": learning_rate,
+        "val_accuracy": history["val_accuracy"][-1],
+        "train_seconds": time.perf_counter() - started,
+        "optimizer_bytes": optimizer_bytes,
+        "trainable": count_parameters(model, trainable_only=True),
+    }
+
 
 # %% [markdown]
 # Now the runs. Each line is one training run; `*` marks the learning rate kept for a method.
 
 # %%
 METHODS = {"full fine-tuning": ("full", None)}
-METHODS |= {f"LoRA r={rank}": ("lora", rank) for rank in
-            sorted(BUDGET.ranks, key=lambda rank: rank != BUDGET.sweep_rank)}
+METHODS |= {
+    f"LoRA r={rank}": ("lora", rank)
+    for rank in sorted(BUDGET.ranks, key=lambda rank: rank != BUDGET.sweep_rank)
+}
 METHODS |= {"BitFit": ("bitfit", None), "head only": ("head", None)}
 
 chosen, kept_models, sweep = {}, {}, []
@@ -368,12 +449,14 @@ for label, (method, rank) in METHODS.items():
     for learning_rate in rates:
         runtime.seed_everything(0)
         model = build(method, rank)
-        run = train_variant(model, learning_rate)
-        sweep.append({"method": label, **run})
-        if label not in chosen or run["val_accuracy"] > chosen[label]["val_accuracy"]:
-            chosen[label], kept_models[label] = run, model
-        print(f"{label:<17} lr {learning_rate:.0e}: val accuracy {100 * run['val_accuracy']:.1f}%"
-              f"  ({run['train_seconds']:.0f} s)")
+        outcome = train_variant(model, learning_rate)
+        sweep.append({"method": label, **outcome})
+        if label not in chosen or outcome["val_accuracy"] > chosen[label]["val_accuracy"]:
+            chosen[label], kept_models[label] = outcome, model
+        print(
+            f"{label:<17} lr {learning_rate:.0e}: val accuracy {100 * outcome['val_accuracy']:.1f}%"
+            f"  ({outcome['train_seconds']:.0f} s)"
+        )
     print(f"{'':<17} * lr {chosen[label]['learning_rate']:.0e}")
 
 # %% [markdown]
@@ -382,56 +465,79 @@ for label, (method, rank) in METHODS.items():
 
 # %%
 for label, model in kept_models.items():
-    run = chosen[label]
-    run["test_accuracy"] = train.evaluate(model, test_loader, device=device)["accuracy"]
-    run["disk_bytes"] = lora.save_adapter(model, work_dir / f"{label}.pt").stat().st_size
+    outcome = chosen[label]
+    outcome["test_accuracy"] = train.evaluate(model, test_loader, device=device)["accuracy"]
+    outcome["disk_bytes"] = lora.save_adapter(model, work_dir / f"{label}.pt").stat().st_size
 
 total_parameters = count_parameters(pretrained)
 rows = [
-    f"| {label} | {run['trainable']:,} | {100 * run['trainable'] / total_parameters:.2f}% "
-    f"| {run['optimizer_bytes'] / 2**20:,.2f} MiB | {run['disk_bytes'] / 2**20:,.2f} MiB "
-    f"| {run['train_seconds']:.0f} s | {run['learning_rate']:.0e} "
-    f"| {100 * run['val_accuracy']:.1f}% | **{100 * run['test_accuracy']:.1f}%** |"
-    for label, run in chosen.items()
+    f"| {label} | {outcome['trainable']:,} | {100 * outcome['trainable'] / total_parameters:.2f}% "
+    f"| {outcome['optimizer_bytes'] / 2**20:,.2f} MiB | {outcome['disk_bytes'] / 2**20:,.2f} MiB "
+    f"| {outcome['train_seconds']:.0f} s | {outcome['learning_rate']:.0e} "
+    f"| {100 * outcome['val_accuracy']:.1f}% | **{100 * outcome['test_accuracy']:.1f}%** |"
+    for label, outcome in chosen.items()
 ]
-display(Markdown(
-    f"{len(splits.train):,} training reviews, {len(splits.test):,} test reviews, "
-    f"{BUDGET.max_length} tokens, {bert_source.model}\n\n"
-    "| method | trainable parameters | share | Adam state | saved size | training time "
-    "| learning rate | val accuracy | test accuracy |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-    + "\n".join(rows)
-))
+display(
+    Markdown(
+        f"{len(splits.train):,} training reviews, {len(splits.test):,} test reviews, "
+        f"{BUDGET.max_length} tokens, {bert_source.model}\n\n"
+        "| method | trainable parameters | share | Adam state | saved size | training time "
+        "| learning rate | val accuracy | test accuracy |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
+    )
+)
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 4), facecolor="white")
-for label, run in chosen.items():
-    ax.scatter(run["trainable"], 100 * run["test_accuracy"], s=60,
-               color="crimson" if label.startswith("LoRA") else "#4C72B0")
-    ax.annotate(label, (run["trainable"], 100 * run["test_accuracy"]),
-                textcoords="offset points", xytext=(6, 4), fontsize=9)
+for label, outcome in chosen.items():
+    ax.scatter(
+        outcome["trainable"],
+        100 * outcome["test_accuracy"],
+        s=60,
+        color="crimson" if label.startswith("LoRA") else "#4C72B0",
+    )
+    ax.annotate(
+        label,
+        (outcome["trainable"], 100 * outcome["test_accuracy"]),
+        textcoords="offset points",
+        xytext=(6, 4),
+        fontsize=9,
+    )
 ax.set_xscale("log")
-ax.set(title=f"Test accuracy against trainable parameters ({bert_source.model}, IMDB)",
-       xlabel="trainable parameters (log scale)", ylabel="test accuracy (%)")
+ax.set(
+    title=f"Test accuracy against trainable parameters ({bert_source.model}, IMDB)",
+    xlabel="trainable parameters (log scale)",
+    ylabel="test accuracy (%)",
+)
 ax.title.set_fontsize(10)
 ax.grid(alpha=0.3)
 plt.show()
 
-best_lora = max((label for label in chosen if label.startswith("LoRA")),
-                key=lambda label: chosen[label]["val_accuracy"])
+best_lora = max(
+    (label for label in chosen if label.startswith("LoRA")),
+    key=lambda label: chosen[label]["val_accuracy"],
+)
 full_run = chosen["full fine-tuning"]
 gap = 100 * (full_run["test_accuracy"] - chosen[best_lora]["test_accuracy"])
-print(f"best LoRA on validation: {best_lora}, "
-      f"{100 * chosen[best_lora]['trainable'] / total_parameters:.2f}% of the parameters, "
-      f"{gap:+.1f} points behind full fine-tuning on the test reviews; its Adam state is "
-      f"{full_run['optimizer_bytes'] / chosen[best_lora]['optimizer_bytes']:,.0f}x smaller")
-print("ranked by test accuracy: " + ", ".join(
-    f"{label} {100 * run['test_accuracy']:.1f}%"
-    for label, run in sorted(chosen.items(), key=lambda item: -item[1]["test_accuracy"])))
+print(
+    f"best LoRA on validation: {best_lora}, "
+    f"{100 * chosen[best_lora]['trainable'] / total_parameters:.2f}% of the parameters, "
+    f"{gap:+.1f} points behind full fine-tuning on the test reviews; its Adam state is "
+    f"{full_run['optimizer_bytes'] / chosen[best_lora]['optimizer_bytes']:,.0f}x smaller"
+)
+print(
+    "ranked by test accuracy: "
+    + ", ".join(
+        f"{label} {100 * outcome['test_accuracy']:.1f}%"
+        for label, outcome in sorted(chosen.items(), key=lambda item: -item[1]["test_accuracy"])
+    )
+)
 accuracy = full_run["test_accuracy"]
 standard_error = 100 * (accuracy * (1 - accuracy) / len(splits.test)) ** 0.5
-print(f"standard error of one accuracy near {100 * accuracy:.0f}% on {len(splits.test):,} "
-      f"test reviews: {standard_error:.1f} points")
+print(
+    f"standard error of one accuracy near {100 * accuracy:.0f}% on {len(splits.test):,} "
+    f"test reviews: {standard_error:.1f} points"
+)
 
 # %% [markdown]
 # Read the table along its columns. The trainable parameters set everything that scales with
@@ -459,12 +565,14 @@ energy_rows = []
 for index, layer in enumerate(full_model.bert.encoder.layer):
     for kind in ("query", "value"):
         pretrained_layer = pretrained.bert.encoder.layer[index].attention.self
-        delta = (getattr(layer.attention.self, kind).weight
-                 - getattr(pretrained_layer, kind).weight).detach()
+        delta = (
+            getattr(layer.attention.self, kind).weight - getattr(pretrained_layer, kind).weight
+        ).detach()
         singular_values = torch.linalg.svdvals(delta)
         energy = singular_values.square().cumsum(0) / singular_values.square().sum()
-        energy_rows.append((f"layer {index} {kind}",
-                            *(energy[rank - 1].item() for rank in BUDGET.ranks)))
+        energy_rows.append(
+            (f"layer {index} {kind}", *(energy[rank - 1].item() for rank in BUDGET.ranks))
+        )
         if kind == "query":
             ax.plot(singular_values / singular_values[0], label=f"ΔW query, layer {index}")
 random_matrix = torch.randn_like(delta)
@@ -472,18 +580,30 @@ random_values = torch.linalg.svdvals(random_matrix)
 random_energy = random_values.square().cumsum(0) / random_values.square().sum()
 ax.plot(random_values / random_values[0], color="black", linestyle="--", label="random matrix")
 ax.set_yscale("log")
-ax.set(title="Singular values of the full fine-tuning update (largest = 1)",
-       xlabel="index of the singular value", ylabel="singular value / largest (log scale)")
+ax.set(
+    title="Singular values of the full fine-tuning update (largest = 1)",
+    xlabel="index of the singular value",
+    ylabel="singular value / largest (log scale)",
+)
 ax.legend(fontsize=8, ncol=2)
 plt.show()
-display(Markdown(
-    "| matrix | " + " | ".join(f"energy in top {rank}" for rank in BUDGET.ranks) + " |\n"
-    + "|---|" + "---:|" * len(BUDGET.ranks) + "\n"
-    + "\n".join(f"| {name} | " + " | ".join(f"{100 * share:.0f}%" for share in shares) + " |"
-                for name, *shares in energy_rows)
-    + "\n| random matrix | " + " | ".join(f"{100 * random_energy[rank - 1]:.0f}%"
-                                         for rank in BUDGET.ranks) + " |"
-))
+display(
+    Markdown(
+        "| matrix | "
+        + " | ".join(f"energy in top {rank}" for rank in BUDGET.ranks)
+        + " |\n"
+        + "|---|"
+        + "---:|" * len(BUDGET.ranks)
+        + "\n"
+        + "\n".join(
+            f"| {name} | " + " | ".join(f"{100 * share:.0f}%" for share in shares) + " |"
+            for name, *shares in energy_rows
+        )
+        + "\n| random matrix | "
+        + " | ".join(f"{100 * random_energy[rank - 1]:.0f}%" for rank in BUDGET.ranks)
+        + " |"
+    )
+)
 
 # %% [markdown]
 # Compare each row with the random matrix: the fine-tuning update puts a far larger share of its
@@ -505,8 +625,9 @@ lora_model = kept_models[best_lora].cpu().eval()
 
 
 def peft_model_from(trained: torch.nn.Module, rank: int, adapter_name: str = "default"):
-    config = peft.LoraConfig(r=rank, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS,
-                             modules_to_save=HEAD)
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS, modules_to_save=HEAD
+    )
     model = peft.get_peft_model(copy.deepcopy(pretrained), config, adapter_name=adapter_name)
     lora.copy_lora_to_peft(trained, model, adapter_name)
     return model.eval()
@@ -515,8 +636,10 @@ def peft_model_from(trained: torch.nn.Module, rank: int, adapter_name: str = "de
 shipped = peft_model_from(lora_model, best_rank)
 with torch.no_grad():
     reference_logits = lora_model(**probe).logits
-    print(f"peft vs LoRALinear after training: max logit difference "
-          f"{(shipped(**probe).logits - reference_logits).abs().max():.1e}")
+    print(
+        f"peft vs LoRALinear after training: max logit difference "
+        f"{(shipped(**probe).logits - reference_logits).abs().max():.1e}"
+    )
 shipped.save_pretrained(work_dir / "adapter")
 hf_logging.disable_progress_bar()  # no "writing shards" bar for one small file
 pretrained.save_pretrained(work_dir / "full-model")
@@ -530,11 +653,15 @@ def folder_bytes(folder: Path) -> int:
 adapter_bytes = folder_bytes(work_dir / "adapter")
 model_bytes = folder_bytes(work_dir / "full-model")
 print("adapter files:", sorted(path.name for path in (work_dir / "adapter").iterdir()))
-print(f"adapter {adapter_bytes / 2**20:.2f} MiB vs full model {model_bytes / 2**20:.1f} MiB: "
-      f"{model_bytes / adapter_bytes:.0f}x smaller")
+print(
+    f"adapter {adapter_bytes / 2**20:.2f} MiB vs full model {model_bytes / 2**20:.1f} MiB: "
+    f"{model_bytes / adapter_bytes:.0f}x smaller"
+)
 pooler_parameters = count_parameters(pretrained.bert.pooler)
-print(f"the pooler is {100 * pooler_parameters / chosen[best_lora]['trainable']:.0f}% of the "
-      f"adapter's {chosen[best_lora]['trainable']:,} parameters")
+print(
+    f"the pooler is {100 * pooler_parameters / chosen[best_lora]['trainable']:.0f}% of the "
+    f"adapter's {chosen[best_lora]['trainable']:,} parameters"
+)
 
 # %% [markdown]
 # The adapter holds the LoRA matrices and the trained head; the pooler's share of it is printed
@@ -546,11 +673,15 @@ print(f"the pooler is {100 * pooler_parameters / chosen[best_lora]['trainable']:
 _, fresh_base, _ = weights.load_bert(BUDGET.model_name, num_labels=2, verbose=False)
 loaded = peft.PeftModel.from_pretrained(fresh_base, work_dir / "adapter").eval()
 with torch.no_grad():
-    print(f"loaded adapter: max logit difference "
-          f"{(loaded(**probe).logits - reference_logits).abs().max():.1e}")
+    print(
+        f"loaded adapter: max logit difference "
+        f"{(loaded(**probe).logits - reference_logits).abs().max():.1e}"
+    )
     merged = loaded.merge_and_unload().eval()
-    print(f"merged ({type(merged).__name__}): max logit difference "
-          f"{(merged(**probe).logits - reference_logits).abs().max():.1e}")
+    print(
+        f"merged ({type(merged).__name__}): max logit difference "
+        f"{(merged(**probe).logits - reference_logits).abs().max():.1e}"
+    )
 del loaded, merged, fresh_base, shipped
 
 # %% [markdown]
@@ -568,12 +699,16 @@ for label, model in kept_models.items():
     if label.startswith("LoRA"):
         name = label.replace("LoRA ", "").replace("=", "")
         peft_model_from(model.cpu(), METHODS[label][1], adapter_name=name).save_pretrained(
-            work_dir / "adapters")
-adapter_names = sorted((path.name for path in (work_dir / "adapters").iterdir() if path.is_dir()),
-                       key=lambda name: int(name.removeprefix("r")))
+            work_dir / "adapters"
+        )
+adapter_names = sorted(
+    (path.name for path in (work_dir / "adapters").iterdir() if path.is_dir()),
+    key=lambda name: int(name.removeprefix("r")),
+)
 _, shared_base, _ = weights.load_bert(BUDGET.model_name, num_labels=2, verbose=False)
-multi = peft.PeftModel.from_pretrained(shared_base, work_dir / "adapters" / adapter_names[0],
-                                       adapter_name=adapter_names[0])
+multi = peft.PeftModel.from_pretrained(
+    shared_base, work_dir / "adapters" / adapter_names[0], adapter_name=adapter_names[0]
+)
 for name in adapter_names[1:]:
     multi.load_adapter(work_dir / "adapters" / name, adapter_name=name)
 multi.to(device).eval()
@@ -584,13 +719,17 @@ for name in adapter_names:
     multi.set_adapter(name)
     accuracy = train.evaluate(multi, val_loader, device=device)["accuracy"]
     label = f"LoRA {name.replace('r', 'r=')}"
-    print(f"adapter {name:<4} val accuracy {100 * accuracy:.1f}% "
-          f"(its run: {100 * chosen[label]['val_accuracy']:.1f}%); base query weight at the same "
-          f"address: {base_query.data_ptr() == address}, unchanged: "
-          f"{torch.equal(base_query.cpu(), pretrained_query)}")
+    print(
+        f"adapter {name:<4} val accuracy {100 * accuracy:.1f}% "
+        f"(its run: {100 * chosen[label]['val_accuracy']:.1f}%); base query weight at the same "
+        f"address: {base_query.data_ptr() == address}, unchanged: "
+        f"{torch.equal(base_query.cpu(), pretrained_query)}"
+    )
 with multi.disable_adapter():
-    print(f"no adapter (pretrained encoder, untrained head): val accuracy "
-          f"{100 * train.evaluate(multi, val_loader, device=device)['accuracy']:.1f}%")
+    print(
+        f"no adapter (pretrained encoder, untrained head): val accuracy "
+        f"{100 * train.evaluate(multi, val_loader, device=device)['accuracy']:.1f}%"
+    )
 del multi, shared_base
 
 # %% [markdown]
@@ -603,50 +742,89 @@ del multi, shared_base
 # reviews. The `smoke` profile runs the same function on the CPU on a handful of reviews, so that
 # its code is tested; the `cpu` profile skips it.
 
+
 # %%
-def lora_recipe(model_name: str, train_reviews, test_reviews, max_length: int = 256,
-                batch_size: int = 32, epochs: int = 2, learning_rate: float = 5e-4,
-                rank: int = 8) -> dict:
+def lora_recipe(
+    model_name: str,
+    train_reviews,
+    test_reviews,
+    max_length: int = 256,
+    batch_size: int = 32,
+    epochs: int = 2,
+    learning_rate: float = 5e-4,
+    rank: int = 8,
+) -> dict:
     """Fine-tune ``model_name`` with peft's LoRA; return test accuracy and timings."""
     recipe_tokenizer, model, source = weights.load_bert(model_name, num_labels=2)
-    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank,
-                             lora_dropout=0.1, target_modules=LORA_TARGETS)
+    config = peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.1,
+        target_modules=LORA_TARGETS,
+    )
     model = peft.get_peft_model(model, config)
     model.print_trainable_parameters()
     recipe_collator = DataCollatorWithPadding(recipe_tokenizer)
 
     def recipe_loader(reviews, shuffle: bool) -> DataLoader:
         dataset = TokenizedTexts(recipe_tokenizer, reviews.texts, reviews.labels, max_length)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=recipe_collator,
-                          generator=torch.Generator().manual_seed(0) if shuffle else None)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=recipe_collator,
+            generator=torch.Generator().manual_seed(0) if shuffle else None,
+        )
 
     recipe_train = recipe_loader(train_reviews, shuffle=True)
     optimizer = torch.optim.AdamW(optim.param_groups(model, lr=learning_rate, weight_decay=0.01))
     total_steps = epochs * len(recipe_train)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
-    history = train.fit(model, recipe_train, None, optimizer, epochs=epochs, scheduler=scheduler,
-                        device=device, grad_clip_norm=1.0, monitor="train_loss")
-    test_accuracy = train.evaluate(model, recipe_loader(test_reviews, shuffle=False),
-                                   device=device)["accuracy"]
-    return {"model": source.model, "train_size": len(train_reviews),
-            "test_size": len(test_reviews), "test_accuracy": test_accuracy,
-            "trainable": model.get_nb_trainable_parameters()[0],
-            "train_seconds": sum(history["seconds"])}
+    history = train.fit(
+        model,
+        recipe_train,
+        None,
+        optimizer,
+        epochs=epochs,
+        scheduler=scheduler,
+        device=device,
+        grad_clip_norm=1.0,
+        monitor="train_loss",
+    )
+    test_accuracy = train.evaluate(
+        model, recipe_loader(test_reviews, shuffle=False), device=device
+    )["accuracy"]
+    return {
+        "model": source.model,
+        "train_size": len(train_reviews),
+        "test_size": len(test_reviews),
+        "test_accuracy": test_accuracy,
+        "trainable": model.get_nb_trainable_parameters()[0],
+        "train_seconds": sum(history["seconds"]),
+    }
 
 
 recipe_result = None
 if runtime.cuda_only_note("bert-base-uncased with LoRA on the 25,000 training reviews"):
-    recipe_result = lora_recipe("bert-base-uncased",
-                                data.subset(imdb.train, BUDGET.recipe_train_size), imdb.test)
+    recipe_result = lora_recipe(
+        "bert-base-uncased", data.subset(imdb.train, BUDGET.recipe_train_size), imdb.test
+    )
 elif BUDGET.recipe_train_size:  # smoke: the same code on the CPU, on a few reviews
     print(f"Running the recipe's code on {BUDGET.recipe_train_size} reviews on the CPU to test it")
-    recipe_result = lora_recipe(BUDGET.model_name,
-                                data.subset(splits.train, BUDGET.recipe_train_size), splits.val,
-                                max_length=BUDGET.max_length, batch_size=16, epochs=1)
+    recipe_result = lora_recipe(
+        BUDGET.model_name,
+        data.subset(splits.train, BUDGET.recipe_train_size),
+        splits.val,
+        max_length=BUDGET.max_length,
+        batch_size=16,
+        epochs=1,
+    )
 if recipe_result is not None:
-    print(f"{recipe_result['model']}, {recipe_result['train_size']:,} training reviews: test "
-          f"accuracy {100 * recipe_result['test_accuracy']:.2f}% on {recipe_result['test_size']:,}")
+    print(
+        f"{recipe_result['model']}, {recipe_result['train_size']:,} training reviews: test "
+        f"accuracy {100 * recipe_result['test_accuracy']:.2f}% on {recipe_result['test_size']:,}"
+    )
 
 # %% [markdown]
 # ## When even the frozen base is too large: QLoRA
@@ -668,28 +846,53 @@ if recipe_result is not None:
 # ## The result record
 
 # %%
-record_path = results.write_result_record("06_peft_lora", {
-    "data": {"source": imdb.source.kind, "location": imdb.source.location,
-             "budget_adjustments": list(splits.adjustments), "train": len(splits.train),
-             "validation": len(splits.val), "test": len(splits.test),
-             "max_length": BUDGET.max_length},
-    "model": {"name": bert_source.model, "weights": bert_source.describe(),
-              "parameters": total_parameters},
-    "metrics": {
-        "methods": {label: {key: run[key] for key in (
-            "learning_rate", "trainable", "val_accuracy", "test_accuracy", "optimizer_bytes",
-            "disk_bytes", "train_seconds")} for label, run in chosen.items()},
-        "learning_rate_sweep": sweep,
-        "best_lora": best_lora,
-        "best_lora_gap_to_full_points": gap,
-        "adapter_bytes_peft": adapter_bytes, "full_model_bytes": model_bytes,
-        "update_energy_in_top_ranks": {name: dict(zip(BUDGET.ranks, shares))
-                                       for name, *shares in energy_rows},
-        "gpu_recipe": recipe_result,
+record_path = results.write_result_record(
+    "06_peft_lora",
+    {
+        "data": {
+            "source": imdb.source.kind,
+            "location": imdb.source.location,
+            "budget_adjustments": list(splits.adjustments),
+            "train": len(splits.train),
+            "validation": len(splits.val),
+            "test": len(splits.test),
+            "max_length": BUDGET.max_length,
+        },
+        "model": {
+            "name": bert_source.model,
+            "weights": bert_source.describe(),
+            "parameters": total_parameters,
+        },
+        "metrics": {
+            "methods": {
+                label: {
+                    key: outcome[key]
+                    for key in (
+                        "learning_rate",
+                        "trainable",
+                        "val_accuracy",
+                        "test_accuracy",
+                        "optimizer_bytes",
+                        "disk_bytes",
+                        "train_seconds",
+                    )
+                }
+                for label, outcome in chosen.items()
+            },
+            "learning_rate_sweep": sweep,
+            "best_lora": best_lora,
+            "best_lora_gap_to_full_points": gap,
+            "adapter_bytes_peft": adapter_bytes,
+            "full_model_bytes": model_bytes,
+            "update_energy_in_top_ranks": {
+                name: dict(zip(BUDGET.ranks, shares, strict=True)) for name, *shares in energy_rows
+            },
+            "gpu_recipe": recipe_result,
+        },
+        "chapter_seconds": run.seconds(),
     },
-    "chapter_seconds": time.perf_counter() - CHAPTER_STARTED,
-})
-print(f"wrote {record_path.name} in {record_path.parent.name}/")
+)
+print(f"wrote {runtime.display_path(record_path)}")
 shutil.rmtree(work_dir)  # the measured adapters and checkpoints are no longer needed
 
 # %% [markdown]
