@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from torch import nn
 
 from tutorial_lib import conv, data, plots, results, runtime
@@ -236,7 +237,7 @@ cases = [
     dict(kernel_size=2, stride=2, padding=0, dilation=1),  # like 2x2 pooling
 ]
 probe = torch.zeros(1, 1, 28, 28)
-print(f"{'k':>2} {'s':>2} {'p':>2} {'d':>2} | formula | F.conv2d")
+rows = []
 for case in cases:
     formula = conv.conv_output_size(28, **case)
     k = case["kernel_size"]
@@ -247,9 +248,8 @@ for case in cases:
         padding=case["padding"],
         dilation=case["dilation"],
     ).shape[-1]
-    print(
-        f"{k:>2} {case['stride']:>2} {case['padding']:>2} {case['dilation']:>2} | {formula:>7} | {actual:>8}"
-    )
+    rows.append([k, case["stride"], case["padding"], case["dilation"], formula, actual])
+display(plots.markdown_table(rows, ["k", "s", "p", "d", "formula", "F.conv2d"]))
 
 # %% [markdown]
 # Two rules of thumb fall out: $p = (k-1)/2$ with stride 1 keeps the size ("same" padding, odd
@@ -281,7 +281,8 @@ reference = F.conv2d(x, weight, bias, **options)
 for implementation in (conv.cross_correlate2d_loops, conv.cross_correlate2d_im2col):
     difference = (implementation(x, weight, bias, **options) - reference).abs().max().item()
     print(
-        f"{implementation.__name__:<26} shape {tuple(reference.shape)}  max |difference| {difference:.1e}"
+        f"{implementation.__name__:<26} shape {tuple(reference.shape)}"
+        f"  max |difference| {difference:.1e}"
     )
 
 # %% [markdown]
@@ -297,14 +298,20 @@ standard_macs = conv.conv2d_macs(64, 64, 3, (56, 56))
 separable_macs = conv.conv2d_macs(64, 64, 3, (56, 56), groups=64) + conv.conv2d_macs(
     64, 64, 1, (56, 56)
 )
-print(
-    f"standard 3x3:             {standard_params:>7,} parameters, {standard_macs / 1e6:6.1f} M multiply-adds"
-)
-print(
-    f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_macs / 1e6:6.1f} M multiply-adds"
-)
-print(
-    f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute"
+display(
+    plots.markdown_table(
+        [
+            ["standard 3x3", f"{standard_params:,}", f"{standard_macs / 1e6:.1f} M"],
+            ["depthwise 3x3 + 1x1", f"{separable_params:,}", f"{separable_macs / 1e6:.1f} M"],
+            [
+                "reduction",
+                f"{standard_params / separable_params:.1f}x",
+                f"{standard_macs / separable_macs:.1f}x",
+            ],
+        ],
+        ["convolution, 64 to 64 channels", "parameters", "multiply-adds"],
+        align="lrr",
+    )
 )
 
 # %% [markdown]
@@ -421,9 +428,9 @@ for name, (ours, autograd) in checks.items():
 
 # %%
 grid = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
-print(grid[0, 0])
-print("max pooling:\n", conv.pool2d(grid, 2, mode="max")[0, 0])
-print("average pooling:\n", conv.pool2d(grid, 2, mode="avg")[0, 0])
+print(f"input:\n{grid[0, 0]}")
+print(f"max pooling:\n{conv.pool2d(grid, 2, mode='max')[0, 0]}")
+print(f"average pooling:\n{conv.pool2d(grid, 2, mode='avg')[0, 0]}")
 assert conv.pool2d(grid, 2).squeeze().tolist() == [[6.0, 8.0], [14.0, 16.0]]
 assert torch.equal(conv.pool2d(grid, 2, mode="avg"), F.avg_pool2d(grid, 2))
 
@@ -503,7 +510,7 @@ targets = F.conv2d(learning_digits, sobel_x, padding=1)
 torch.manual_seed(0)
 learned = (0.1 * torch.randn(1, 1, 3, 3)).requires_grad_()
 losses = []
-for step in range(300):
+for _ in range(300):
     loss = F.mse_loss(F.conv2d(learning_digits, learned, padding=1), targets)
     loss.backward()
     with torch.no_grad():
@@ -535,14 +542,15 @@ print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item()
 model = MnistCNN()
 print(model)
 macs = conv.model_macs(model, (1, 28, 28))
-print(f"\n{'layer':<14}{'parameters':>12}{'multiply-adds':>16}")
-for name, module in model.named_modules():
-    if name in macs:
-        print(f"{name:<14}{count_parameters(module):>12,}{macs[name]:>16,}")
-print(f"{'total':<14}{count_parameters(model):>12,}{sum(macs.values()):>16,}")
-print(
-    f"\nreceptive field of one feature after the second pooling: {conv.receptive_field_of(model)} x {conv.receptive_field_of(model)} pixels"
-)
+rows = [
+    [name, f"{count_parameters(module):,}", f"{macs[name]:,}"]
+    for name, module in model.named_modules()
+    if name in macs
+]
+rows.append(["total", f"{count_parameters(model):,}", f"{sum(macs.values()):,}"])
+display(plots.markdown_table(rows, ["layer", "parameters", "multiply-adds"], align="lrr"))
+field = conv.receptive_field_of(model)
+print(f"receptive field of one feature after the second pooling: {field} x {field} pixels")
 
 # %% [markdown]
 # The split is lopsided in an instructive way: the convolutions do almost all of the *compute*
@@ -582,11 +590,14 @@ with torch.no_grad():
         name: median_seconds(run, BUDGET.timing_repeats) for name, run in implementations.items()
     }
 print(
-    f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, {torch.get_num_threads()} CPU threads"
+    f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, "
+    f"{torch.get_num_threads()} CPU threads"
 )
-print(f"{'implementation':<16}{'median time':>14}{'vs F.conv2d':>14}")
-for name, value in seconds.items():
-    print(f"{name:<16}{value * 1e3:>11.2f} ms{value / seconds['F.conv2d']:>13.0f}x")
+rows = [
+    [name, f"{value * 1e3:.2f} ms", f"{value / seconds['F.conv2d']:.0f}x"]
+    for name, value in seconds.items()
+]
+display(plots.markdown_table(rows, ["implementation", "median time", "vs F.conv2d"], align="lrr"))
 fig = plots.bar_chart(
     list(seconds),
     [value * 1e3 for value in seconds.values()],
@@ -659,13 +670,16 @@ print(f"wrote {runtime.display_path(record_path)}")
 # ```{admonition} Solutions
 # :class: dropdown
 #
-# 1. $\lfloor (224 + 6 - 6 - 1)/2 \rfloor + 1 = 112$, then $\lfloor (112 + 2 - 2 - 1)/2 \rfloor + 1 = 56$:
-#    `conv.conv_output_size(224, 7, 2, 3)` and `conv.conv_output_size(112, 3, 2, 1)`.
+# 1. $\lfloor (224 + 6 - 6 - 1)/2 \rfloor + 1 = 112$, then
+#    $\lfloor (112 + 2 - 2 - 1)/2 \rfloor + 1 = 56$: `conv.conv_output_size(224, 7, 2, 3)` and
+#    `conv.conv_output_size(112, 3, 2, 1)`.
 # 2. `conv.receptive_field([conv.LayerGeometry(5)])` and
 #    `conv.receptive_field([conv.LayerGeometry(3)] * 2)` are both 5. Parameters (with bias):
-#    $64 \cdot 64 \cdot 25 + 64 = 102{,}464$ against $2 \cdot (64 \cdot 64 \cdot 9 + 64) = 73{,}856$.
+#    $64 \cdot 64 \cdot 25 + 64 = 102{,}464$ against
+#    $2 \cdot (64 \cdot 64 \cdot 9 + 64) = 73{,}856$.
 # 3. Flip the kernel to $[[4, 3], [2, 1]]$ and slide it: the top-left output is
-#    $4 \cdot 1 + 3 \cdot 2 + 2 \cdot 4 + 1 \cdot 5 = 23$, and the full output is $[[23, 33], [53, 63]]$.
+#    $4 \cdot 1 + 3 \cdot 2 + 2 \cdot 4 + 1 \cdot 5 = 23$, and the full output is
+#    $[[23, 33], [53, 63]]$.
 # 4. `torch.full((1, 1, 5, 5), 1 / 25)` with `padding=2`, since $(5 - 1)/2 = 2$.
 # ```
 

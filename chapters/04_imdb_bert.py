@@ -39,8 +39,8 @@
 #   output;
 # - fine-tuning with the shared `fit`: AdamW with weight decay, linear warm-up and decay, gradient
 #   clipping, mixed precision on CUDA; training the head only vs. the whole network;
-# - evaluation with accuracy, F1 and a confusion matrix, the most confident mistakes, and predictions
-#   on sentences of your own.
+# - evaluation with accuracy, F1 and a confusion matrix, the most confident mistakes, and
+#   predictions on sentences of your own.
 #
 # **Prerequisites**: chapter 2 (the training loop) and chapter 3 (fine-tuning, frozen backbones),
 # and matrix products. The transformer's internals are introduced here as far as fine-tuning
@@ -78,6 +78,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForMaskedLM,
@@ -164,8 +165,7 @@ BUDGET
 # cell.**
 
 # %%
-tokenizer, _, bert_source = weights.load_bert(BUDGET.model_name)
-print(f"model: {bert_source.describe()}")
+tokenizer, _, bert_source = weights.load_bert(BUDGET.model_name)  # prints which copy it loaded
 
 # %% [markdown]
 # ## The reviews, in tokens
@@ -264,7 +264,10 @@ for limit in (128, 256, 512):
         linestyle="-" if limit == BUDGET.max_length else ":",
     )
 ax.set(
-    title=f"WordPiece tokens per review (red: max_length {BUDGET.max_length}; longer than 1,024 counted at 1,024)",
+    title=(
+        f"WordPiece tokens per review (red: max_length {BUDGET.max_length};\n"
+        "longer than 1,024 counted at 1,024)"
+    ),
     xlabel="tokens per review",
     ylabel="reviews",
 )
@@ -332,18 +335,20 @@ padding_runs = {
 }
 reference_seconds = padding_runs["pad everything to 512 (source)"][1]
 print(f"{len(padding_texts)} test reviews, batches of 16, encoder forward pass on the CPU")
-for name, (tokens, seconds_taken) in padding_runs.items():
-    print(
-        f"{name:<42}{tokens:>8,} tokens {seconds_taken:>7.2f} s  ({reference_seconds / seconds_taken:.1f}x the speed of padding to 512)"
-    )
+rows = [
+    [name, f"{tokens:,}", f"{seconds_taken:.2f} s", f"{reference_seconds / seconds_taken:.1f}x"]
+    for name, (tokens, seconds_taken) in padding_runs.items()
+]
+headers = ["padding", "tokens", "time", "speed vs padding to 512"]
+display(plots.markdown_table(rows, headers, align="lrrr"))
 
 # %% [markdown]
 # Dynamic padding saves exactly the padding it does not add, so its gain depends on the batches: a
 # batch of 16 reviews is padded to its longest member, and with the share of reviews over 512 tokens
 # printed above, many batches contain one and gain little. Truncating at a shorter `max_length` is
-# what cuts the cost, and dynamic padding then also saves on every batch whose reviews are all shorter
-# than that. In training, where the backward pass costs about twice the forward, the saving is the
-# same fraction of a larger sum.
+# what cuts the cost, and dynamic padding then also saves on every batch whose reviews are all
+# shorter than that. In training, where the backward pass costs about twice the forward, the saving
+# is the same fraction of a larger sum.
 
 # %% [markdown]
 # ## What BERT computes
@@ -382,8 +387,8 @@ print(
 
 # %% [markdown]
 # **Scaled dot-product attention.** Each layer projects the vectors $h$ into queries $Q = hW_Q$,
-# keys $K = hW_K$ and values $V = hW_V$, split into $H$ heads of size $d = 384 / 12 = 32$ (768 / 12 =
-# 64 for bert-base). Token $i$'s output is a weighted average of the values, the weights coming
+# keys $K = hW_K$ and values $V = hW_V$, split into $H$ heads of size $d = 384 / 12 = 32$ (768 / 12
+# = 64 for bert-base). Token $i$'s output is a weighted average of the values, the weights coming
 # from how well its query matches each key:
 #
 # $$
@@ -487,8 +492,9 @@ else:
 # BERT-style teacher by imitating its self-attention, cut to 6 layers
 # (`nreimers/MiniLM-L6-H384-uncased`), and then trained by sentence-transformers with a
 # contrastive objective on over a billion sentence pairs, so that paired sentences get similar
-# mean-pooled vectors {cite:p}`reimers2021allminilm`. It ships without the masked-language-model head, and it never
-# trained the pooler that `AutoModelForSequenceClassification` puts its classifier on.
+# mean-pooled vectors {cite:p}`reimers2021allminilm`. It ships without the masked-language-model
+# head, and it never trained the pooler that `AutoModelForSequenceClassification` puts its
+# classifier on.
 
 # %%
 collator = DataCollatorWithPadding(tokenizer)
@@ -618,14 +624,16 @@ runtime.seed_everything(0)
 _, frozen_model, _ = weights.load_bert(BUDGET.model_name, num_labels=2, verbose=False)
 freeze(frozen_model.base_model)
 print(
-    f"{count_parameters(frozen_model, trainable_only=True):,} of {count_parameters(frozen_model):,} parameters trainable"
+    f"{count_parameters(frozen_model, trainable_only=True):,} of "
+    f"{count_parameters(frozen_model):,} parameters trainable"
 )
 with torch.no_grad():
     pooled = frozen_model.base_model(
         **{key: value for key, value in batch.items() if key != "labels"}
     ).pooler_output
 print(
-    f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, standard deviation {pooled.std():.3f}"
+    f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, "
+    f"standard deviation {pooled.std():.3f}"
 )
 head_only_reviews = data.subset(train_reviews, BUDGET.head_only_train_size, seed=3)
 head_only_set = tokenized(head_only_reviews)
@@ -657,16 +665,20 @@ comparison[f"hand-written head ({len(custom_subset):,} reviews)"] = (
 )
 del custom_model, encoder
 
-print(f"{'variant':<36}{'trainable':>12}{'train time':>12}{'val accuracy':>14}")
-for name, (trainable, seconds, accuracy) in comparison.items():
-    print(f"{name:<36}{trainable:>12,}{seconds:>10.0f} s{100 * accuracy:>13.1f}%")
+rows = [
+    [name, f"{trainable:,}", f"{seconds:.0f} s", f"{100 * accuracy:.1f}%"]
+    for name, (trainable, seconds, accuracy) in comparison.items()
+]
+headers = ["variant", "trainable parameters", "train time", "val accuracy"]
+display(plots.markdown_table(rows, headers, align="lrrr"))
 
 # %% [markdown]
 # Compare the rows by what they cost and what they reach. Full fine-tuning adapts every layer to the
 # task; the frozen encoder limits the head to features that were never trained for sentiment; the
 # hand-written head is the same kind of model as the first row, trained on fewer reviews, so its
 # number shows that it learns, not how far it would get. The variants saw different numbers of
-# reviews, so compare accuracy per second of training with care. (Under `smoke`, all of this is noise.)
+# reviews, so compare accuracy per second of training with care. (Under `smoke`, all of this is
+# noise.)
 #
 # ## Evaluation on the test reviews
 
@@ -700,14 +712,18 @@ probabilities = torch.softmax(logits, dim=1)
 wrong = (predictions != targets).nonzero().flatten()
 for index in wrong[probabilities[wrong].max(dim=1).values.argsort(descending=True)][:4].tolist():
     print(
-        f"true {imdb.test.classes[targets[index]]} ({test_reviews.ratings[index]} stars), predicted "
-        f"{imdb.test.classes[predictions[index]]} with p = {probabilities[index].max():.3f}:"
+        f"true {imdb.test.classes[targets[index]]} ({test_reviews.ratings[index]} stars), "
+        f"predicted {imdb.test.classes[predictions[index]]} "
+        f"with p = {probabilities[index].max():.3f}:"
     )
-    print("   ", normalize_whitespace(test_reviews.texts[index])[:500], "...\n")
+    excerpt = textwrap.shorten(
+        normalize_whitespace(test_reviews.texts[index]), 500, placeholder=" ..."
+    )
+    print(textwrap.fill(excerpt, width=96, initial_indent="    ", subsequent_indent="    "), "\n")
 
 # %% [markdown]
-# Typical culprits are long reviews whose verdict sits in the middle that truncation cut, reviews that
-# describe a bad film affectionately (or a good one with reservations), and sarcasm.
+# Typical culprits are long reviews whose verdict sits in the middle that truncation cut, reviews
+# that describe a bad film affectionately (or a good one with reservations), and sarcasm.
 #
 # ## Predicting new sentences
 
@@ -728,7 +744,7 @@ with torch.no_grad():
         return_tensors="pt",
     ).to(device)
     new_probabilities = torch.softmax(model(**encoded).logits.float(), dim=1)[:, 1].cpu()
-for sentence, positive in zip(new_sentences, new_probabilities):
+for sentence, positive in zip(new_sentences, new_probabilities, strict=True):
     print(f"P(positive) = {positive:.3f}  {sentence}")
 
 # %% [markdown]
@@ -874,8 +890,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 #   `[PAD]` gives it weight 0, so padding cannot change the real tokens' outputs.
 # - Pad per batch (`DataCollatorWithPadding`), not to 512: the padding you do not add is compute you
 #   do not spend.
-# - `AutoModelForSequenceClassification` is a linear layer on BERT's pooled `[CLS]` output — the same
-#   model the source series writes by hand.
+# - `AutoModelForSequenceClassification` is a linear layer on BERT's pooled `[CLS]` output — the
+#   same model the source series writes by hand.
 # - Fine-tune with AdamW, a warm-up and a small learning rate; training the whole network beats
 #   training the head alone, at a higher cost per step.
 # - Say which model produced the numbers: on a CPU this page uses a 6-layer distilled BERT.
@@ -886,7 +902,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 # 1. Change `max_length` to 128 in the `cpu` budget. How do training time and test accuracy change?
 # 2. Train with `keep="head"` instead of `"head+tail"` in the three `TokenizedTexts`. Does the
 #    accuracy on the reviews longer than `max_length` change?
-# 3. Train the head-only variant with the full-fine-tuning learning rate. Why does it need a larger one?
+# 3. Train the head-only variant with the full-fine-tuning learning rate. Why does it need a larger
+#    one?
 # 4. Replace the pooled output by the mean of the token vectors (masked by the attention mask) in
 #    `BertPooledClassifier`. MiniLM was trained for exactly that pooling: does it help?
 #
@@ -897,21 +914,23 @@ print(f"wrote {runtime.display_path(record_path)}")
 #    a step takes a little under half as long; fewer reviews fit whole, so expect lower accuracy.
 #    Measure both with `benchmarks/run_chapter.py`.
 # 2. Only reviews longer than `max_length` tokens differ (the share printed in the length histogram
-#    cell). Compare `predictions == targets` on those test reviews for both runs; Sun et al. measured
-#    a gain of 0.2 points of error for head + tail over head only at 512 tokens on all reviews, so
-#    expect a small difference that needs many test reviews to be seen.
+#    cell). Compare `predictions == targets` on those test reviews for both runs; Sun et al.
+#    measured a gain of 0.2 points of error for head + tail over head only at 512 tokens on all
+#    reviews, so expect a small difference that needs many test reviews to be seen.
 # 3. Only the small randomly initialised head trains, on features of small scale (printed above); at
 #    $10^{-4}$ its weights move too little in one epoch to separate them, whereas the large learning
 #    rate that would wreck a pre-trained encoder is safe for a single linear layer.
 # 4. `hidden = self.encoder(...).last_hidden_state; mask = attention_mask.unsqueeze(-1).float();
-#    pooled = (hidden * mask).sum(1) / mask.sum(1)`. Compare the validation accuracy under the same budget.
+#    pooled = (hidden * mask).sum(1) / mask.sum(1)`. Compare the validation accuracy under the same
+#    budget.
 # ```
 
 # %% [markdown]
 # ## References
 #
 # - {cite:t}`devlin2019bert` — BERT.
-# - {cite:t}`sun2019fine` — how to fine-tune BERT for text classification (learning rates, truncation).
+# - {cite:t}`sun2019fine` — how to fine-tune BERT for text classification (learning rates,
+#   truncation).
 # - {cite:t}`vaswani2017attention` — the transformer and scaled dot-product attention.
 # - {cite:t}`reimers2021allminilm` — the model card of all-MiniLM-L6-v2 (how it was trained).
 # - {cite:t}`maas2011learning` — the IMDB data set.

@@ -67,13 +67,14 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import inspect
+import textwrap
 import time
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch.utils.data import DataLoader, TensorDataset
 
 from tutorial_lib import data, metrics, plots, results, runtime, train, weights
@@ -156,9 +157,8 @@ imdb = data.load_imdb()
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test
 print(splits.describe())
-print(
-    f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):\n{train_reviews.texts[0][:400]}"
-)
+print(f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):")
+print(textwrap.fill(textwrap.shorten(train_reviews.texts[0], 400, placeholder=" ..."), width=96))
 
 # %% [markdown]
 # ## From text to tokens
@@ -185,7 +185,8 @@ print(
     + ", ".join(f"{p}th percentile {v}" for p, v in percentiles.items())
 )
 print(
-    f"max_length {BUDGET.max_length} keeps {100 * covered:.1f}% of the reviews whole; the rest are truncated"
+    f"max_length {BUDGET.max_length} keeps {100 * covered:.1f}% of the reviews whole; "
+    "the rest are truncated"
 )
 
 fig, ax = plt.subplots(figsize=(7, 3.5), facecolor="white")
@@ -209,9 +210,8 @@ plt.show()
 # %%
 long_review = max(train_tokens[:200], key=len)
 kept = truncate(long_review, 16, keep="head+tail")
-print(
-    f"a {len(long_review)}-token review cut to 16 tokens, head + tail:\n{' '.join(kept[:8])} ... {' '.join(kept[8:])}"
-)
+print(f"a {len(long_review)}-token review cut to 16 tokens, head + tail:")
+print(f"{' '.join(kept[:8])} ... {' '.join(kept[8:])}")
 
 # %% [markdown]
 # ## The vocabulary
@@ -273,26 +273,29 @@ print(inspect.getsource(TextCNN))
 model = TextCNN(len(vocabulary), embedding_dim=128, num_filters=100, widths=(3, 4, 5))
 ids = next(iter(train_loader))[0][:4]
 embedded = model.embedding(ids)
-print(f"{'token ids':<34}{tuple(ids.shape)}")
-print(f"{'embedding':<34}{tuple(embedded.shape)}")
-print(f"{'transposed for Conv1d (N, E, L)':<34}{tuple(embedded.transpose(1, 2).shape)}")
-for width, responses in zip(model.widths, model.filter_responses(ids)):
-    print(
-        f"{f'Conv1d width {width} + ReLU':<34}{tuple(responses.shape)} -> max over time {tuple(responses.amax(dim=2).shape)}"
-    )
-print(f"{'concatenated':<34}({ids.shape[0]}, {100 * len(model.widths)})")
-print(f"{'logits':<34}{tuple(model(ids).shape)}")
+rows = [
+    ["token ids", tuple(ids.shape)],
+    ["embedding", tuple(embedded.shape)],
+    ["transposed for Conv1d (N, E, L)", tuple(embedded.transpose(1, 2).shape)],
+]
+for width, responses in zip(model.widths, model.filter_responses(ids), strict=True):
+    rows.append([f"Conv1d width {width} + ReLU", tuple(responses.shape)])
+    rows.append([f"max over time, width {width}", tuple(responses.amax(dim=2).shape)])
+rows.append(["concatenated", (ids.shape[0], 100 * len(model.widths))])
+rows.append(["logits", tuple(model(ids).shape)])
+display(plots.markdown_table([[step, f"`{shape}`"] for step, shape in rows], ["step", "shape"]))
 print(
-    f"parameters: {count_parameters(model):,}, of which the embedding holds {count_parameters(model.embedding):,}"
+    f"parameters: {count_parameters(model):,}, "
+    f"of which the embedding holds {count_parameters(model.embedding):,}"
 )
 
 # %% [markdown]
 # ### The source series' `Conv2d` form is the same layer
 #
 # The source series writes each filter as `nn.Conv2d(1, 100, (width, embedding_dim))` applied to the
-# embedding matrix seen as a one-channel image of size (length × embedding). The kernel spans the whole
-# embedding, so it can only move along the sequence — which is what `Conv1d` does. Copying the weights
-# across proves it:
+# embedding matrix seen as a one-channel image of size (length × embedding). The kernel spans the
+# whole embedding, so it can only move along the sequence — which is what `Conv1d` does. Copying the
+# weights across proves it:
 
 # %%
 conv = model.convs[0]
@@ -333,7 +336,8 @@ predictions = logits.argmax(dim=1)
 textcnn_accuracy = metrics.accuracy(targets, predictions)
 textcnn_f1 = metrics.macro_f1(targets, predictions)
 print(
-    f"TextCNN test accuracy {100 * textcnn_accuracy:.2f}%, macro F1 {textcnn_f1:.4f} on {len(targets):,} test reviews"
+    f"TextCNN test accuracy {100 * textcnn_accuracy:.2f}%, macro F1 {textcnn_f1:.4f} "
+    f"on {len(targets):,} test reviews"
 )
 fig = plots.confusion_matrix_figure(
     targets, predictions, imdb.test.classes, title="TextCNN, IMDB test reviews"
@@ -430,11 +434,11 @@ for label, order in (("positive", vote.argsort(descending=True)), ("negative", v
 # its `[PAD]` row first.
 
 # %%
-tokenizer, bert_encoder, bert_source = weights.load_bert(BUDGET.bert_model)
-print(f"embeddings from: {bert_source.describe()}")
+tokenizer, bert_encoder, bert_source = weights.load_bert(BUDGET.bert_model)  # prints its source
 bert_embeddings = bert_encoder.get_input_embeddings().weight.detach()
 print(
-    f"WordPiece vocabulary {bert_embeddings.shape[0]:,} x embedding dimension {bert_embeddings.shape[1]}"
+    f"WordPiece vocabulary {bert_embeddings.shape[0]:,} "
+    f"x embedding dimension {bert_embeddings.shape[1]}"
 )
 print("WordPiece tokens:", tokenizer.tokenize(example.replace("<br />", " ")))
 bert_scale = bert_embeddings.std().item()
@@ -520,16 +524,17 @@ for name, (how, mask_padding) in embedding_runs.items():
         verbose=False,
     )
     embedding_results[name] = run["val_accuracy"]
-header = " | ".join(f"epoch {epoch + 1}" for epoch in range(BUDGET.embedding_epochs))
-table = [f"| embedding initialisation | {header} |", "|---|" + "---:|" * BUDGET.embedding_epochs]
-for name, accuracies in embedding_results.items():
-    table.append(f"| {name} | " + " | ".join(f"{100 * a:.1f} %" for a in accuracies) + " |")
-display(
-    Markdown(
-        f"Validation accuracy, {len(embedding_train):,} training reviews, WordPiece "
-        "tokens, [PAD] row zero:\n\n" + "\n".join(table)
-    )
+print(
+    f"validation accuracy, {len(embedding_train):,} training reviews, WordPiece tokens, "
+    "[PAD] row zero:"
 )
+headers = ["embedding initialisation"]
+headers += [f"epoch {epoch + 1}" for epoch in range(BUDGET.embedding_epochs)]
+rows = [
+    [name, *(f"{100 * accuracy:.1f} %" for accuracy in accuracies)]
+    for name, accuracies in embedding_results.items()
+]
+display(plots.markdown_table(rows, headers, align="l" + "r" * BUDGET.embedding_epochs))
 
 # %% [markdown]
 # Read the rows in pairs. The first two differ only in the padding mask: the gap is what masking is
@@ -671,15 +676,13 @@ comparison_rows = {
     "TextCNN": (count_parameters(model), textcnn_accuracy, textcnn_train_seconds),
     "BERT": (count_parameters(bert_encoder), bert_accuracy, bert_seconds),
 }
-table = [
-    "| model | parameters | test accuracy | training time | reviews/s, raw text to logits |",
-    "|---|---:|---:|---:|---:|",
-]
-for (name, (parameters, accuracy, seconds)), speed in zip(comparison_rows.items(), speeds.values()):
+rows = []
+for name, (parameters, accuracy, seconds) in comparison_rows.items():
     shown_accuracy = "n/a" if accuracy is None else f"{100 * accuracy:.1f} %"
     shown_seconds = "n/a" if seconds is None else f"{seconds:.0f} s"
-    table.append(f"| {name} | {parameters:,} | {shown_accuracy} | {shown_seconds} | {speed:,.0f} |")
-display(Markdown("\n".join(table)))
+    rows.append([name, f"{parameters:,}", shown_accuracy, shown_seconds, f"{speeds[name]:,.0f}"])
+headers = ["model", "parameters", "test accuracy", "training time", "reviews/s, raw text to logits"]
+display(plots.markdown_table(rows, headers, align="lrrrr"))
 print(f"BERT = {bert_source.model}")
 print(
     f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
@@ -778,11 +781,12 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # 1. Replace the max-over-time pooling by average pooling (`responses.mean(dim=2)`). What happens to
 #    the validation accuracy?
-# 2. Train with `keep="head"` instead of `"head+tail"` in `as_tensor_dataset`, then with `max_length`
-#    64 and 512. How do accuracy and training time change?
+# 2. Train with `keep="head"` instead of `"head+tail"` in `as_tensor_dataset`, then with
+#    `max_length` 64 and 512. How do accuracy and training time change?
 # 3. Rerun the embedding experiment with 1,000 and with 20,000 training reviews. How does the gap
-#    between the last two rows (random at BERT's scale, BERT's values) change? Then freeze the BERT-initialised embedding
-#    (`candidate.embedding.weight.requires_grad_(False)`): is it better or worse than fine-tuning it?
+#    between the last two rows (random at BERT's scale, BERT's values) change? Then freeze the
+#    BERT-initialised embedding (`candidate.embedding.weight.requires_grad_(False)`): is it better
+#    or worse than fine-tuning it?
 # 4. Find the reviews on which TextCNN is most confidently wrong. Do they share a pattern (irony,
 #    contrast, a plot summary)?
 #
@@ -791,16 +795,16 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # 1. Subclass `TextCNN` and override `forward` to average each filter's responses over the windows
 #    inside the text (the masked responses summed over time, divided by the number of unmasked
-#    windows). Averaging over a mostly neutral review weakens the signal of the few decisive n-grams;
-#    measure the validation curves of both under the same budget.
+#    windows). Averaging over a mostly neutral review weakens the signal of the few decisive
+#    n-grams; measure the validation curves of both under the same budget.
 # 2. The truncation changes only the reviews longer than `max_length` (the share printed above), so
-#    compare the test accuracy on those. For the length, set `max_length` in the budget: training time
-#    grows roughly linearly with it, and accuracy gains flatten once most reviews fit.
+#    compare the test accuracy on those. For the length, set `max_length` in the budget: training
+#    time grows roughly linearly with it, and accuracy gains flatten once most reviews fit.
 # 3. Change `embedding_train_size` in the budget. The head start of pre-trained vectors matters most
 #    when labelled reviews are few. A frozen embedding cannot adapt WordPiece vectors to sentiment,
 #    but it cannot overfit either, so which wins depends on the subset size: measure both sizes.
-# 4. Sort the test reviews by the softmax probability of the wrong class (`logits.softmax(1)`), and read
-#    the top ten with `test_reviews.texts[i]`.
+# 4. Sort the test reviews by the softmax probability of the wrong class (`logits.softmax(1)`), and
+#    read the top ten with `test_reviews.texts[i]`.
 # ```
 
 # %% [markdown]

@@ -73,6 +73,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models import resnet18
@@ -83,7 +84,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tutorial_lib import data, launch, results, runtime, train
+from tutorial_lib import data, launch, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters
 
 
@@ -366,12 +367,18 @@ walls[two_name] = time.perf_counter() - started
 runs[two_name] = launch.result_lines(two_output)[-1]
 print("the epoch lines of the 2-process run (printed by rank 0 only):")
 print("\n".join(line for line in two_output.splitlines() if line.startswith("epoch")))
-print(f"\n{'run (global batch 64)':<28}{'train s':>9}{'samples/s':>11}{'wall s':>8}{'val acc':>9}")
-for name, run in runs.items():
-    print(
-        f"{name:<28}{run['seconds']:>9.1f}{run['samples_per_second']:>11.0f}"
-        f"{walls[name]:>8.1f}{100 * run['val_accuracy']:>8.2f}%"
-    )
+rows = [
+    [
+        name,
+        f"{run['seconds']:.1f}",
+        f"{run['samples_per_second']:.0f}",
+        f"{walls[name]:.1f}",
+        f"{100 * run['val_accuracy']:.2f}%",
+    ]
+    for name, run in runs.items()
+]
+headers = ["run (global batch 64)", "train s", "samples/s", "wall s", "val accuracy"]
+display(plots.markdown_table(rows, headers, align="lrrrr"))
 
 # %% [markdown]
 # All runs train with a global batch of 64 — one process × 64, or two × 32 — for the same
@@ -516,16 +523,16 @@ model_sizes = {
 }
 GPU_MEMORY_GB = 80  # assumption: an 80 GB data-centre GPU (A100 80GB, H100 80GB)
 GPUS = 8
-print(f"{'model':<32}{'parameters':>15}{'DDP: per GPU':>14}{'FSDP over 8':>13}  fits 80 GB?")
+rows = []
 for name, parameters in model_sizes.items():
     per_gpu = 16 * parameters / GIGABYTE
-    print(
-        f"{name:<32}{parameters:>15,}{per_gpu:>11.2f} GB{per_gpu / GPUS:>10.2f} GB  "
-        f"{'DDP' if per_gpu < GPU_MEMORY_GB else 'FSDP/ZeRO-3 only'}"
-    )
+    fits = "DDP" if per_gpu < GPU_MEMORY_GB else "FSDP/ZeRO-3 only"
+    rows.append([name, f"{parameters:,}", f"{per_gpu:.2f} GB", f"{per_gpu / GPUS:.2f} GB", fits])
+headers = ["model", "parameters", "DDP: per GPU", f"FSDP over {GPUS}", f"fits {GPU_MEMORY_GB} GB?"]
+display(plots.markdown_table(rows, headers, align="lrrrl"))
 largest_ddp_model = GPU_MEMORY_GB * GIGABYTE / 16
 print(
-    f"\nDDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e9:.1f} billion "
+    f"DDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e9:.1f} billion "
     "parameters, before a single activation is stored"
 )
 
@@ -682,7 +689,6 @@ print(
     f"bert-base: {bert_base_gradient_bytes / 1e6:.0f} MB of fp32 gradients per step; "
     f"compute per step assumed {1000 * STEP_COMPUTE_SECONDS:.0f} ms"
 )
-print(f"{'setting':<38}{'all-reduce':>11}{'no overlap':>12}{'2/3 hidden':>12}{'+ accum. 4':>12}")
 communication_table = {}
 for setting, seconds in scenarios.items():
     row = {
@@ -694,11 +700,18 @@ for setting, seconds in scenarios.items():
         ),
     }
     communication_table[setting] = row
-    print(
-        f"{setting:<38}{row['allreduce_ms']:>8.1f} ms{100 * row['efficiency']:>11.0f}%"
-        f"{100 * row['efficiency_overlapped']:>11.0f}%"
-        f"{100 * row['efficiency_overlapped_accumulation_4']:>11.0f}%"
-    )
+rows = [
+    [
+        setting,
+        f"{row['allreduce_ms']:.1f} ms",
+        f"{100 * row['efficiency']:.0f}%",
+        f"{100 * row['efficiency_overlapped']:.0f}%",
+        f"{100 * row['efficiency_overlapped_accumulation_4']:.0f}%",
+    ]
+    for setting, row in communication_table.items()
+]
+headers = ["setting", "all-reduce", "no overlap", "2/3 hidden", "+ accum. 4"]
+display(plots.markdown_table(rows, headers, align="lrrrr"))
 
 # %% [markdown]
 # Within one NVLink machine the all-reduce of bert-base's 438 MB is a few milliseconds and 8 GPUs
