@@ -16,19 +16,21 @@
 # %% [markdown]
 # # Convolution math, from the formula to the layer
 #
-# A convolutional layer (卷积层) is a small weight tensor slid over an image, taking a weighted sum
-# at every position. Everything else in this series — the MNIST classifier, ResNet, even
-# TextCNN — is built from that one operation, so this chapter takes it apart: we write it
-# ourselves twice, check every line against PyTorch, and count what it costs.
+# A convolutional layer (卷积层) is a small weight tensor, the kernel (卷积核), slid over an image,
+# taking a weighted sum at every position: a convolution (卷积). Everything else in this series —
+# the MNIST classifier, ResNet, even TextCNN — is built from that one operation, so this chapter
+# takes it apart: we write it ourselves twice, check every line against PyTorch, and count what it
+# costs.
 #
 # **What you will learn**
 #
 # - what `nn.Conv2d` computes, element by element, and why it is a *cross-correlation*;
-# - the output-size formula, and what padding, stride, dilation and groups do to it;
+# - the output-size formula, and what padding (填充), stride (步幅), dilation (空洞) and groups
+#   (分组) do to it;
 # - two implementations of the layer — explicit loops and `unfold` (im2col) — that match
 #   `torch.nn.functional.conv2d` to the last digit;
-# - $1 \times 1$ convolutions, max and average pooling, parameter and multiply-accumulate counts,
-#   and receptive fields;
+# - $1 \times 1$ convolutions, max and average pooling, parameter and multiply-accumulate (乘加运算)
+#   counts, and receptive fields (感受野);
 # - the backward pass of a convolution — the gradients for the input and for the kernel are
 #   themselves convolutions — checked against autograd, and a kernel learned by gradient descent;
 # - what classic hand-made kernels (edges, blur, sharpen) do to a real handwritten digit.
@@ -69,6 +71,8 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import inspect
+import pprint
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -96,7 +100,7 @@ BUDGETS = {
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET = run.budget
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
 # ## What a convolutional layer computes
@@ -184,9 +188,9 @@ print(f"largest difference over all {(5 - k_h + 1) * (6 - k_w + 1)} valid positi
 # %%
 image = torch.arange(16.0).view(1, 1, 4, 4)
 kernel = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]]]])
-print("F.conv2d:\n", F.conv2d(image, kernel)[0, 0])
-print("cross-correlation (ours):\n", conv.cross_correlate2d_im2col(image, kernel)[0, 0])
-print("true convolution (flipped kernel):\n", conv.convolve2d_true(image, kernel)[0, 0])
+print(f"F.conv2d:\n{F.conv2d(image, kernel)[0, 0]}")
+print(f"cross-correlation (ours):\n{conv.cross_correlate2d_im2col(image, kernel)[0, 0]}")
+print(f"true convolution (flipped kernel):\n{conv.convolve2d_true(image, kernel)[0, 0]}")
 
 # %% [markdown]
 # `F.conv2d` agrees with the cross-correlation; the true convolution gives other numbers. For a
@@ -205,7 +209,7 @@ worked_input = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
 diagonal_kernel = torch.eye(2).view(1, 1, 2, 2)
 worked_output = conv.cross_correlate2d_loops(worked_input, diagonal_kernel)
 print(worked_input[0, 0])
-print("output:\n", worked_output[0, 0])
+print(f"output:\n{worked_output[0, 0]}")
 assert worked_output[0, 0, 0, 0].item() == 6.0
 
 # %% [markdown]
@@ -260,7 +264,7 @@ display(plots.markdown_table(rows, ["k", "s", "p", "d", "formula", "F.conv2d"]))
 try:
     conv.conv_output_size(2, kernel_size=3)
 except ValueError as error:
-    print("ValueError:", error)
+    print(textwrap.fill(f"ValueError: {error}", width=100))
 
 # %% [markdown]
 # ## Padding, stride, dilation and groups
@@ -287,7 +291,7 @@ for implementation in (conv.cross_correlate2d_loops, conv.cross_correlate2d_im2c
 
 # %% [markdown]
 # What groups buy is parameters and compute. A standard $3 \times 3$ convolution from 64 to 64
-# channels against its depthwise-separable replacement, on a $56 \times 56$ feature map:
+# channels against its depthwise-separable replacement, on a $56 \times 56$ feature map (特征图):
 
 # %%
 standard_params = conv.conv2d_parameter_count(64, 64, 3)
@@ -335,8 +339,9 @@ linear_output = per_pixel_linear(channels_last).permute(0, 3, 1, 2)
 difference = (pointwise(feature_map) - linear_output).abs().max().item()
 print(
     f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear "
-    f"layer: {difference:.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16"
+    f"layer: {difference:.1e}"
 )
+print(f"parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
 
 # %% [markdown]
 # ## im2col: convolution as one matrix product
@@ -463,7 +468,7 @@ print(f"cross-entropy: {loss.item():.4f}   (-ln 0.7 = {-torch.log(torch.tensor(0
 # `tutorial_lib.data`, which prints where it found MNIST (a local copy, the official download, or
 # — announced loudly — a small bundled sample).
 
-# %%
+# %% mystnb={"image": {"alt": "An MNIST digit filtered by Sobel, Laplacian, blur, sharpen kernels"}}
 mnist = data.load_mnist()
 digit = mnist.test.images[0].float() / 255  # (1, 28, 28), pixels in [0, 1]
 print("label of this digit:", mnist.test.labels[0].item())
@@ -520,7 +525,7 @@ for _ in range(300):
 print(
     f"mean squared error: {losses[0]:.4f} at the start, {losses[-1]:.2e} after {len(losses)} steps"
 )
-print("learned kernel:\n", learned.detach()[0, 0].numpy().round(3))
+print(f"learned kernel:\n{learned.detach()[0, 0].numpy().round(3)}")
 print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item():.1e}")
 
 # %% [markdown]
@@ -555,7 +560,7 @@ print(f"receptive field of one feature after the second pooling: {field} x {fiel
 # %% [markdown]
 # The split is lopsided in an instructive way: the convolutions do almost all of the *compute*
 # while the first linear layer holds almost all of the *parameters* — it connects every one of the
-# $64 \times 7 \times 7 = 3{,}136$ features to 128 units. Weight sharing is what makes
+# $64 \times 7 \times 7 = 3{,}136$ features to 128 units. Weight sharing (权值共享) is what makes
 # convolutions cheap in parameters. Each final feature sees a $10 \times 10$ patch of the
 # $28 \times 28$ digit, enough for a stroke or a loop but not the whole digit; the linear
 # layers combine them.
@@ -568,7 +573,7 @@ print(f"receptive field of one feature after the second pooling: {field} x {fiel
 # chapter's budget):
 
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart: time of loops, im2col and F.conv2d, log scale"}}
 def median_seconds(function, repeats: int) -> float:
     timings = []
     for _ in range(repeats):

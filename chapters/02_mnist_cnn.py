@@ -28,12 +28,15 @@
 #   images as the source series says) and how to carve a validation set out of the training part;
 # - why and how inputs are normalised, with statistics computed from the data;
 # - the shape of a batch after every layer, and where the parameters are;
-# - the training step and the epoch loop, written by hand and run, and then `tutorial_lib.train.fit`
-#   as the same loop with the plumbing added (progress, history, early stopping, checkpoints);
-# - the update rules of SGD with momentum, Adam and AdamW, each checked against `torch.optim`;
-#   one-cycle and linear warm-up learning-rate schedules as formulas;
-# - reading a trained classifier: curves, confusion matrix, precision, recall, F1 and ROC/AUC,
-#   mistakes, filters and feature maps; binary cross-entropy as two-class cross-entropy;
+# - the training step and the epoch (轮次) loop, written by hand and run, and then
+#   `tutorial_lib.train.fit` as the same loop with the plumbing added (progress, history, early
+#   stopping, checkpoints);
+# - the update rules of SGD with momentum (动量), Adam and AdamW, each checked against
+#   `torch.optim`; one-cycle (单周期) and linear warm-up (学习率预热) learning-rate schedules as
+#   formulas;
+# - reading a trained classifier: curves, confusion matrix, precision (精确率), recall (召回率), F1
+#   and ROC/AUC, mistakes, filters and feature maps; binary cross-entropy (二元交叉熵) as two-class
+#   cross-entropy (交叉熵);
 # - how the choice of optimiser changes training, measured rather than asserted;
 # - fine-tuning with few examples: frozen features vs. full fine-tuning vs. training from scratch;
 # - saving a model and loading it back to classify a single image.
@@ -66,6 +69,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 import copy
 import inspect
 import math
+import pprint
 import time
 from dataclasses import dataclass
 
@@ -140,7 +144,17 @@ BUDGETS = {
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64  # the source series' batch size
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
+
+# %% [markdown]
+# The `gpu` budget, chosen on a machine with CUDA unless `TUTORIAL_PROFILE` says otherwise, trains
+# on every training image left after validation for 8 epochs and gives the optimiser comparison and
+# the pre-training more data and epochs.
+#
+# To run this on N GPUs, export it as a script
+# (`jupytext --to py chapters/02_mnist_cnn.ipynb`) and start it with
+# `torchrun --standalone --nproc_per_node=N chapters/02_mnist_cnn.py`: `train.fit` runs unchanged
+# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
 
 # %% [markdown]
 # ## The data
@@ -187,7 +201,7 @@ print(
 # (Under the `smoke` profile the subset is small and its statistics wander a little; on the full
 # 60,000 images they are 0.1307 and 0.3081, which the test suite checks.)
 
-# %%
+# %% mystnb={"image": {"alt": "Sixteen MNIST training digits, each titled with its label"}}
 train_set = train_images.with_transform(transform)
 val_set = val_images.with_transform(transform)
 test_set = test_images.with_transform(transform)
@@ -307,7 +321,7 @@ manual_optimizer = torch.optim.SGD(manual_model.parameters(), lr=0.05, momentum=
 started = time.perf_counter()
 manual_loss, manual_accuracy = train_one_epoch(manual_model, manual_loader(), manual_optimizer)
 print(
-    f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: "
+    f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s:\n"
     f"train loss {manual_loss:.4f}, train accuracy {100 * manual_accuracy:.2f}%, "
     f"validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%"
 )
@@ -359,7 +373,7 @@ print(
 # network to its accuracy in a few epochs. The best epoch by validation accuracy is saved and
 # loaded back at the end.
 
-# %%
+# %% mystnb={"image": {"alt": "Loss and accuracy per epoch of MnistCNN, training and validation"}}
 runtime.seed_everything(0)
 model = MnistCNN()
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -411,7 +425,7 @@ plt.show()
 # schedulers:
 
 
-# %%
+# %% mystnb={"image": {"alt": "Learning rate per step: one-cycle and linear warm-up schedules"}}
 def one_cycle_lr(
     step: int,
     total: int,
@@ -532,7 +546,7 @@ print(
 # ranking, 0.5 for chance. That definition can be computed directly, by comparing every positive
 # with every negative:
 
-# %%
+# %% mystnb={"image": {"alt": "ROC curve of one digit against the rest, above the chance line"}}
 probabilities = torch.softmax(logits, dim=1)
 is_digit = (targets == digit).numpy()
 digit_scores = probabilities[:, digit].numpy()
@@ -587,7 +601,7 @@ print(f"softmax cross-entropy {softmax_ce:.6f}, binary cross-entropy on z1 - z0 
 # One logit is the same model with one parameter vector fewer; two logits keep the code of the
 # multi-class case. Back to the ten digits:
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of true against predicted digit, MNIST test set"}}
 fig = plots.confusion_matrix_figure(
     targets, predictions, data.MNIST_CLASSES, title="MNIST test set: true vs. predicted digit"
 )
@@ -597,7 +611,7 @@ plt.show()
 # Everything off the diagonal is a mistake; the largest off-diagonal cells name the pairs of digits
 # that share strokes and get confused. Looking at the misclassified digits themselves:
 
-# %%
+# %% mystnb={"image": {"alt": "Misclassified test digits titled with true and predicted label"}}
 wrong = (predictions != targets).nonzero().flatten()[:16]
 if len(wrong):
     fig = plots.image_grid(
@@ -619,7 +633,7 @@ else:
 # The first layer's 32 kernels are $3 \times 3$ and can be drawn directly. Compare them with the
 # hand-made kernels of chapter 1: many are edge detectors of some orientation.
 
-# %%
+# %% mystnb={"image": {"alt": "The 32 learned 3x3 kernels of the first layer, red + and blue -"}}
 fig = plots.conv_filters(
     model.features[0].cpu(), title="The 32 learned 3x3 kernels of the first layer"
 )
@@ -629,7 +643,7 @@ plt.show()
 # Their responses to one test digit — the first layer's feature maps after ReLU — show each
 # kernel picking out strokes of one direction, or the background, or the outline:
 
-# %%
+# %% mystnb={"image": {"alt": "First-layer feature maps of one test digit, one per channel"}}
 fig = plots.feature_maps(
     model.features[:2],
     test_set[0][0],
@@ -714,7 +728,7 @@ headers = ["optimiser", "largest difference after 3 steps", "parameter moved by"
 display(plots.markdown_table(rows, headers, align="lrr"))
 first_m = (1 - 0.9) * gradients[0]
 print(
-    f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on "
+    f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f}\non "
     f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient"
 )
 
@@ -728,7 +742,7 @@ print(
 # choice? Each optimiser below trains a fresh network with the same seed on the same
 # stratified subset, for the same number of epochs, and is scored on the validation set.
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart: validation accuracy of each optimiser, same budget"}}
 compare_loader = DataLoader(
     data.subset(train_images, BUDGET.compare_train_size, seed=1).with_transform(transform),
     batch_size=BATCH_SIZE,

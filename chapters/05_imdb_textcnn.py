@@ -17,11 +17,11 @@
 # # TextCNN on IMDB, and how it compares with BERT
 #
 # Convolutions are not only for images. A sentence is a sequence of word vectors, and a
-# one-dimensional convolution slid along it detects **n-grams** — "not good", "waste of time",
-# "highly recommend" — wherever they occur. Kim (2014) showed that a single such layer with
-# max-over-time pooling is a strong text classifier. This chapter builds it from raw text, trains
-# it on the 25,000 IMDB training reviews, looks at what its filters detect, and sets it against the
-# BERT model of chapter 4.
+# one-dimensional convolution (卷积) slid along it detects **n-grams** — "not good", "waste of
+# time", "highly recommend" — wherever they occur. Kim (2014) showed that a single such layer with
+# max-over-time pooling (时间维最大池化) is a strong text classifier. This chapter builds it from
+# raw text, trains it on the 25,000 IMDB training reviews, looks at what its filters detect, and
+# sets it against the BERT model of chapter 4.
 #
 # The source series gives the model (as a `Conv2d` over the embedding matrix, with
 # `vocab_size=1000`) but no data pipeline at all. Here every step from review text to tensor is
@@ -67,6 +67,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import inspect
+import pprint
 import textwrap
 import time
 from dataclasses import dataclass
@@ -144,7 +145,17 @@ BUDGETS = {
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
+
+# %% [markdown]
+# The `gpu` budget trains on all training reviews for 10 epochs at `max_length` 400, and compares
+# with `bert-base-uncased`; it is chosen on a machine with CUDA unless `TUTORIAL_PROFILE` says
+# otherwise.
+#
+# To run this on N GPUs, export it as a script
+# (`jupytext --to py chapters/05_imdb_textcnn.ipynb`) and start it with
+# `torchrun --standalone --nproc_per_node=N chapters/05_imdb_textcnn.py`: `train.fit` runs unchanged
+# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
 
 # %% [markdown]
 # ## The reviews
@@ -173,7 +184,7 @@ print(inspect.getsource(tokenize))
 example = "This movie was NOT good.<br /><br />I didn't laugh once!"
 print(tokenize(example))
 
-# %%
+# %% mystnb={"image": {"alt": "Histogram of review lengths in tokens, max_length in red"}}
 train_tokens = [tokenize(text) for text in train_reviews.texts]
 val_tokens = [tokenize(text) for text in val_reviews.texts]
 test_tokens = [tokenize(text) for text in test_reviews.texts]
@@ -314,7 +325,7 @@ print(
 # Adam with a learning rate of $10^{-3}$, cross-entropy, dropout 0.5, early stopping on the
 # validation accuracy — all through the same `fit` as chapters 2 and 3.
 
-# %%
+# %% mystnb={"image": {"alt": "Loss and accuracy per epoch of TextCNN, training and validation"}}
 runtime.seed_everything(0)
 model = TextCNN(len(vocabulary))
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -330,7 +341,7 @@ plt.show()
 # epochs: the embedding table has millions of parameters and memorises the training reviews
 # quickly. Early stopping keeps the epoch with the best validation accuracy.
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of true against predicted sentiment, TextCNN"}}
 logits, targets = train.predict(model, test_loader, device)
 predictions = logits.argmax(dim=1)
 textcnn_accuracy = metrics.accuracy(targets, predictions)
@@ -551,10 +562,11 @@ display(plots.markdown_table(rows, headers, align="l" + "r" * BUDGET.embedding_e
 # ## A cheaper baseline: a bag of n-grams
 #
 # Before calling TextCNN a strong baseline, it should beat something simpler. The simplest model
-# that still sees short phrases is a **bag of n-grams**, as in fastText {cite:p}`joulin2017bag` and
-# the PyTorch text-classification tutorial: give every word *and every pair of adjacent words* an
-# embedding, average them over the review with `nn.EmbeddingBag`, and put a linear layer on top.
-# Word order survives only inside the pairs ("not good"); no convolution, no max.
+# that still sees short phrases is a **bag of n-grams** (n 元词袋), as in fastText
+# {cite:p}`joulin2017bag` and the PyTorch text-classification tutorial: give every word *and every
+# pair of adjacent words* an embedding, average them over the review with `nn.EmbeddingBag`, and put
+# a linear layer on top. Word order survives only inside the pairs ("not good"); no convolution, no
+# max.
 
 
 # %%
@@ -616,7 +628,7 @@ print(
 # model reads all of it, without truncation.
 
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart: reviews per second of bag of n-grams, TextCNN and BERT"}}
 def reviews_per_second(predict, texts: list[str], batch_size: int = 32) -> float:
     started = time.perf_counter()
     with torch.no_grad():

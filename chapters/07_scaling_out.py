@@ -66,6 +66,7 @@ import contextlib
 import inspect
 import io
 import os
+import pprint
 import runpy
 import time
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ BUDGETS = {
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
 SCRIPTS = run.scratch_dir("scaling-out")  # the scripts this chapter launches
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
 # ## Data parallelism from zero
@@ -732,7 +733,7 @@ display(plots.markdown_table(rows, headers, align="lrrrr"))
 # the first steps {cite:p}`goyal2017accurate`. The rule is about the global batch, so we can test it
 # in one process (the distributed runs above showed that the global batch is all that matters).
 
-# %%
+# %% mystnb={"image": {"alt": "Validation accuracy per epoch: base batch vs 8x batch, lr scalings"}}
 mnist = data.load_mnist()
 splits = data.budget_splits(mnist, BUDGET.large_batch_train_size, BUDGET.val_size, test_size=1)
 transform = data.mnist_transform()
@@ -784,7 +785,7 @@ fig, axis = plt.subplots(figsize=(7, 4), facecolor="white")
 for name, history in large_batch_runs.items():
     axis.plot(history["epoch"], [100 * a for a in history["val_accuracy"]], marker="o", label=name)
     print(
-        f"{name:<42} validation accuracy per epoch: "
+        f"{name}, validation accuracy per epoch: "
         + ", ".join(f"{100 * a:.2f}%" for a in history["val_accuracy"])
     )
 axis.set(
