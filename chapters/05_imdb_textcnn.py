@@ -525,7 +525,7 @@ for name, (how, mask_padding) in embedding_runs.items():
         mask_padding=mask_padding,
     )
     initialise(candidate.embedding, how)
-    run = train.fit(
+    embedding_history = train.fit(
         candidate,
         wp_train,
         wp_val,
@@ -534,7 +534,7 @@ for name, (how, mask_padding) in embedding_runs.items():
         device=device,
         verbose=False,
     )
-    embedding_results[name] = run["val_accuracy"]
+    embedding_results[name] = embedding_history["val_accuracy"]
 print(
     f"validation accuracy, {len(embedding_train):,} training reviews, WordPiece tokens, "
     "[PAD] row zero:"
