@@ -187,8 +187,8 @@ print(splits.describe())
 # %%
 sentence = "The cinematography was breathtaking, but the screenplay felt unconvincing."
 encoded = tokenizer(sentence)
-print(tokenizer.convert_ids_to_tokens(encoded["input_ids"]))
-print("input_ids:     ", encoded["input_ids"])
+print(textwrap.fill(str(tokenizer.convert_ids_to_tokens(encoded["input_ids"])), 100))
+print(textwrap.fill(f"input_ids:      {encoded['input_ids']}", 100, subsequent_indent=" " * 17))
 print("attention_mask:", encoded["attention_mask"])
 
 # %% [markdown]
@@ -218,7 +218,7 @@ def wordpiece(word: str) -> list[str]:
 
 
 for word in ("cinematography", "breathtaking", "unconvincing", "screenplay"):
-    print(f"{word:<16} ours {wordpiece(word)}  tokenizer {tokenizer.tokenize(word)}")
+    print(f"{word}: ours {wordpiece(word)}, tokenizer {tokenizer.tokenize(word)}")
     assert wordpiece(word) == tokenizer.tokenize(word)
 first_piece = wordpiece("unconvincing")[0]
 tried = ["unconvincing"[:end] for end in range(len("unconvincing"), len(first_piece) - 1, -1)]
@@ -290,8 +290,15 @@ long_text = max((normalize_whitespace(t) for t in test_reviews.texts[:50]), key=
 head_tail = encode_for_bert(tokenizer, [long_text], 24, keep="head+tail")["input_ids"][0]
 head_only = encode_for_bert(tokenizer, [long_text], 24, keep="head")["input_ids"][0]
 print(f"a review of {len(tokenizer(long_text, verbose=False)['input_ids'])} tokens cut to 24:")
-print("  head      :", tokenizer.decode(head_only))
-print("  head+tail :", tokenizer.decode(head_tail))
+for label, ids_kept in (("head", head_only), ("head+tail", head_tail)):
+    print(
+        textwrap.fill(
+            tokenizer.decode(ids_kept),
+            100,
+            initial_indent=f"  {label:<10}: ",
+            subsequent_indent=" " * 14,
+        )
+    )
 
 # %% [markdown]
 # ## Padding: per batch, not to 512
@@ -380,7 +387,7 @@ with torch.no_grad():
     )
     ours = embeddings.LayerNorm(summed)
     theirs = embeddings(input_ids=ids, token_type_ids=segments)
-print("token ids:     ", ids.tolist())
+print(textwrap.fill(f"token ids:      {ids.tolist()}", 100, subsequent_indent=" " * 17))
 print("attention mask:", attention_mask.tolist())
 print(
     f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
@@ -432,6 +439,7 @@ print(
 print(
     "head 0: how much [CLS] of the short review attends to each position:",
     [round(w, 3) for w in attention_weights[1, 0, 0].tolist()],
+    sep="\n",
 )
 
 # %% [markdown]
@@ -482,11 +490,12 @@ if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architecture
     print("top fillers for [MASK]:", tokenizer.convert_ids_to_tokens(top_ids))
     del masked_lm
 else:
-    print(
+    explanation = (
         f"{bert_source.model} is stored as {architectures}: an encoder without the "
         "masked-language-model head, so there is no fill-mask example on this run "
         "(bert-base-uncased, under the gpu profile, has one)."
     )
+    print(textwrap.fill(explanation, 100))
 
 # %% [markdown]
 # The CPU model, `all-MiniLM-L6-v2`, was not pre-trained this way itself: it comes from
@@ -693,11 +702,12 @@ test_accuracy, test_f1 = (
     metrics.accuracy(targets, predictions),
     metrics.macro_f1(targets, predictions),
 )
-print(
+summary = (
     f"{bert_source.model}: test accuracy {100 * test_accuracy:.2f}%, macro F1 {test_f1:.4f} "
     f"on {len(targets):,} test reviews (max_length {BUDGET.max_length}); "
     f"{len(targets) / inference_seconds:.0f} reviews/s inference"
 )
+print(textwrap.fill(summary, 100))
 print(metrics.format_report(metrics.per_class_report(targets, predictions, imdb.test.classes)))
 fig = plots.confusion_matrix_figure(
     targets, predictions, imdb.test.classes, title="Fine-tuned BERT, IMDB test reviews"
@@ -843,7 +853,11 @@ else:
         epochs=1,
         max_steps_per_epoch=2,
     )
-    print(f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end")
+    print(
+        textwrap.fill(
+            f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end", 100
+        )
+    )
 
 # %% [markdown]
 # ## The result record
