@@ -234,7 +234,8 @@ print(f"{' '.join(kept[:8])} ... {' '.join(kept[8:])}")
 
 # %%
 vocabulary = Vocabulary.build(train_tokens, min_freq=2, max_size=30_000)
-print(f"vocabulary: {len(vocabulary):,} entries; first ten: {vocabulary.itos[:10]}")
+print(f"vocabulary: {len(vocabulary):,} entries; first ten:")
+print(textwrap.fill(str(vocabulary.itos[:10]), 100))
 print(
     f"coverage of training tokens {100 * vocabulary.coverage(train_tokens):.1f}%, "
     f"of test tokens {100 * vocabulary.coverage(test_tokens):.1f}%"
@@ -381,9 +382,12 @@ with torch.no_grad():
     unmasked_predictions = model.classifier(unmasked_features).argmax(dim=1)
 flipped = (masked_predictions != unmasked_predictions).float().mean()
 print(
-    f"{len(padded_reviews):,} padded test reviews: without the mask "
-    f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
-    f"and {100 * flipped:.1f}% of the predictions flip"
+    textwrap.fill(
+        f"{len(padded_reviews):,} padded test reviews: without the mask "
+        f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
+        f"and {100 * flipped:.1f}% of the predictions flip",
+        100,
+    )
 )
 
 # %% [markdown]
@@ -422,8 +426,12 @@ def top_trigrams(filter_index: int, count: int = 4) -> list[str]:
 for label, order in (("positive", vote.argsort(descending=True)), ("negative", vote.argsort())):
     for filter_index in order[:3].tolist():
         print(
-            f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): "
-            + " | ".join(top_trigrams(filter_index))
+            textwrap.fill(
+                f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): "
+                + " | ".join(top_trigrams(filter_index)),
+                100,
+                subsequent_indent="    ",
+            )
         )
 
 # %% [markdown]
@@ -456,8 +464,11 @@ bert_scale = bert_embeddings.std().item()
 fresh_embedding = TextCNN(1_000, embedding_dim=bert_embeddings.shape[1]).embedding.weight.detach()
 default_scale = fresh_embedding[1:].std().item()  # row 0 is the zero padding row
 print(
-    f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
-    f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)"
+    textwrap.fill(
+        f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
+        f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)",
+        100,
+    )
 )
 pad_norm = bert_embeddings[tokenizer.pad_token_id].norm()
 print(
@@ -592,8 +603,12 @@ def ngram_loader(tokens: list[list[str]], labels: list[int], shuffle: bool) -> D
 
 
 print(
-    f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, e.g. "
-    f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}"
+    textwrap.fill(
+        f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, "
+        "e.g. "
+        f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}",
+        100,
+    )
 )
 runtime.seed_everything(0)
 bag = BagOfNgrams(len(ngram_vocabulary), embedding_dim=64)
@@ -662,9 +677,12 @@ def bert_predict(texts: list[str]) -> torch.Tensor:
 
 
 print(
-    f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
-    f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens on average "
-    f"(padded to {textcnn_length}), {bert_length} BERT word pieces at most (within BERT's 512)"
+    textwrap.fill(
+        f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
+        f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens on average "
+        f"(padded to {textcnn_length}), {bert_length} BERT word pieces at most (within BERT's 512)",
+        100,
+    )
 )
 model.eval().cpu()
 bag.eval().cpu()
@@ -678,8 +696,11 @@ speeds = {name: reviews_per_second(predict, speed_texts) for name, predict in pr
 bert_record = results.read_result_record("04_imdb_bert")
 if bert_record is None:
     print(
-        "No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
-        "accuracy and training time. Only size and speed are compared below."
+        textwrap.fill(
+            "No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
+            "accuracy and training time. Only size and speed are compared below.",
+            100,
+        )
     )
 bert_accuracy = bert_record["metrics"]["test_accuracy"] if bert_record else None
 bert_seconds = bert_record["training"]["seconds"] if bert_record else None
@@ -697,15 +718,21 @@ headers = ["model", "parameters", "test accuracy", "training time", "reviews/s, 
 display(plots.markdown_table(rows, headers, align="lrrrr"))
 print(f"BERT = {bert_source.model}")
 print(
-    f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
-    "BERT, "
-    f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters"
+    textwrap.fill(
+        f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
+        "BERT, "
+        f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters",
+        100,
+    )
 )
 if bert_record:
     print(
-        f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
-        f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
-        f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)"
+        textwrap.fill(
+            f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
+            f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
+            f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)",
+            100,
+        )
     )
 
 fig = plots.bar_chart(
