@@ -405,7 +405,7 @@ print(
     "training time"
 )
 print(
-    f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast "
+    f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast\n"
     f"(2.00x would be perfect; parallel efficiency {50 * speedup_over_one_core:.0f}%)"
 )
 print(
@@ -593,6 +593,7 @@ bert = BertForSequenceClassification(bert_config(BUDGET.bert_layers, BUDGET.bert
 batch = {"input_ids": torch.randint(0, bert.config.vocab_size, (1, BUDGET.sequence_length))}
 plain_bytes, plain_seconds = saved_activation_bytes(bert, batch), step_seconds(bert, batch)
 forward_seconds = step_seconds(bert, batch, backward=False)
+bert.config.use_cache = False  # an encoder keeps no cache; transformers warns when it is on
 # transformers 5 renamed gradient_checkpointing_enable; older versions have only that name
 (getattr(bert, "activation_checkpointing_enable", None) or bert.gradient_checkpointing_enable)()
 checkpointed_bytes = saved_activation_bytes(bert, batch)
@@ -608,8 +609,8 @@ print(
     f"({plain_bytes / checkpointed_bytes:.0f}x less)"
 )
 print(
-    f"  forward alone {forward_seconds:.3f} s, forward + backward {plain_seconds:.3f} s: "
-    f"recomputing the forward should cost about {100 * forward_seconds / plain_seconds:.0f}% "
+    f"  forward alone {forward_seconds:.3f} s, forward + backward {plain_seconds:.3f} s:\n"
+    f"  recomputing the forward should cost about {100 * forward_seconds / plain_seconds:.0f}% "
     "more"
 )
 print(
