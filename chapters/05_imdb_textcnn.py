@@ -192,7 +192,7 @@ lengths = np.array([len(tokens) for tokens in train_tokens])
 percentiles = {p: int(np.percentile(lengths, p)) for p in (50, 75, 90, 95)}
 covered = (lengths <= BUDGET.max_length).mean()
 print(
-    "tokens per training review: "
+    "tokens per training review:\n"
     + ", ".join(f"{p}th percentile {v}" for p, v in percentiles.items())
 )
 print(
@@ -222,7 +222,7 @@ plt.show()
 long_review = max(train_tokens[:200], key=len)
 kept = truncate(long_review, 16, keep="head+tail")
 print(f"a {len(long_review)}-token review cut to 16 tokens, head + tail:")
-print(f"{' '.join(kept[:8])} ... {' '.join(kept[8:])}")
+print(textwrap.fill(f"{' '.join(kept[:8])} ... {' '.join(kept[8:])}", 100))
 
 # %% [markdown]
 # ## The vocabulary
@@ -459,7 +459,7 @@ print(
     f"WordPiece vocabulary {bert_embeddings.shape[0]:,} "
     f"x embedding dimension {bert_embeddings.shape[1]}"
 )
-print("WordPiece tokens:", tokenizer.tokenize(example.replace("<br />", " ")))
+print(textwrap.fill(f"WordPiece tokens: {tokenizer.tokenize(example.replace('<br />', ' '))}", 100))
 bert_scale = bert_embeddings.std().item()
 fresh_embedding = TextCNN(1_000, embedding_dim=bert_embeddings.shape[1]).embedding.weight.detach()
 default_scale = fresh_embedding[1:].std().item()  # row 0 is the zero padding row
@@ -732,6 +732,7 @@ if bert_record:
             f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
             f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)",
             100,
+            break_on_hyphens=False,  # keep model names whole
         )
     )
 
