@@ -784,10 +784,14 @@ def bert_base_recipe(
     epochs: int = 2,
     learning_rate: float = 2e-5,
     max_steps_per_epoch: int | None = None,
+    verbose: bool = True,
 ) -> dict:
-    """Fine-tune model_name on train_reviews; return its test accuracy and training time."""
+    """Fine-tune model_name on train_reviews; return its test accuracy and training time.
+    With ``verbose`` the loader says which copy of the model it found."""
     runtime.seed_everything(0)
-    big_tokenizer, big_model, big_source = weights.load_bert(model_name, num_labels=2)
+    big_tokenizer, big_model, big_source = weights.load_bert(
+        model_name, num_labels=2, verbose=verbose
+    )
     big_collator = DataCollatorWithPadding(big_tokenizer)
 
     def big_tokenized(reviews: data.TextDataset) -> TokenizedTexts:
@@ -852,6 +856,7 @@ else:
         batch_size=16,
         epochs=1,
         max_steps_per_epoch=2,
+        verbose=False,  # the chapter's model: its source was announced at the top
     )
     print(
         textwrap.fill(
