@@ -731,7 +731,7 @@ for index in wrong[probabilities[wrong].max(dim=1).values.argsort(descending=Tru
     excerpt = textwrap.shorten(
         normalize_whitespace(test_reviews.texts[index]), 500, placeholder=" ..."
     )
-    print(textwrap.fill(excerpt, width=96, initial_indent="    ", subsequent_indent="    "), "\n")
+    print(textwrap.fill(excerpt, width=96, initial_indent="    ", subsequent_indent="    ") + "\n")
 
 # %% [markdown]
 # Typical culprits are long reviews whose verdict sits in the middle that truncation cut, reviews
