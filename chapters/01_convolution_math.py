@@ -16,19 +16,21 @@
 # %% [markdown]
 # # Convolution math, from the formula to the layer
 #
-# A convolutional layer (卷积层) is a small weight tensor slid over an image, taking a weighted sum
-# at every position. Everything else in this series — the MNIST classifier, ResNet, even
-# TextCNN — is built from that one operation, so this chapter takes it apart: we write it
-# ourselves twice, check every line against PyTorch, and count what it costs.
+# A convolutional layer (卷积层) is a small weight tensor, the kernel (卷积核), slid over an image,
+# taking a weighted sum at every position: a convolution (卷积). Everything else in this series —
+# the MNIST classifier, ResNet, even TextCNN — is built from that one operation, so this chapter
+# takes it apart: we write it ourselves twice, check every line against PyTorch, and count what it
+# costs.
 #
 # **What you will learn**
 #
 # - what `nn.Conv2d` computes, element by element, and why it is a *cross-correlation*;
-# - the output-size formula, and what padding, stride, dilation and groups do to it;
+# - the output-size formula, and what padding (填充), stride (步幅), dilation (空洞) and groups
+#   (分组) do to it;
 # - two implementations of the layer — explicit loops and `unfold` (im2col) — that match
 #   `torch.nn.functional.conv2d` to the last digit;
-# - $1 \times 1$ convolutions, max and average pooling, parameter and multiply-accumulate counts,
-#   and receptive fields;
+# - $1 \times 1$ convolutions, max and average pooling, parameter and multiply-accumulate (乘加运算)
+#   counts, and receptive fields (感受野);
 # - the backward pass of a convolution — the gradients for the input and for the kernel are
 #   themselves convolutions — checked against autograd, and a kernel learned by gradient descent;
 # - what classic hand-made kernels (edges, blur, sharpen) do to a real handwritten digit.
@@ -69,12 +71,15 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import inspect
+import pprint
+import textwrap
 import time
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from torch import nn
 
 from tutorial_lib import conv, data, plots, results, runtime
@@ -95,7 +100,7 @@ BUDGETS = {
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET = run.budget
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
 # ## What a convolutional layer computes
@@ -183,9 +188,9 @@ print(f"largest difference over all {(5 - k_h + 1) * (6 - k_w + 1)} valid positi
 # %%
 image = torch.arange(16.0).view(1, 1, 4, 4)
 kernel = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]]]])
-print("F.conv2d:\n", F.conv2d(image, kernel)[0, 0])
-print("cross-correlation (ours):\n", conv.cross_correlate2d_im2col(image, kernel)[0, 0])
-print("true convolution (flipped kernel):\n", conv.convolve2d_true(image, kernel)[0, 0])
+print(f"F.conv2d:\n{F.conv2d(image, kernel)[0, 0]}")
+print(f"cross-correlation (ours):\n{conv.cross_correlate2d_im2col(image, kernel)[0, 0]}")
+print(f"true convolution (flipped kernel):\n{conv.convolve2d_true(image, kernel)[0, 0]}")
 
 # %% [markdown]
 # `F.conv2d` agrees with the cross-correlation; the true convolution gives other numbers. For a
@@ -204,7 +209,7 @@ worked_input = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
 diagonal_kernel = torch.eye(2).view(1, 1, 2, 2)
 worked_output = conv.cross_correlate2d_loops(worked_input, diagonal_kernel)
 print(worked_input[0, 0])
-print("output:\n", worked_output[0, 0])
+print(f"output:\n{worked_output[0, 0]}")
 assert worked_output[0, 0, 0, 0].item() == 6.0
 
 # %% [markdown]
@@ -236,7 +241,7 @@ cases = [
     dict(kernel_size=2, stride=2, padding=0, dilation=1),  # like 2x2 pooling
 ]
 probe = torch.zeros(1, 1, 28, 28)
-print(f"{'k':>2} {'s':>2} {'p':>2} {'d':>2} | formula | F.conv2d")
+rows = []
 for case in cases:
     formula = conv.conv_output_size(28, **case)
     k = case["kernel_size"]
@@ -247,9 +252,8 @@ for case in cases:
         padding=case["padding"],
         dilation=case["dilation"],
     ).shape[-1]
-    print(
-        f"{k:>2} {case['stride']:>2} {case['padding']:>2} {case['dilation']:>2} | {formula:>7} | {actual:>8}"
-    )
+    rows.append([k, case["stride"], case["padding"], case["dilation"], formula, actual])
+display(plots.markdown_table(rows, ["k", "s", "p", "d", "formula", "F.conv2d"]))
 
 # %% [markdown]
 # Two rules of thumb fall out: $p = (k-1)/2$ with stride 1 keeps the size ("same" padding, odd
@@ -260,7 +264,7 @@ for case in cases:
 try:
     conv.conv_output_size(2, kernel_size=3)
 except ValueError as error:
-    print("ValueError:", error)
+    print(textwrap.fill(f"ValueError: {error}", width=100))
 
 # %% [markdown]
 # ## Padding, stride, dilation and groups
@@ -281,12 +285,13 @@ reference = F.conv2d(x, weight, bias, **options)
 for implementation in (conv.cross_correlate2d_loops, conv.cross_correlate2d_im2col):
     difference = (implementation(x, weight, bias, **options) - reference).abs().max().item()
     print(
-        f"{implementation.__name__:<26} shape {tuple(reference.shape)}  max |difference| {difference:.1e}"
+        f"{implementation.__name__:<26} shape {tuple(reference.shape)}"
+        f"  max |difference| {difference:.1e}"
     )
 
 # %% [markdown]
 # What groups buy is parameters and compute. A standard $3 \times 3$ convolution from 64 to 64
-# channels against its depthwise-separable replacement, on a $56 \times 56$ feature map:
+# channels against its depthwise-separable replacement, on a $56 \times 56$ feature map (特征图):
 
 # %%
 standard_params = conv.conv2d_parameter_count(64, 64, 3)
@@ -297,14 +302,20 @@ standard_macs = conv.conv2d_macs(64, 64, 3, (56, 56))
 separable_macs = conv.conv2d_macs(64, 64, 3, (56, 56), groups=64) + conv.conv2d_macs(
     64, 64, 1, (56, 56)
 )
-print(
-    f"standard 3x3:             {standard_params:>7,} parameters, {standard_macs / 1e6:6.1f} M multiply-adds"
-)
-print(
-    f"depthwise 3x3 + 1x1:      {separable_params:>7,} parameters, {separable_macs / 1e6:6.1f} M multiply-adds"
-)
-print(
-    f"reduction:                {standard_params / separable_params:.1f}x parameters, {standard_macs / separable_macs:.1f}x compute"
+display(
+    plots.markdown_table(
+        [
+            ["standard 3x3", f"{standard_params:,}", f"{standard_macs / 1e6:.1f} M"],
+            ["depthwise 3x3 + 1x1", f"{separable_params:,}", f"{separable_macs / 1e6:.1f} M"],
+            [
+                "reduction",
+                f"{standard_params / separable_params:.1f}x",
+                f"{standard_macs / separable_macs:.1f}x",
+            ],
+        ],
+        ["convolution, 64 to 64 channels", "parameters", "multiply-adds"],
+        align="lrr",
+    )
 )
 
 # %% [markdown]
@@ -328,8 +339,9 @@ linear_output = per_pixel_linear(channels_last).permute(0, 3, 1, 2)
 difference = (pointwise(feature_map) - linear_output).abs().max().item()
 print(
     f"1x1 conv {tuple(pointwise(feature_map).shape)}, max |difference| from the per-pixel linear "
-    f"layer: {difference:.1e}; parameters {count_parameters(pointwise):,} = 64 * 16 + 16"
+    f"layer: {difference:.1e}"
 )
+print(f"parameters {count_parameters(pointwise):,} = 64 * 16 + 16")
 
 # %% [markdown]
 # ## im2col: convolution as one matrix product
@@ -421,9 +433,9 @@ for name, (ours, autograd) in checks.items():
 
 # %%
 grid = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
-print(grid[0, 0])
-print("max pooling:\n", conv.pool2d(grid, 2, mode="max")[0, 0])
-print("average pooling:\n", conv.pool2d(grid, 2, mode="avg")[0, 0])
+print(f"input:\n{grid[0, 0]}")
+print(f"max pooling:\n{conv.pool2d(grid, 2, mode='max')[0, 0]}")
+print(f"average pooling:\n{conv.pool2d(grid, 2, mode='avg')[0, 0]}")
 assert conv.pool2d(grid, 2).squeeze().tolist() == [[6.0, 8.0], [14.0, 16.0]]
 assert torch.equal(conv.pool2d(grid, 2, mode="avg"), F.avg_pool2d(grid, 2))
 
@@ -456,7 +468,7 @@ print(f"cross-entropy: {loss.item():.4f}   (-ln 0.7 = {-torch.log(torch.tensor(0
 # `tutorial_lib.data`, which prints where it found MNIST (a local copy, the official download, or
 # — announced loudly — a small bundled sample).
 
-# %%
+# %% mystnb={"image": {"alt": "An MNIST digit filtered by Sobel, Laplacian, blur, sharpen kernels"}}
 mnist = data.load_mnist()
 digit = mnist.test.images[0].float() / 255  # (1, 28, 28), pixels in [0, 1]
 print("label of this digit:", mnist.test.labels[0].item())
@@ -503,7 +515,7 @@ targets = F.conv2d(learning_digits, sobel_x, padding=1)
 torch.manual_seed(0)
 learned = (0.1 * torch.randn(1, 1, 3, 3)).requires_grad_()
 losses = []
-for step in range(300):
+for _ in range(300):
     loss = F.mse_loss(F.conv2d(learning_digits, learned, padding=1), targets)
     loss.backward()
     with torch.no_grad():
@@ -513,7 +525,7 @@ for step in range(300):
 print(
     f"mean squared error: {losses[0]:.4f} at the start, {losses[-1]:.2e} after {len(losses)} steps"
 )
-print("learned kernel:\n", learned.detach()[0, 0].numpy().round(3))
+print(f"learned kernel:\n{learned.detach()[0, 0].numpy().round(3)}")
 print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item():.1e}")
 
 # %% [markdown]
@@ -535,19 +547,20 @@ print(f"largest difference from Sobel x: {(learned - sobel_x).abs().max().item()
 model = MnistCNN()
 print(model)
 macs = conv.model_macs(model, (1, 28, 28))
-print(f"\n{'layer':<14}{'parameters':>12}{'multiply-adds':>16}")
-for name, module in model.named_modules():
-    if name in macs:
-        print(f"{name:<14}{count_parameters(module):>12,}{macs[name]:>16,}")
-print(f"{'total':<14}{count_parameters(model):>12,}{sum(macs.values()):>16,}")
-print(
-    f"\nreceptive field of one feature after the second pooling: {conv.receptive_field_of(model)} x {conv.receptive_field_of(model)} pixels"
-)
+rows = [
+    [name, f"{count_parameters(module):,}", f"{macs[name]:,}"]
+    for name, module in model.named_modules()
+    if name in macs
+]
+rows.append(["total", f"{count_parameters(model):,}", f"{sum(macs.values()):,}"])
+display(plots.markdown_table(rows, ["layer", "parameters", "multiply-adds"], align="lrr"))
+field = conv.receptive_field_of(model)
+print(f"receptive field of one feature after the second pooling: {field} x {field} pixels")
 
 # %% [markdown]
 # The split is lopsided in an instructive way: the convolutions do almost all of the *compute*
 # while the first linear layer holds almost all of the *parameters* — it connects every one of the
-# $64 \times 7 \times 7 = 3{,}136$ features to 128 units. Weight sharing is what makes
+# $64 \times 7 \times 7 = 3{,}136$ features to 128 units. Weight sharing (权值共享) is what makes
 # convolutions cheap in parameters. Each final feature sees a $10 \times 10$ patch of the
 # $28 \times 28$ digit, enough for a stroke or a loop but not the whole digit; the linear
 # layers combine them.
@@ -560,7 +573,7 @@ print(
 # chapter's budget):
 
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart: time of loops, im2col and F.conv2d, log scale"}}
 def median_seconds(function, repeats: int) -> float:
     timings = []
     for _ in range(repeats):
@@ -582,11 +595,14 @@ with torch.no_grad():
         name: median_seconds(run, BUDGET.timing_repeats) for name, run in implementations.items()
     }
 print(
-    f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, {torch.get_num_threads()} CPU threads"
+    f"input {tuple(timing_input.shape)}, weight {tuple(timing_weight.shape)}, "
+    f"{torch.get_num_threads()} CPU threads"
 )
-print(f"{'implementation':<16}{'median time':>14}{'vs F.conv2d':>14}")
-for name, value in seconds.items():
-    print(f"{name:<16}{value * 1e3:>11.2f} ms{value / seconds['F.conv2d']:>13.0f}x")
+rows = [
+    [name, f"{value * 1e3:.2f} ms", f"{value / seconds['F.conv2d']:.0f}x"]
+    for name, value in seconds.items()
+]
+display(plots.markdown_table(rows, ["implementation", "median time", "vs F.conv2d"], align="lrr"))
 fig = plots.bar_chart(
     list(seconds),
     [value * 1e3 for value in seconds.values()],
@@ -659,13 +675,16 @@ print(f"wrote {runtime.display_path(record_path)}")
 # ```{admonition} Solutions
 # :class: dropdown
 #
-# 1. $\lfloor (224 + 6 - 6 - 1)/2 \rfloor + 1 = 112$, then $\lfloor (112 + 2 - 2 - 1)/2 \rfloor + 1 = 56$:
-#    `conv.conv_output_size(224, 7, 2, 3)` and `conv.conv_output_size(112, 3, 2, 1)`.
+# 1. $\lfloor (224 + 6 - 6 - 1)/2 \rfloor + 1 = 112$, then
+#    $\lfloor (112 + 2 - 2 - 1)/2 \rfloor + 1 = 56$: `conv.conv_output_size(224, 7, 2, 3)` and
+#    `conv.conv_output_size(112, 3, 2, 1)`.
 # 2. `conv.receptive_field([conv.LayerGeometry(5)])` and
 #    `conv.receptive_field([conv.LayerGeometry(3)] * 2)` are both 5. Parameters (with bias):
-#    $64 \cdot 64 \cdot 25 + 64 = 102{,}464$ against $2 \cdot (64 \cdot 64 \cdot 9 + 64) = 73{,}856$.
+#    $64 \cdot 64 \cdot 25 + 64 = 102{,}464$ against
+#    $2 \cdot (64 \cdot 64 \cdot 9 + 64) = 73{,}856$.
 # 3. Flip the kernel to $[[4, 3], [2, 1]]$ and slide it: the top-left output is
-#    $4 \cdot 1 + 3 \cdot 2 + 2 \cdot 4 + 1 \cdot 5 = 23$, and the full output is $[[23, 33], [53, 63]]$.
+#    $4 \cdot 1 + 3 \cdot 2 + 2 \cdot 4 + 1 \cdot 5 = 23$, and the full output is
+#    $[[23, 33], [53, 63]]$.
 # 4. `torch.full((1, 1, 5, 5), 1 / 25)` with `padding=2`, since $(5 - 1)/2 = 2$.
 # ```
 

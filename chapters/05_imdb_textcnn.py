@@ -17,11 +17,11 @@
 # # TextCNN on IMDB, and how it compares with BERT
 #
 # Convolutions are not only for images. A sentence is a sequence of word vectors, and a
-# one-dimensional convolution slid along it detects **n-grams** — "not good", "waste of time",
-# "highly recommend" — wherever they occur. Kim (2014) showed that a single such layer with
-# max-over-time pooling is a strong text classifier. This chapter builds it from raw text, trains
-# it on the 25,000 IMDB training reviews, looks at what its filters detect, and sets it against the
-# BERT model of chapter 4.
+# one-dimensional convolution (卷积) slid along it detects **n-grams** — "not good", "waste of
+# time", "highly recommend" — wherever they occur. Kim (2014) showed that a single such layer with
+# max-over-time pooling (时间维最大池化) is a strong text classifier. This chapter builds it from
+# raw text, trains it on the 25,000 IMDB training reviews, looks at what its filters detect, and
+# sets it against the BERT model of chapter 4.
 #
 # The source series gives the model (as a `Conv2d` over the embedding matrix, with
 # `vocab_size=1000`) but no data pipeline at all. Here every step from review text to tensor is
@@ -67,13 +67,15 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import inspect
+import pprint
+import textwrap
 import time
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch.utils.data import DataLoader, TensorDataset
 
 from tutorial_lib import data, metrics, plots, results, runtime, train, weights
@@ -143,7 +145,17 @@ BUDGETS = {
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
+
+# %% [markdown]
+# The `gpu` budget trains on all training reviews for 10 epochs at `max_length` 400, and compares
+# with `bert-base-uncased`; it is chosen on a machine with CUDA unless `TUTORIAL_PROFILE` says
+# otherwise.
+#
+# To run this on N GPUs, export it as a script
+# (`jupytext --to py chapters/05_imdb_textcnn.ipynb`) and start it with
+# `torchrun --standalone --nproc_per_node=N chapters/05_imdb_textcnn.py`: `train.fit` runs unchanged
+# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
 
 # %% [markdown]
 # ## The reviews
@@ -156,9 +168,8 @@ imdb = data.load_imdb()
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test
 print(splits.describe())
-print(
-    f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):\n{train_reviews.texts[0][:400]}"
-)
+print(f"a {imdb.train.classes[train_reviews.labels[0]]} review ({train_reviews.ratings[0]} stars):")
+print(textwrap.fill(textwrap.shorten(train_reviews.texts[0], 400, placeholder=" ..."), width=96))
 
 # %% [markdown]
 # ## From text to tokens
@@ -173,7 +184,7 @@ print(inspect.getsource(tokenize))
 example = "This movie was NOT good.<br /><br />I didn't laugh once!"
 print(tokenize(example))
 
-# %%
+# %% mystnb={"image": {"alt": "Histogram of review lengths in tokens, max_length in red"}}
 train_tokens = [tokenize(text) for text in train_reviews.texts]
 val_tokens = [tokenize(text) for text in val_reviews.texts]
 test_tokens = [tokenize(text) for text in test_reviews.texts]
@@ -181,11 +192,12 @@ lengths = np.array([len(tokens) for tokens in train_tokens])
 percentiles = {p: int(np.percentile(lengths, p)) for p in (50, 75, 90, 95)}
 covered = (lengths <= BUDGET.max_length).mean()
 print(
-    "tokens per training review: "
+    "tokens per training review:\n"
     + ", ".join(f"{p}th percentile {v}" for p, v in percentiles.items())
 )
 print(
-    f"max_length {BUDGET.max_length} keeps {100 * covered:.1f}% of the reviews whole; the rest are truncated"
+    f"max_length {BUDGET.max_length} keeps {100 * covered:.1f}% of the reviews whole; "
+    "the rest are truncated"
 )
 
 fig, ax = plt.subplots(figsize=(7, 3.5), facecolor="white")
@@ -209,9 +221,8 @@ plt.show()
 # %%
 long_review = max(train_tokens[:200], key=len)
 kept = truncate(long_review, 16, keep="head+tail")
-print(
-    f"a {len(long_review)}-token review cut to 16 tokens, head + tail:\n{' '.join(kept[:8])} ... {' '.join(kept[8:])}"
-)
+print(f"a {len(long_review)}-token review cut to 16 tokens, head + tail:")
+print(textwrap.fill(f"{' '.join(kept[:8])} ... {' '.join(kept[8:])}", 100))
 
 # %% [markdown]
 # ## The vocabulary
@@ -223,7 +234,8 @@ print(
 
 # %%
 vocabulary = Vocabulary.build(train_tokens, min_freq=2, max_size=30_000)
-print(f"vocabulary: {len(vocabulary):,} entries; first ten: {vocabulary.itos[:10]}")
+print(f"vocabulary: {len(vocabulary):,} entries; first ten:")
+print(textwrap.fill(str(vocabulary.itos[:10]), 100))
 print(
     f"coverage of training tokens {100 * vocabulary.coverage(train_tokens):.1f}%, "
     f"of test tokens {100 * vocabulary.coverage(test_tokens):.1f}%"
@@ -273,26 +285,29 @@ print(inspect.getsource(TextCNN))
 model = TextCNN(len(vocabulary), embedding_dim=128, num_filters=100, widths=(3, 4, 5))
 ids = next(iter(train_loader))[0][:4]
 embedded = model.embedding(ids)
-print(f"{'token ids':<34}{tuple(ids.shape)}")
-print(f"{'embedding':<34}{tuple(embedded.shape)}")
-print(f"{'transposed for Conv1d (N, E, L)':<34}{tuple(embedded.transpose(1, 2).shape)}")
-for width, responses in zip(model.widths, model.filter_responses(ids)):
-    print(
-        f"{f'Conv1d width {width} + ReLU':<34}{tuple(responses.shape)} -> max over time {tuple(responses.amax(dim=2).shape)}"
-    )
-print(f"{'concatenated':<34}({ids.shape[0]}, {100 * len(model.widths)})")
-print(f"{'logits':<34}{tuple(model(ids).shape)}")
+rows = [
+    ["token ids", tuple(ids.shape)],
+    ["embedding", tuple(embedded.shape)],
+    ["transposed for Conv1d (N, E, L)", tuple(embedded.transpose(1, 2).shape)],
+]
+for width, responses in zip(model.widths, model.filter_responses(ids), strict=True):
+    rows.append([f"Conv1d width {width} + ReLU", tuple(responses.shape)])
+    rows.append([f"max over time, width {width}", tuple(responses.amax(dim=2).shape)])
+rows.append(["concatenated", (ids.shape[0], 100 * len(model.widths))])
+rows.append(["logits", tuple(model(ids).shape)])
+display(plots.markdown_table([[step, f"`{shape}`"] for step, shape in rows], ["step", "shape"]))
 print(
-    f"parameters: {count_parameters(model):,}, of which the embedding holds {count_parameters(model.embedding):,}"
+    f"parameters: {count_parameters(model):,}, "
+    f"of which the embedding holds {count_parameters(model.embedding):,}"
 )
 
 # %% [markdown]
 # ### The source series' `Conv2d` form is the same layer
 #
 # The source series writes each filter as `nn.Conv2d(1, 100, (width, embedding_dim))` applied to the
-# embedding matrix seen as a one-channel image of size (length × embedding). The kernel spans the whole
-# embedding, so it can only move along the sequence — which is what `Conv1d` does. Copying the weights
-# across proves it:
+# embedding matrix seen as a one-channel image of size (length × embedding). The kernel spans the
+# whole embedding, so it can only move along the sequence — which is what `Conv1d` does. Copying the
+# weights across proves it:
 
 # %%
 conv = model.convs[0]
@@ -311,7 +326,7 @@ print(
 # Adam with a learning rate of $10^{-3}$, cross-entropy, dropout 0.5, early stopping on the
 # validation accuracy — all through the same `fit` as chapters 2 and 3.
 
-# %%
+# %% mystnb={"image": {"alt": "Loss and accuracy per epoch of TextCNN, training and validation"}}
 runtime.seed_everything(0)
 model = TextCNN(len(vocabulary))
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -327,13 +342,14 @@ plt.show()
 # epochs: the embedding table has millions of parameters and memorises the training reviews
 # quickly. Early stopping keeps the epoch with the best validation accuracy.
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of true against predicted sentiment, TextCNN"}}
 logits, targets = train.predict(model, test_loader, device)
 predictions = logits.argmax(dim=1)
 textcnn_accuracy = metrics.accuracy(targets, predictions)
 textcnn_f1 = metrics.macro_f1(targets, predictions)
 print(
-    f"TextCNN test accuracy {100 * textcnn_accuracy:.2f}%, macro F1 {textcnn_f1:.4f} on {len(targets):,} test reviews"
+    f"TextCNN test accuracy {100 * textcnn_accuracy:.2f}%, macro F1 {textcnn_f1:.4f} "
+    f"on {len(targets):,} test reviews"
 )
 fig = plots.confusion_matrix_figure(
     targets, predictions, imdb.test.classes, title="TextCNN, IMDB test reviews"
@@ -366,9 +382,12 @@ with torch.no_grad():
     unmasked_predictions = model.classifier(unmasked_features).argmax(dim=1)
 flipped = (masked_predictions != unmasked_predictions).float().mean()
 print(
-    f"{len(padded_reviews):,} padded test reviews: without the mask "
-    f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
-    f"and {100 * flipped:.1f}% of the predictions flip"
+    textwrap.fill(
+        f"{len(padded_reviews):,} padded test reviews: without the mask "
+        f"{100 * changed_features:.1f}% of the pooled features change (padding wins the max) "
+        f"and {100 * flipped:.1f}% of the predictions flip",
+        100,
+    )
 )
 
 # %% [markdown]
@@ -407,8 +426,12 @@ def top_trigrams(filter_index: int, count: int = 4) -> list[str]:
 for label, order in (("positive", vote.argsort(descending=True)), ("negative", vote.argsort())):
     for filter_index in order[:3].tolist():
         print(
-            f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): "
-            + " | ".join(top_trigrams(filter_index))
+            textwrap.fill(
+                f"{label} filter {filter_index:>2} (vote {vote[filter_index]:+.2f}): "
+                + " | ".join(top_trigrams(filter_index)),
+                100,
+                subsequent_indent="    ",
+            )
         )
 
 # %% [markdown]
@@ -430,19 +453,22 @@ for label, order in (("positive", vote.argsort(descending=True)), ("negative", v
 # its `[PAD]` row first.
 
 # %%
-tokenizer, bert_encoder, bert_source = weights.load_bert(BUDGET.bert_model)
-print(f"embeddings from: {bert_source.describe()}")
+tokenizer, bert_encoder, bert_source = weights.load_bert(BUDGET.bert_model)  # prints its source
 bert_embeddings = bert_encoder.get_input_embeddings().weight.detach()
 print(
-    f"WordPiece vocabulary {bert_embeddings.shape[0]:,} x embedding dimension {bert_embeddings.shape[1]}"
+    f"WordPiece vocabulary {bert_embeddings.shape[0]:,} "
+    f"x embedding dimension {bert_embeddings.shape[1]}"
 )
-print("WordPiece tokens:", tokenizer.tokenize(example.replace("<br />", " ")))
+print(textwrap.fill(f"WordPiece tokens: {tokenizer.tokenize(example.replace('<br />', ' '))}", 100))
 bert_scale = bert_embeddings.std().item()
 fresh_embedding = TextCNN(1_000, embedding_dim=bert_embeddings.shape[1]).embedding.weight.detach()
 default_scale = fresh_embedding[1:].std().item()  # row 0 is the zero padding row
 print(
-    f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
-    f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)"
+    textwrap.fill(
+        f"standard deviation of the entries: BERT table {bert_scale:.4f}, a fresh nn.Embedding "
+        f"{default_scale:.4f} ({default_scale / bert_scale:.0f}x larger)",
+        100,
+    )
 )
 pad_norm = bert_embeddings[tokenizer.pad_token_id].norm()
 print(
@@ -510,7 +536,7 @@ for name, (how, mask_padding) in embedding_runs.items():
         mask_padding=mask_padding,
     )
     initialise(candidate.embedding, how)
-    run = train.fit(
+    embedding_history = train.fit(
         candidate,
         wp_train,
         wp_val,
@@ -519,17 +545,18 @@ for name, (how, mask_padding) in embedding_runs.items():
         device=device,
         verbose=False,
     )
-    embedding_results[name] = run["val_accuracy"]
-header = " | ".join(f"epoch {epoch + 1}" for epoch in range(BUDGET.embedding_epochs))
-table = [f"| embedding initialisation | {header} |", "|---|" + "---:|" * BUDGET.embedding_epochs]
-for name, accuracies in embedding_results.items():
-    table.append(f"| {name} | " + " | ".join(f"{100 * a:.1f} %" for a in accuracies) + " |")
-display(
-    Markdown(
-        f"Validation accuracy, {len(embedding_train):,} training reviews, WordPiece "
-        "tokens, [PAD] row zero:\n\n" + "\n".join(table)
-    )
+    embedding_results[name] = embedding_history["val_accuracy"]
+print(
+    f"validation accuracy, {len(embedding_train):,} training reviews, WordPiece tokens, "
+    "[PAD] row zero:"
 )
+headers = ["embedding initialisation"]
+headers += [f"epoch {epoch + 1}" for epoch in range(BUDGET.embedding_epochs)]
+rows = [
+    [name, *(f"{100 * accuracy:.1f} %" for accuracy in accuracies)]
+    for name, accuracies in embedding_results.items()
+]
+display(plots.markdown_table(rows, headers, align="l" + "r" * BUDGET.embedding_epochs))
 
 # %% [markdown]
 # Read the rows in pairs. The first two differ only in the padding mask: the gap is what masking is
@@ -546,10 +573,11 @@ display(
 # ## A cheaper baseline: a bag of n-grams
 #
 # Before calling TextCNN a strong baseline, it should beat something simpler. The simplest model
-# that still sees short phrases is a **bag of n-grams**, as in fastText {cite:p}`joulin2017bag` and
-# the PyTorch text-classification tutorial: give every word *and every pair of adjacent words* an
-# embedding, average them over the review with `nn.EmbeddingBag`, and put a linear layer on top.
-# Word order survives only inside the pairs ("not good"); no convolution, no max.
+# that still sees short phrases is a **bag of n-grams** (n 元词袋), as in fastText
+# {cite:p}`joulin2017bag` and the PyTorch text-classification tutorial: give every word *and every
+# pair of adjacent words* an embedding, average them over the review with `nn.EmbeddingBag`, and put
+# a linear layer on top. Word order survives only inside the pairs ("not good"); no convolution, no
+# max.
 
 
 # %%
@@ -575,8 +603,12 @@ def ngram_loader(tokens: list[list[str]], labels: list[int], shuffle: bool) -> D
 
 
 print(
-    f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, e.g. "
-    f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}"
+    textwrap.fill(
+        f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, "
+        "e.g. "
+        f"{[g for g in ngram_vocabulary.itos[2:400] if ' ' in g][:6]}",
+        100,
+    )
 )
 runtime.seed_everything(0)
 bag = BagOfNgrams(len(ngram_vocabulary), embedding_dim=64)
@@ -611,7 +643,7 @@ print(
 # model reads all of it, without truncation.
 
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart: reviews per second of bag of n-grams, TextCNN and BERT"}}
 def reviews_per_second(predict, texts: list[str], batch_size: int = 32) -> float:
     started = time.perf_counter()
     with torch.no_grad():
@@ -645,9 +677,12 @@ def bert_predict(texts: list[str]) -> torch.Tensor:
 
 
 print(
-    f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
-    f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens on average "
-    f"(padded to {textcnn_length}), {bert_length} BERT word pieces at most (within BERT's 512)"
+    textwrap.fill(
+        f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
+        f"{np.mean([len(tokenize(t)) for t in speed_texts]):.0f} TextCNN tokens on average "
+        f"(padded to {textcnn_length}), {bert_length} BERT word pieces at most (within BERT's 512)",
+        100,
+    )
 )
 model.eval().cpu()
 bag.eval().cpu()
@@ -661,8 +696,11 @@ speeds = {name: reviews_per_second(predict, speed_texts) for name, predict in pr
 bert_record = results.read_result_record("04_imdb_bert")
 if bert_record is None:
     print(
-        "No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
-        "accuracy and training time. Only size and speed are compared below."
+        textwrap.fill(
+            "No result record of chapter 4 under this profile: run chapter 4 first for BERT's "
+            "accuracy and training time. Only size and speed are compared below.",
+            100,
+        )
     )
 bert_accuracy = bert_record["metrics"]["test_accuracy"] if bert_record else None
 bert_seconds = bert_record["training"]["seconds"] if bert_record else None
@@ -671,26 +709,31 @@ comparison_rows = {
     "TextCNN": (count_parameters(model), textcnn_accuracy, textcnn_train_seconds),
     "BERT": (count_parameters(bert_encoder), bert_accuracy, bert_seconds),
 }
-table = [
-    "| model | parameters | test accuracy | training time | reviews/s, raw text to logits |",
-    "|---|---:|---:|---:|---:|",
-]
-for (name, (parameters, accuracy, seconds)), speed in zip(comparison_rows.items(), speeds.values()):
+rows = []
+for name, (parameters, accuracy, seconds) in comparison_rows.items():
     shown_accuracy = "n/a" if accuracy is None else f"{100 * accuracy:.1f} %"
     shown_seconds = "n/a" if seconds is None else f"{seconds:.0f} s"
-    table.append(f"| {name} | {parameters:,} | {shown_accuracy} | {shown_seconds} | {speed:,.0f} |")
-display(Markdown("\n".join(table)))
+    rows.append([name, f"{parameters:,}", shown_accuracy, shown_seconds, f"{speeds[name]:,.0f}"])
+headers = ["model", "parameters", "test accuracy", "training time", "reviews/s, raw text to logits"]
+display(plots.markdown_table(rows, headers, align="lrrrr"))
 print(f"BERT = {bert_source.model}")
 print(
-    f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
-    "BERT, "
-    f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters"
+    textwrap.fill(
+        f"TextCNN reads {speeds['TextCNN'] / speeds['BERT']:.0f}x as many reviews per second as "
+        "BERT, "
+        f"with {count_parameters(bert_encoder) / count_parameters(model):.1f}x fewer parameters",
+        100,
+    )
 )
 if bert_record:
     print(
-        f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
-        f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
-        f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)"
+        textwrap.fill(
+            f"(BERT's accuracy from chapter 4: {bert_record['model']['name']}, test subset of "
+            f"{bert_record['metrics']['test_size']:,} reviews, {bert_record['data']['max_length']} "
+            f"word pieces; the other two: {len(test_set):,} reviews, {BUDGET.max_length} tokens)",
+            100,
+            break_on_hyphens=False,  # keep model names whole
+        )
     )
 
 fig = plots.bar_chart(
@@ -778,11 +821,12 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # 1. Replace the max-over-time pooling by average pooling (`responses.mean(dim=2)`). What happens to
 #    the validation accuracy?
-# 2. Train with `keep="head"` instead of `"head+tail"` in `as_tensor_dataset`, then with `max_length`
-#    64 and 512. How do accuracy and training time change?
+# 2. Train with `keep="head"` instead of `"head+tail"` in `as_tensor_dataset`, then with
+#    `max_length` 64 and 512. How do accuracy and training time change?
 # 3. Rerun the embedding experiment with 1,000 and with 20,000 training reviews. How does the gap
-#    between the last two rows (random at BERT's scale, BERT's values) change? Then freeze the BERT-initialised embedding
-#    (`candidate.embedding.weight.requires_grad_(False)`): is it better or worse than fine-tuning it?
+#    between the last two rows (random at BERT's scale, BERT's values) change? Then freeze the
+#    BERT-initialised embedding (`candidate.embedding.weight.requires_grad_(False)`): is it better
+#    or worse than fine-tuning it?
 # 4. Find the reviews on which TextCNN is most confidently wrong. Do they share a pattern (irony,
 #    contrast, a plot summary)?
 #
@@ -791,16 +835,16 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # 1. Subclass `TextCNN` and override `forward` to average each filter's responses over the windows
 #    inside the text (the masked responses summed over time, divided by the number of unmasked
-#    windows). Averaging over a mostly neutral review weakens the signal of the few decisive n-grams;
-#    measure the validation curves of both under the same budget.
+#    windows). Averaging over a mostly neutral review weakens the signal of the few decisive
+#    n-grams; measure the validation curves of both under the same budget.
 # 2. The truncation changes only the reviews longer than `max_length` (the share printed above), so
-#    compare the test accuracy on those. For the length, set `max_length` in the budget: training time
-#    grows roughly linearly with it, and accuracy gains flatten once most reviews fit.
+#    compare the test accuracy on those. For the length, set `max_length` in the budget: training
+#    time grows roughly linearly with it, and accuracy gains flatten once most reviews fit.
 # 3. Change `embedding_train_size` in the budget. The head start of pre-trained vectors matters most
 #    when labelled reviews are few. A frozen embedding cannot adapt WordPiece vectors to sentiment,
 #    but it cannot overfit either, so which wins depends on the subset size: measure both sizes.
-# 4. Sort the test reviews by the softmax probability of the wrong class (`logits.softmax(1)`), and read
-#    the top ten with `test_reviews.texts[i]`.
+# 4. Sort the test reviews by the softmax probability of the wrong class (`logits.softmax(1)`), and
+#    read the top ten with `test_reviews.texts[i]`.
 # ```
 
 # %% [markdown]

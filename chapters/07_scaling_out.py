@@ -66,6 +66,7 @@ import contextlib
 import inspect
 import io
 import os
+import pprint
 import runpy
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models import resnet18
@@ -83,7 +85,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tutorial_lib import data, launch, results, runtime, train
+from tutorial_lib import data, launch, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters
 
 
@@ -138,7 +140,7 @@ BUDGETS = {
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
 SCRIPTS = run.scratch_dir("scaling-out")  # the scripts this chapter launches
-BUDGET
+pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
 # ## Data parallelism from zero
@@ -366,12 +368,18 @@ walls[two_name] = time.perf_counter() - started
 runs[two_name] = launch.result_lines(two_output)[-1]
 print("the epoch lines of the 2-process run (printed by rank 0 only):")
 print("\n".join(line for line in two_output.splitlines() if line.startswith("epoch")))
-print(f"\n{'run (global batch 64)':<28}{'train s':>9}{'samples/s':>11}{'wall s':>8}{'val acc':>9}")
-for name, run in runs.items():
-    print(
-        f"{name:<28}{run['seconds']:>9.1f}{run['samples_per_second']:>11.0f}"
-        f"{walls[name]:>8.1f}{100 * run['val_accuracy']:>8.2f}%"
-    )
+rows = [
+    [
+        name,
+        f"{run['seconds']:.1f}",
+        f"{run['samples_per_second']:.0f}",
+        f"{walls[name]:.1f}",
+        f"{100 * run['val_accuracy']:.2f}%",
+    ]
+    for name, run in runs.items()
+]
+headers = ["run (global batch 64)", "train s", "samples/s", "wall s", "val accuracy"]
+display(plots.markdown_table(rows, headers, align="lrrrr"))
 
 # %% [markdown]
 # All runs train with a global batch of 64 — one process × 64, or two × 32 — for the same
@@ -397,7 +405,7 @@ print(
     "training time"
 )
 print(
-    f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast "
+    f"2 processes (2 cores) vs. 1 process on 1 core: {speedup_over_one_core:.2f}x as fast\n"
     f"(2.00x would be perfect; parallel efficiency {50 * speedup_over_one_core:.0f}%)"
 )
 print(
@@ -516,16 +524,16 @@ model_sizes = {
 }
 GPU_MEMORY_GB = 80  # assumption: an 80 GB data-centre GPU (A100 80GB, H100 80GB)
 GPUS = 8
-print(f"{'model':<32}{'parameters':>15}{'DDP: per GPU':>14}{'FSDP over 8':>13}  fits 80 GB?")
+rows = []
 for name, parameters in model_sizes.items():
     per_gpu = 16 * parameters / GIGABYTE
-    print(
-        f"{name:<32}{parameters:>15,}{per_gpu:>11.2f} GB{per_gpu / GPUS:>10.2f} GB  "
-        f"{'DDP' if per_gpu < GPU_MEMORY_GB else 'FSDP/ZeRO-3 only'}"
-    )
+    fits = "DDP" if per_gpu < GPU_MEMORY_GB else "FSDP/ZeRO-3 only"
+    rows.append([name, f"{parameters:,}", f"{per_gpu:.2f} GB", f"{per_gpu / GPUS:.2f} GB", fits])
+headers = ["model", "parameters", "DDP: per GPU", f"FSDP over {GPUS}", f"fits {GPU_MEMORY_GB} GB?"]
+display(plots.markdown_table(rows, headers, align="lrrrl"))
 largest_ddp_model = GPU_MEMORY_GB * GIGABYTE / 16
 print(
-    f"\nDDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e9:.1f} billion "
+    f"DDP stops fitting an {GPU_MEMORY_GB} GB GPU at {largest_ddp_model / 1e9:.1f} billion "
     "parameters, before a single activation is stored"
 )
 
@@ -585,6 +593,7 @@ bert = BertForSequenceClassification(bert_config(BUDGET.bert_layers, BUDGET.bert
 batch = {"input_ids": torch.randint(0, bert.config.vocab_size, (1, BUDGET.sequence_length))}
 plain_bytes, plain_seconds = saved_activation_bytes(bert, batch), step_seconds(bert, batch)
 forward_seconds = step_seconds(bert, batch, backward=False)
+bert.config.use_cache = False  # an encoder keeps no cache; transformers warns when it is on
 # transformers 5 renamed gradient_checkpointing_enable; older versions have only that name
 (getattr(bert, "activation_checkpointing_enable", None) or bert.gradient_checkpointing_enable)()
 checkpointed_bytes = saved_activation_bytes(bert, batch)
@@ -600,8 +609,8 @@ print(
     f"({plain_bytes / checkpointed_bytes:.0f}x less)"
 )
 print(
-    f"  forward alone {forward_seconds:.3f} s, forward + backward {plain_seconds:.3f} s: "
-    f"recomputing the forward should cost about {100 * forward_seconds / plain_seconds:.0f}% "
+    f"  forward alone {forward_seconds:.3f} s, forward + backward {plain_seconds:.3f} s:\n"
+    f"  recomputing the forward should cost about {100 * forward_seconds / plain_seconds:.0f}% "
     "more"
 )
 print(
@@ -682,7 +691,6 @@ print(
     f"bert-base: {bert_base_gradient_bytes / 1e6:.0f} MB of fp32 gradients per step; "
     f"compute per step assumed {1000 * STEP_COMPUTE_SECONDS:.0f} ms"
 )
-print(f"{'setting':<38}{'all-reduce':>11}{'no overlap':>12}{'2/3 hidden':>12}{'+ accum. 4':>12}")
 communication_table = {}
 for setting, seconds in scenarios.items():
     row = {
@@ -694,11 +702,18 @@ for setting, seconds in scenarios.items():
         ),
     }
     communication_table[setting] = row
-    print(
-        f"{setting:<38}{row['allreduce_ms']:>8.1f} ms{100 * row['efficiency']:>11.0f}%"
-        f"{100 * row['efficiency_overlapped']:>11.0f}%"
-        f"{100 * row['efficiency_overlapped_accumulation_4']:>11.0f}%"
-    )
+rows = [
+    [
+        setting,
+        f"{row['allreduce_ms']:.1f} ms",
+        f"{100 * row['efficiency']:.0f}%",
+        f"{100 * row['efficiency_overlapped']:.0f}%",
+        f"{100 * row['efficiency_overlapped_accumulation_4']:.0f}%",
+    ]
+    for setting, row in communication_table.items()
+]
+headers = ["setting", "all-reduce", "no overlap", "2/3 hidden", "+ accum. 4"]
+display(plots.markdown_table(rows, headers, align="lrrrr"))
 
 # %% [markdown]
 # Within one NVLink machine the all-reduce of bert-base's 438 MB is a few milliseconds and 8 GPUs
@@ -719,7 +734,7 @@ for setting, seconds in scenarios.items():
 # the first steps {cite:p}`goyal2017accurate`. The rule is about the global batch, so we can test it
 # in one process (the distributed runs above showed that the global batch is all that matters).
 
-# %%
+# %% mystnb={"image": {"alt": "Validation accuracy per epoch: base batch vs 8x batch, lr scalings"}}
 mnist = data.load_mnist()
 splits = data.budget_splits(mnist, BUDGET.large_batch_train_size, BUDGET.val_size, test_size=1)
 transform = data.mnist_transform()
@@ -771,7 +786,7 @@ fig, axis = plt.subplots(figsize=(7, 4), facecolor="white")
 for name, history in large_batch_runs.items():
     axis.plot(history["epoch"], [100 * a for a in history["val_accuracy"]], marker="o", label=name)
     print(
-        f"{name:<42} validation accuracy per epoch: "
+        f"{name}, validation accuracy per epoch: "
         + ", ".join(f"{100 * a:.2f}%" for a in history["val_accuracy"])
     )
 axis.set(

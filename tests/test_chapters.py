@@ -57,7 +57,8 @@ def test_chapter_has_the_shared_structure(source: Path):
     assert re.search(
         r"^BUDGETS = \{\n    \"smoke\": .*^    \"cpu\": .*^    \"gpu\": ", text, flags=re.M | re.S
     ), (
-        "the budget of every profile is declared once, visibly, at the top: BUDGETS = {smoke, cpu, gpu}"
+        "the budget of every profile is declared once, visibly, at the top: "
+        "BUDGETS = {smoke, cpu, gpu}"
     )
     assert "run = runtime.start_chapter(BUDGETS" in text, (
         "the chapter opens with runtime.start_chapter"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 
@@ -49,6 +50,7 @@ def image_grid(
         figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
         facecolor="white",
         squeeze=False,
+        layout="constrained",  # keeps each row's titles clear of the row above
     )
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -64,7 +66,6 @@ def image_grid(
             ax.set_title(titles[index], fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
@@ -77,9 +78,9 @@ def bar_chart(
     annotate_format: str = "{:.3g}",
 ) -> Figure:
     """Draw one bar per label with its value written on top, and return the figure."""
-    fig, ax = plt.subplots(figsize=(6, 3.6), facecolor="white")
+    fig, ax = plt.subplots(figsize=(6, 3.6), facecolor="white", layout="constrained")
     bars = ax.bar(labels, values, color="#4C72B0")
-    for bar, value in zip(bars, values):
+    for bar, value in zip(bars, values, strict=True):
         ax.annotate(
             annotate_format.format(value),
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -92,7 +93,6 @@ def bar_chart(
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -100,7 +100,9 @@ def training_curves(history, title: str = "Training curves") -> Figure:
     """Draw loss and accuracy per epoch (train and, when recorded, validation) from a
     :class:`tutorial_lib.train.History`; return the figure with two axes."""
     epochs = history["epoch"]
-    fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.6), facecolor="white")
+    fig, (loss_ax, accuracy_ax) = plt.subplots(
+        1, 2, figsize=(10, 3.6), facecolor="white", layout="constrained"
+    )
     for prefix, style in (("train", "-o"), ("val", "--s")):
         if f"{prefix}_loss" in history.keys:
             loss_ax.plot(epochs, history[f"{prefix}_loss"], style, label=prefix)
@@ -114,7 +116,6 @@ def training_curves(history, title: str = "Training curves") -> Figure:
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -129,7 +130,7 @@ def confusion_matrix_figure(
     y_pred = y_pred.cpu().numpy() if isinstance(y_pred, torch.Tensor) else np.asarray(y_pred)
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(class_names))))
     size = max(4.0, 0.5 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size), facecolor="white")
+    fig, ax = plt.subplots(figsize=(size, size), facecolor="white", layout="constrained")
     ax.imshow(matrix, cmap="Blues")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), count in np.ndenumerate(matrix):
@@ -147,7 +148,6 @@ def confusion_matrix_figure(
     )
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set(title=title, xlabel="predicted class", ylabel="true class")
-    fig.tight_layout()
     return fig
 
 
@@ -173,7 +173,7 @@ def feature_maps(
     limit: int = 16,
     ncols: int = 8,
 ) -> Figure:
-    """Run one image ``(C, H, W)`` through ``module`` and draw the first ``limit`` output channels."""
+    """Run one image ``(C, H, W)`` through ``module``; draw its first ``limit`` output channels."""
     with torch.no_grad():
         maps = module(image.unsqueeze(0))[0].cpu()
     return image_grid(
@@ -184,3 +184,46 @@ def feature_maps(
         cmap="viridis",
         size=1.3,
     )
+
+
+class MarkdownTable(Markdown):
+    """A Markdown table: rendered as a table in a notebook, shown as its Markdown text elsewhere
+    (a script, a terminal), where the repr of :class:`IPython.display.Markdown` says nothing."""
+
+    def __repr__(self) -> str:
+        return self.data
+
+
+def markdown_table(
+    rows: Sequence[Sequence[object]],
+    headers: Sequence[str],
+    align: str | None = None,
+) -> MarkdownTable:
+    """Return ``rows`` under ``headers`` as a Markdown table to ``display`` from a cell.
+
+    Cells are written with ``str``, so format numbers before passing them. ``align`` gives one
+    character per column, ``"l"`` or ``"r"``; by default text columns are left-aligned and
+    columns whose cells are all ``int``/``float`` right-aligned. ``|`` inside a cell is escaped.
+
+    Raises:
+        ValueError: if a row has a different number of cells than ``headers``, or ``align`` has
+            the wrong length or a character other than ``l``/``r``.
+    """
+    for number, row in enumerate(rows):
+        if len(row) != len(headers):
+            raise ValueError(
+                f"row {number} has {len(row)} cells but there are {len(headers)} headers"
+            )
+    if align is None:
+        align = "".join(
+            "r" if rows and all(isinstance(row[i], int | float) for row in rows) else "l"
+            for i in range(len(headers))
+        )
+    if len(align) != len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align must be one 'l' or 'r' per column ({len(headers)}), got {align!r}")
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    rule = "| " + " | ".join("---:" if a == "r" else ":---" for a in align) + " |"
+    return MarkdownTable("\n".join([line(headers), rule, *(line(row) for row in rows)]))

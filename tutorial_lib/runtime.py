@@ -125,7 +125,8 @@ def select_budget(budgets: Mapping[str, BudgetT], profile: str | None = None) ->
     extra = [name for name in budgets if name not in PROFILES]
     if missing or extra:
         raise ValueError(
-            f"a budget must give exactly the profiles {PROFILES}; missing {missing}, unknown {extra}"
+            f"a budget must give exactly the profiles {PROFILES}; "
+            f"missing {missing}, unknown {extra}"
         )
     chosen = get_profile() if profile is None else profile
     if chosen not in PROFILES:

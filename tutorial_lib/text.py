@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -47,7 +48,8 @@ class Vocabulary:
         max_size: int | None = None,
     ) -> Vocabulary:
         """Build a vocabulary from tokenized *training* texts: every token seen at least
-        ``min_freq`` times, most frequent first (ties alphabetically), at most ``max_size`` words."""
+        ``min_freq`` times, most frequent first (ties alphabetically), at most ``max_size``
+        words."""
         counts = Counter(token for tokens in tokenized_texts for token in tokens)
         words = sorted(
             (w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w)
@@ -120,7 +122,7 @@ def truncate(tokens: Sequence[str], max_length: int, keep: str = "head") -> list
 def with_bigrams(tokens: Sequence[str]) -> list[str]:
     """Return ``tokens`` followed by their bigrams (``"not good"``), the n-grams of a bag-of-n-grams
     model: word order survives only inside each pair."""
-    return [*tokens, *(f"{first} {second}" for first, second in zip(tokens, tokens[1:]))]
+    return [*tokens, *(f"{first} {second}" for first, second in pairwise(tokens))]
 
 
 def encode_texts(
