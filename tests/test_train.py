@@ -515,3 +515,41 @@ def test_a_schedule_sized_for_one_process_is_announced_under_torchrun(capsys):
         one_cycle, epochs=2, steps=8, accumulation_steps=1, strategy=two_processes, say=print
     )
     assert capsys.readouterr().out == ""
+
+
+class _SnapshotValidation:
+    """A validation 'loader' that records the model's parameters each time fit evaluates (after
+    each epoch's training) and makes epoch ``best_epoch`` the best one by construction: that
+    epoch it shows the training points with their labels, every other epoch with flipped ones."""
+
+    def __init__(self, model: nn.Module, best_epoch: int) -> None:
+        self.model, self.best_epoch, self.snapshots = model, best_epoch, []
+        self.points, self.labels = blobs(64, seed=1).tensors
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        self.snapshots.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        epoch = len(self.snapshots)
+        labels = self.labels if epoch == self.best_epoch else 1 - self.labels
+        yield self.points, labels
+
+
+@pytest.mark.parametrize("kept_on", ["disk", "memory"])
+def test_fit_hands_back_the_best_epochs_weights(tmp_path, kept_on):
+    model = small_model()
+    train_loader, _ = loaders()
+    validation = _SnapshotValidation(model, best_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    keep = {"checkpoint_dir": tmp_path} if kept_on == "disk" else {"patience": 10}
+    history = train.fit(model, train_loader, validation, optimizer, epochs=4, monitor="val_loss",
+                        verbose=False, **keep)  # fmt: skip
+    assert len(history) == 4 and min(history["val_loss"]) == history["val_loss"][1]
+    best = validation.snapshots[1]
+    assert not torch.equal(best["2.weight"], validation.snapshots[-1]["2.weight"]), "it trained on"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best[name]), f"{name} is not the best epoch's"
+    if kept_on == "disk":
+        on_disk = checkpoints.load_checkpoint(tmp_path / "best.pt")["model"]
+        assert all(torch.equal(on_disk[name], best[name]) for name in best)
