@@ -83,7 +83,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from tutorial_lib import data, metrics, plots, results, runtime, train
+from tutorial_lib import data, metrics, optim, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters, freeze
 
 
@@ -376,7 +376,8 @@ print(
 # %% mystnb={"image": {"alt": "Loss and accuracy per epoch of MnistCNN, training and validation"}}
 runtime.seed_everything(0)
 model = MnistCNN()
-optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+# the book's one optimiser grouping: weight decay on weight matrices, none on biases
+optimizer = torch.optim.AdamW(optim.param_groups(model, lr=3e-3, weight_decay=1e-4))
 scheduler = torch.optim.lr_scheduler.OneCycleLR(
     optimizer, max_lr=3e-3, epochs=BUDGET.epochs, steps_per_epoch=len(train_loader)
 )

@@ -410,7 +410,7 @@ def train_linear_probe(
     """A linear head trained with AdamW on cached (standardised) features."""
     centre, scale = train_features.mean(0), train_features.std() + 1e-6
     head = nn.Sequential(_Standardise(centre, scale), nn.Linear(train_features.shape[1], 10))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(param_groups(head, lr=1e-3, weight_decay=1e-2, verbose=False))
     loaders = [
         DataLoader(
             TensorDataset(features, labels), batch_size=256, shuffle=shuffle, generator=generator
