@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-from pybtex.database import parse_file
-
 from conftest import REPO_ROOT
+from pybtex.database import parse_file
 
 
 def test_every_cited_key_is_in_the_bibliography():
