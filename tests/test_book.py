@@ -38,9 +38,11 @@ published_results = _load_module(
 run_chapter = _load_module("run_chapter", REPO_ROOT / "benchmarks" / "run_chapter.py")
 
 
-BOOK_BUILD_TIMEOUT_S = 1500
+BOOK_BUILD_TIMEOUT_S = 3000
 """A bound on the whole build (every chapter executed under ``cpu`` on the bundled samples);
-chapter cells are bounded separately by ``execute.timeout`` in ``_config.yml``."""
+chapter cells are bounded separately by ``execute.timeout`` in ``_config.yml``. Measured on the
+2-core CI machine kind with other jobs beside it: chapters 1-5 took 18 min, chapter 6 more than
+10; 1,500 s was too tight."""
 
 
 @pytest.fixture(scope="module")
