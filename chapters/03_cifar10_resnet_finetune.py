@@ -72,6 +72,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
     )
 
 # %%
+import pprint
 import time
 from dataclasses import dataclass
 
@@ -165,7 +166,7 @@ BUDGETS = {
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
-BUDGET
+pprint.pp(BUDGET, width=100)
 
 # %% [markdown]
 # ## ResNet-18, the architecture
@@ -274,7 +275,7 @@ if not PRETRAINED:
 # head itself, on a few CIFAR-10 test images upsampled to 128 pixels: a network with correct
 # weights names plausible ImageNet classes.
 
-# %%
+# %% mystnb={"image": {"alt": "CIFAR-10 test images with the ImageNet head's top classes"}}
 cifar = data.load_cifar10()
 categories = weights.imagenet_categories()
 mean, std = weights.BACKBONE_NORMALISATION[weights_source.model]
@@ -497,7 +498,7 @@ print(f"this profile trains at {IMAGE_SIZE} px")
 # mirrored cat is still a cat — a vertical flip would not be) and a little colour jitter.
 # Validation and test images are never augmented: they must measure the model, not the randomness.
 
-# %%
+# %% mystnb={"image": {"alt": "CIFAR-10 training images after augmentation"}}
 train_transform = data.cifar10_transforms(
     train=True, color_jitter=True, size=IMAGE_SIZE, mean=mean, std=std
 )
@@ -713,7 +714,7 @@ histories["from scratch"], seconds["from scratch"] = train_strategy(
 #
 # Each strategy's best epoch (by validation accuracy) is scored once on the test set:
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy of linear probe, fine-tuning and training from scratch"}}
 test_results = dict(probe_results)
 for strategy, model in models.items():
     test_results[strategy] = train.predict(model, test_loader, device)
@@ -782,7 +783,7 @@ plt.show()
 #
 # The model with the best validation accuracy, evaluated class by class:
 
-# %%
+# %% mystnb={"image": {"alt": "Confusion matrix of the best strategy on the CIFAR-10 test images"}}
 best_strategy = max(summary, key=lambda name: summary[name]["best_val_accuracy"])
 logits, targets = test_results[best_strategy]
 predictions = logits.argmax(dim=1)
@@ -804,7 +805,7 @@ plt.show()
 #
 # The most instructive mistakes are the confident ones — wrong, with high probability:
 
-# %%
+# %% mystnb={"image": {"alt": "Test images the best model gets wrong with the highest confidence"}}
 probabilities = torch.softmax(logits, dim=1)
 confidence, _ = probabilities.max(dim=1)
 wrong = (predictions != targets).nonzero().flatten()

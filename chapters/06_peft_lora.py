@@ -487,7 +487,7 @@ display(
     )
 )
 
-# %%
+# %% mystnb={"image": {"alt": "Test accuracy against trainable parameters, per method"}}
 fig, ax = plt.subplots(figsize=(7, 4), facecolor="white")
 for label, outcome in chosen.items():
     ax.scatter(
@@ -558,7 +558,7 @@ print(
 # singular values, would sit in a few directions. As a reference we take a random matrix of the
 # same shape, whose energy is spread over all directions.
 
-# %%
+# %% mystnb={"image": {"alt": "Singular values of the fine-tuning update vs a random matrix"}}
 full_model = kept_models["full fine-tuning"].cpu()
 fig, ax = plt.subplots(figsize=(7, 4), facecolor="white")
 energy_rows = []

@@ -246,7 +246,7 @@ def cuda_only_note(what: str) -> bool:
     needs a GPU and return ``False``. Guards the cells that only make sense on a GPU."""
     if torch.cuda.is_available():
         return True
-    print(f"Skipped on this machine (no CUDA device): {what}.")
+    print(f"Skipped on this machine (no CUDA device):\n  {what}.")
     return False
 
 

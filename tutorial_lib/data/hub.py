@@ -41,7 +41,7 @@ from tutorial_lib.data.containers import (
 )
 from tutorial_lib.data.download import cannot_write, download_from_mirrors, md5_of
 from tutorial_lib.data.errors import CorruptDataError, DataNotFoundError
-from tutorial_lib.runtime import OFFLINE_ENV, env_flag, notice
+from tutorial_lib.runtime import OFFLINE_ENV, display_path, env_flag, notice
 from tutorial_lib.runtime import data_dir as default_data_dir
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -169,7 +169,7 @@ def load_dataset(
     spec = DATA_HUB[key]
     root = Path(root).resolve() if root is not None else default_data_dir()
     loaded = spec.read(root, SOURCE_LOCAL)
-    reason = f"no local {spec.name} copy under {root} (expected {spec.layout})"
+    reason = f"no local {spec.name} copy under {display_path(root)} (expected {spec.layout})"
     if loaded is None and _downloads_allowed(download):
         try:
             _download_into(spec, root)
