@@ -169,7 +169,7 @@ def load_dataset(
     spec = DATA_HUB[key]
     root = Path(root).resolve() if root is not None else default_data_dir()
     loaded = spec.read(root, SOURCE_LOCAL)
-    reason = f"no local {spec.name} copy under {display_path(root)} (expected {spec.layout})"
+    reason = f"no local {spec.name} copy under {root} (expected {spec.layout})"
     if loaded is None and _downloads_allowed(download):
         try:
             _download_into(spec, root)
@@ -190,8 +190,8 @@ def load_dataset(
                 "TUTORIAL_DATA_DIR to a folder that has it, or allow the download."
             )
         loaded = spec.read_sample(SAMPLES_DIR / spec.sample)
-        if verbose:
-            _announce_sample(loaded.source, reason)
+        if verbose:  # on the page, the data folder as the reader knows it, not this machine's path
+            _announce_sample(loaded.source, reason.replace(str(root), display_path(root), 1))
     elif verbose:
         print(loaded.source.describe())
     return loaded
