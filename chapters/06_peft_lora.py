@@ -75,6 +75,7 @@ import copy
 import inspect
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,9 @@ from tutorial_lib import data, lora, optim, results, runtime, train, weights
 from tutorial_lib.models import count_parameters
 from tutorial_lib.text import TokenizedTexts
 
+# transformers 5 warns, from inside peft, that a method peft calls is deprecated: noise with
+# nothing for the reader to do, printed with the build machine's paths
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 print(f"peft {peft.__version__}")
 
 

