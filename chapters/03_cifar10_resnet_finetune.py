@@ -79,6 +79,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
@@ -217,9 +218,12 @@ def stage_shapes(model: nn.Module, size: int) -> list[tuple[str, tuple[int, ...]
     return shapes
 
 
-for size in (224, 64):
-    shapes = stage_shapes(resnet, size)
-    print(f"{size} px: " + " -> ".join(f"{name} {shape}" for name, shape in shapes))
+shapes_by_size = {size: stage_shapes(resnet, size) for size in (224, 64)}
+rows = [
+    (name, *(str(shapes_by_size[size][i][1]) for size in shapes_by_size))
+    for i, (name, _) in enumerate(shapes_by_size[224])
+]
+display(plots.markdown_table(rows, ["after", "224-px input", "64-px input"], align="lll"))
 
 # %% [markdown]
 # Global average pooling turns the last stage's $512 \times h \times w$ map into 512 numbers, and
@@ -251,10 +255,9 @@ imagenet_model, weights_source = weights.load_image_backbone()
 BACKBONE = weights.display_name(weights_source)
 PRETRAINED = weights_source.pretrained
 imagenet_model.eval()
-print(
-    f"backbone: {BACKBONE} | ImageNet weights: {PRETRAINED} | "
-    f"{count_parameters(imagenet_model):,} parameters | head {classifier_head(imagenet_model)}"
-)
+print(f"backbone: {BACKBONE}")
+print(f"ImageNet weights: {PRETRAINED}; {count_parameters(imagenet_model):,} parameters")
+print(f"head: {classifier_head(imagenet_model)}")
 if not PRETRAINED:
     print(
         "=> Without ImageNet weights, 'linear probe' trains a head on random features and "
@@ -319,10 +322,8 @@ plt.show()
 # TensorFlow-trained models):
 
 # %%
-print(
-    "ImageNet classes standing for each CIFAR-10 class:",
-    {name: len(group) for name, group in weights.CIFAR10_IMAGENET_CLASSES.items()},
-)
+print("ImageNet classes standing for each CIFAR-10 class:")
+pprint.pp({name: len(group) for name, group in weights.CIFAR10_IMAGENET_CLASSES.items()}, width=90)
 check = data.subset(cifar.test, BUDGET.check_images, seed=1)
 candidates = {
     "ImageNet mean/std": (data.IMAGENET_MEAN, data.IMAGENET_STD),
@@ -346,9 +347,10 @@ measured = max(zero_shot, key=zero_shot.get)
 recorded = next(
     name for name, (candidate_mean, _) in candidates.items() if tuple(candidate_mean) == tuple(mean)
 )
+print(f"measured best: {measured}")
 print(
-    f"measured best: {measured}; recorded for {BACKBONE} in weights.BACKBONE_NORMALISATION: "
-    f"{recorded} ({'agrees' if measured == recorded else 'DISAGREES: check more images'})"
+    f"recorded in weights.BACKBONE_NORMALISATION: {recorded} "
+    f"({'agrees' if measured == recorded else 'DISAGREES: check more images'})"
 )
 
 # %% [markdown]
@@ -460,16 +462,20 @@ for size in BUDGET.size_study:
         "finetune_minutes": BUDGET.finetune_epochs * len(train_images) / speed / 60,
     }
 
-print(
-    f"{BACKBONE}, linear probe on {len(study_train):,} training images; fine-tuning time "
-    f"projected for {BUDGET.finetune_epochs} epochs of {len(train_images):,} images"
-)
-print(f"{'pixels':>7}{'probe val acc':>15}{'train img/s':>13}{'fine-tune time':>16}")
-for size, row in size_study.items():
-    print(
-        f"{size:>7}{100 * row['probe_val_accuracy']:>14.1f}%"
-        f"{row['train_images_per_second']:>13.0f}{row['finetune_minutes']:>13.1f} min"
+print(f"{BACKBONE}, linear probe on {len(study_train):,} training images")
+epochs = BUDGET.finetune_epochs
+print(f"fine-tuning time projected for {epochs} epochs of {len(train_images):,} images")
+rows = [
+    (
+        size,
+        f"{100 * row['probe_val_accuracy']:.1f}%",
+        f"{row['train_images_per_second']:.0f}",
+        f"{row['finetune_minutes']:.1f} min",
     )
+    for size, row in size_study.items()
+]
+headers = ["pixels", "probe val accuracy", "training images/s", "fine-tuning time"]
+display(plots.markdown_table(rows, headers, align="rrrr"))
 affordable = [
     size
     for size, row in size_study.items()
@@ -723,8 +729,7 @@ print(
     f"backbone: {BACKBONE} ({'ImageNet weights' if PRETRAINED else 'no ImageNet weights'}); "
     f"{len(train_set):,} training images at {IMAGE_SIZE} px"
 )
-print(f"{'strategy':<26}{'trainable':>12}{'epochs':>8}{'time':>9}{'best val':>10}{'test acc':>10}")
-summary = {}
+summary, rows = {}, []
 for strategy, (logits, targets) in test_results.items():
     trainable = (
         10 * (features["train"][0].shape[1] + 1)
@@ -739,10 +744,18 @@ for strategy, (logits, targets) in test_results.items():
         "trainable_parameters": trainable,
     }
     row = summary[strategy]
-    print(
-        f"{strategy:<26}{trainable:>12,}{row['epochs_run']:>8}{row['train_seconds']:>7.0f} s"
-        f"{100 * row['best_val_accuracy']:>9.1f}%{100 * row['test_accuracy']:>9.1f}%"
+    rows.append(
+        (
+            strategy,
+            f"{trainable:,}",
+            row["epochs_run"],
+            f"{row['train_seconds']:.0f} s",
+            f"{100 * row['best_val_accuracy']:.1f}%",
+            f"{100 * row['test_accuracy']:.1f}%",
+        )
     )
+headers = ["strategy", "trainable", "epochs", "time", "best val", "test accuracy"]
+display(plots.markdown_table(rows, headers, align="lrrrrr"))
 gain = summary["fine-tune"]["test_accuracy"] - summary["from scratch"]["test_accuracy"]
 print(f"fine-tuning minus from scratch: {100 * gain:+.1f} points")
 
@@ -913,7 +926,7 @@ if runtime.cuda_only_note(f"fine-tuning {BACKBONE} at 224x224 pixels with mixed 
     summary["fine-tune 224 px (GPU)"] = fine_tune_at_224(
         train_images, test_images, epochs=BUDGET.gpu_224_epochs
     )
-    print(summary["fine-tune 224 px (GPU)"])
+    pprint.pp(summary["fine-tune 224 px (GPU)"], width=90)
 elif runtime.get_profile() == "smoke":
     smoke_224 = fine_tune_at_224(
         data.subset(train_images, 4),
