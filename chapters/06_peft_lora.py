@@ -75,6 +75,7 @@ import copy
 import inspect
 import pprint
 import shutil
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ pprint.pp(BUDGET, width=100)
 # %%
 tokenizer, pretrained, bert_source = weights.load_bert(BUDGET.model_name, num_labels=2)
 pretrained.eval()
-print(f"model: {bert_source.describe()}")
+print(textwrap.fill(f"model: {bert_source.describe()}", 100, subsequent_indent="  "))
 print(f"{count_parameters(pretrained):,} parameters")
 
 # %% [markdown]
@@ -827,8 +828,13 @@ elif BUDGET.recipe_train_size:  # smoke: the same code on the CPU, on a few revi
     )
 if recipe_result is not None:
     print(
-        f"{recipe_result['model']}, {recipe_result['train_size']:,} training reviews: test "
-        f"accuracy {100 * recipe_result['test_accuracy']:.2f}% on {recipe_result['test_size']:,}"
+        textwrap.fill(
+            f"{recipe_result['model']}, {recipe_result['train_size']:,} training reviews: test "
+            f"accuracy {100 * recipe_result['test_accuracy']:.2f}% on "
+            f"{recipe_result['test_size']:,}",
+            100,
+            break_on_hyphens=False,  # keep model names whole
+        )
     )
 
 # %% [markdown]
