@@ -504,12 +504,6 @@ def test_no_page_is_wider_than_a_phone(site_visits):
     assert not too_wide, f"pages that scroll sideways at {VIEWPORT_WIDTHS['phone']} px: {too_wide}"
 
 
-@pytest.mark.xfail(
-    reason="issue #16, open: chapter 3 still prints output lines over the column (its layer "
-    "shapes, backbone summary, class mapping and size-study lines) and chapter 6 was not checked "
-    "on a finished build; the test reports every cut line, so it shows what is left",
-    strict=False,
-)
 def test_no_code_line_is_cut_at_desktop_width(site_visits):
     cut = {
         page: [
