@@ -409,9 +409,9 @@ print(
     f"(2.00x would be perfect; parallel efficiency {50 * speedup_over_one_core:.0f}%)"
 )
 print(
-    f"per optimiser step the 2 processes all-reduce {gradient_megabytes:.2f} MB of fp32 "
-    f"gradients: {steps} steps, {steps * gradient_megabytes:.0f} MB through gloo"
+    f"per optimiser step the 2 processes all-reduce {gradient_megabytes:.2f} MB of fp32 gradients"
 )
+print(f"{steps} steps: {steps * gradient_megabytes:.0f} MB through gloo")
 print(
     f"start-up of the 2-process job (launcher, a torch import per process, data loading): "
     f"{walls[two_name] - two_processes['seconds']:.1f} s"
