@@ -278,7 +278,7 @@ plt.show()
 
 # %% [markdown]
 # Most reviews are longer than 128 tokens, and a fair share longer than 512. A review longer than
-# `max_length` has to lose something. Sun et al. {cite:p}`sun2019fine` compared the choices for
+# `max_length` has to lose something. {cite:t}`sun2019fine` compared the choices for
 # bert-base-uncased on IMDB (at 512 tokens): keeping only the beginning gave 5.63 % test error, only
 # the end 5.44 %, and the first 128 plus the last 382 tokens 5.42 % — the end of a review, where
 # the verdict often sits, matters at least as much as its beginning. We keep **head + tail**: the
@@ -762,7 +762,7 @@ for sentence, positive in zip(new_sentences, new_probabilities, strict=True):
 # %% [markdown]
 # ## On a GPU: bert-base-uncased on the full data
 #
-# Sun et al. {cite:p}`sun2019fine` report 5.42 % test error for bert-base-uncased on IMDB with
+# {cite:t}`sun2019fine` report 5.42 % test error for bert-base-uncased on IMDB with
 # head + tail truncation to 512 tokens (first 128, last 382), layer-wise learning-rate decay,
 # batch size 24 and up to 4 epochs. The function below is a shorter version of that recipe: all
 # 25,000 training reviews, head + tail at 512 tokens, batch 32, 2 epochs, this chapter's AdamW and

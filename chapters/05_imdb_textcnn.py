@@ -820,7 +820,7 @@ print(f"wrote {runtime.display_path(record_path)}")
 # - A bag of n-grams is the floor to beat, and on IMDB a high one. Against BERT, TextCNN is far
 #   smaller and faster (timed from raw text on equal text). Which is more accurate depends on how
 #   much BERT you can afford: compare the table's rows, trained on this machine's budgets, with the
-#   5.42 % test error that Sun et al. {cite:p}`sun2019fine` report for bert-base-uncased fine-tuned
+#   5.42 % test error that {cite:t}`sun2019fine` report for bert-base-uncased fine-tuned
 #   on all 25,000 reviews.
 
 # %% [markdown]

@@ -511,8 +511,9 @@ for label, outcome in chosen.items():
         fontsize=9,
     )
 ax.set_xscale("log")
+ax.margins(x=0.25)  # room for the labels right of the rightmost point
 ax.set(
-    title=f"Test accuracy against trainable parameters ({bert_source.model}, IMDB)",
+    title="Test accuracy against trainable parameters (IMDB)",
     xlabel="trainable parameters (log scale)",
     ylabel="test accuracy (%)",
 )
