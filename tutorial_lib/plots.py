@@ -223,7 +223,9 @@ def markdown_table(
         raise ValueError(f"align must be one 'l' or 'r' per column ({len(headers)}), got {align!r}")
 
     def line(cells: Sequence[object]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+        # "|" would end the cell; "$" would start math (the book renders Markdown as MyST)
+        escaped = (str(cell).replace("|", "\\|").replace("$", "\\$") for cell in cells)
+        return "| " + " | ".join(escaped) + " |"
 
     rule = "| " + " | ".join("---:" if a == "r" else ":---" for a in align) + " |"
     return MarkdownTable("\n".join([line(headers), rule, *(line(row) for row in rows)]))

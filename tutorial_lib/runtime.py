@@ -76,7 +76,9 @@ def notice(message: str) -> None:
     except ImportError:
         in_kernel = False
     if in_kernel:
-        display(Markdown("> **Notice** — " + message.replace("\n", "\n> ")))
+        # "$" escaped: the book renders Markdown outputs as MyST, where $...$ is math
+        quoted = message.replace("$", "\\$").replace("\n", "\n> ")
+        display(Markdown("> **Notice** — " + quoted))
     else:
         print(f"NOTICE: {message}")
 
