@@ -463,8 +463,7 @@ for size in BUDGET.size_study:
     }
 
 print(f"{BACKBONE}, linear probe on {len(study_train):,} training images")
-epochs = BUDGET.finetune_epochs
-print(f"fine-tuning time projected for {epochs} epochs of {len(train_images):,} images")
+print(f"projected: {BUDGET.finetune_epochs} fine-tuning epochs of {len(train_images):,} images")
 rows = [
     (
         size,

@@ -25,6 +25,11 @@ def test_alignment_can_be_given_and_pipes_are_escaped():
     assert table.data.splitlines()[1:] == ["| :--- | ---: |", "| a\\|b | 1.5 s |"]
 
 
+def test_dollar_signs_are_escaped_so_the_book_does_not_typeset_them_as_math():
+    table = markdown_table([["$TUTORIAL_DATA_DIR/x", "$5"]], ["where", "cost"]).data
+    assert table.splitlines()[-1] == "| \\$TUTORIAL_DATA_DIR/x | \\$5 |"
+
+
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="row 1 has 1 cells but there are 2 headers"):
         markdown_table([["a", 1], ["b"]], ["name", "n"])
