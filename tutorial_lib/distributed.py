@@ -276,6 +276,12 @@ class Strategy:
         dist.all_gather(parts, moved.contiguous())
         return torch.stack(parts, dim=1).flatten(0, 1)[:total].to(local.device)
 
+    def own_examples(self, total: int) -> int:
+        """Return how many of a ``total``-example evaluation set are this rank's own in the
+        un-shuffled ``DistributedSampler`` order (rank ``r`` gets ``r, r + N, …``); the rest of
+        its share, at the end, is the sampler's padding."""
+        return len(range(self.rank, total, self.world_size))
+
     def gather_object(self, value: Any) -> list[Any]:
         """Return ``[value of rank 0, value of rank 1, …]`` on every rank."""
         if not self.distributed:

@@ -89,8 +89,11 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def _batch_size(targets: torch.Tensor) -> int:
-    return int(targets.shape[0])
+def _count_targets(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """Return ``(targets, correct predictions)`` of a batch: one target per example for a
+    classifier (logits ``(batch, classes)``), one per position for a language model (logits
+    ``(batch, time, vocab)``, targets ``(batch, time)``)."""
+    return targets.numel(), int((logits.argmax(dim=-1) == targets).sum())
 
 
 MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
@@ -108,7 +111,8 @@ def predict(
 
     Autocast follows the mixed-precision choice of ``strategy`` (default: automatic, as in
     :func:`fit` — bf16 or fp16 on CUDA, full precision on the CPU). Under ``torchrun`` each
-    process predicts its share of the set and every process gets the whole result.
+    process predicts its share of the set and every process gets the whole result. It holds
+    every logit in memory: for a language model's large vocabulary use :func:`evaluate`.
 
     Raises:
         ValueError: if ``loader`` yields no batch.
@@ -126,13 +130,14 @@ def predict(
     if not all_logits:
         raise ValueError("the evaluation loader yielded no batches; give it at least one example")
     sharded = shard is not loader
-    total = len(loader.dataset) if sharded else 0
+    total = len(loader.sampler) if sharded else 0
     return tuple(
         strategy.gather_in_order(torch.cat(part), total, sharded)
         for part in (all_logits, all_targets)
     )
 
 
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Iterable[Batch],
@@ -142,18 +147,43 @@ def evaluate(
 ) -> dict[str, float]:
     """Return ``{"loss": mean loss, "accuracy": fraction correct}`` of ``model`` over ``loader``.
 
-    The loss is averaged over examples (not batches), with ``loss_fn`` defaulting to
-    cross-entropy. Under ``torchrun`` every process returns the numbers of the whole set.
+    Both are averaged over targets — examples for a classifier, token positions for a language
+    model — with ``loss_fn`` (a mean over its batch's targets) defaulting to cross-entropy. The
+    loader is consumed batch by batch, so memory does not grow with the set. Under
+    ``torchrun`` each process evaluates its share and every process returns the numbers of the
+    whole set, counting each example once (the padding a ``DistributedSampler`` adds is
+    dropped).
 
     Raises:
         ValueError: if ``loader`` yields no batch.
     """
-    logits, targets = predict(model, loader, device, strategy)
+    strategy = strategy or Strategy.from_environment(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    return {
-        "loss": float(loss_fn(logits, targets)),
-        "accuracy": float((logits.argmax(dim=1) == targets).float().mean()),
-    }
+    model.eval()
+    shard = strategy.shard_loader(loader, training=False)
+    # A DistributedSampler pads the set to a multiple of the processes by repeating examples,
+    # at the end of some ranks' shares: keep only this rank's own examples.
+    own = strategy.own_examples(len(loader.sampler)) if shard is not loader else None
+    loss_sum, correct, count, taken, batches = 0.0, 0, 0, 0, 0
+    for batch in shard:
+        inputs, targets = split_batch(strategy.to_device(batch))
+        with strategy.autocast():
+            logits = forward(model, inputs)
+        batches += 1
+        if own is not None:
+            keep = max(0, min(len(targets), own - taken))
+            taken += len(targets)
+            logits, targets = logits[:keep], targets[:keep]
+            if keep == 0:
+                continue
+        size, right = _count_targets(logits, targets)
+        loss_sum += float(loss_fn(logits.float(), targets)) * size
+        correct += right
+        count += size
+    if batches == 0:
+        raise ValueError("the evaluation loader yielded no batches; give it at least one example")
+    loss_sum, correct, count = strategy.reduce_sum(loss_sum, correct, count)
+    return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 def optimizer_steps_per_epoch(
@@ -199,7 +229,10 @@ def fit(
     the last micro-batch only) over all processes.
 
     Each epoch records ``train_loss``, ``train_accuracy``, ``lr``, ``seconds``,
-    ``samples_per_second`` and, with a ``val_loader``, ``val_loss`` and ``val_accuracy``.
+    ``samples_per_second`` and, with a ``val_loader``, ``val_loss`` and ``val_accuracy``. Losses,
+    accuracies and speeds count targets: examples for a classifier, token positions for a
+    language model (logits ``(batch, time, vocab)``, whose ``samples_per_second`` is then
+    tokens per second).
     ``scheduler`` steps after every optimiser step. With ``patience``, training stops when
     ``monitor`` (one of :data:`MONITORS`; higher is better for accuracies) has not improved
     for that many epochs. With ``checkpoint_dir``, ``last.pt`` (model, optimiser, scheduler,
@@ -264,10 +297,10 @@ def fit(
                 strategy.step(wrapped, optimizer, grad_clip_norm)  # clip, step, zero the grads
                 if scheduler is not None:
                     scheduler.step()
-            size = _batch_size(targets)
+            size, right = _count_targets(logits, targets)
             seen += size
             loss_sum += loss.item() * size
-            correct += int((logits.argmax(dim=1) == targets).sum())
+            correct += right
         seconds = time.perf_counter() - started
         seen, loss_sum, correct = strategy.reduce_sum(seen, loss_sum, correct)
         record = {
