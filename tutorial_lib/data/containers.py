@@ -126,22 +126,36 @@ DatasetT = TypeVar("DatasetT", ImageDataset, TextDataset)
 
 @dataclass(frozen=True)
 class LoadedData(Generic[DatasetT]):
-    """The train and test splits of a data set and the :class:`DataSource` they came from."""
+    """The train and test splits of a data set and the :class:`DataSource` they came from.
+
+    ``unlabelled`` holds the extra unlabelled training examples a copy ships (IMDB's
+    ``train/unsup/`` reviews, as texts), empty when there are none.
+    """
 
     train: DatasetT
     test: DatasetT
     source: DataSource
+    unlabelled: list = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.source.describe()
 
 
 def loaded_data(
-    dataset: str, kind: str, location: object, train: DatasetT, test: DatasetT
+    dataset: str,
+    kind: str,
+    location: object,
+    train: DatasetT,
+    test: DatasetT,
+    unlabelled: list | None = None,
 ) -> LoadedData[DatasetT]:
-    """Wrap two splits with their :class:`DataSource` (a reader's last line)."""
-    source = DataSource(dataset, kind, str(location), {"train": len(train), "test": len(test)})
-    return LoadedData(train, test, source)
+    """Wrap two splits (and any unlabelled examples) with their :class:`DataSource` (a
+    reader's last line)."""
+    sizes = {"train": len(train), "test": len(test)}
+    if unlabelled:
+        sizes["unlabelled"] = len(unlabelled)
+    source = DataSource(dataset, kind, str(location), sizes)
+    return LoadedData(train, test, source, list(unlabelled or []))
 
 
 __all__ = [

@@ -3,7 +3,9 @@
 
 Official layout: ``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``, extracted or still
 inside ``aclImdb_v1.tar.gz`` (read without extracting, so the data directory may be
-read-only). Reviews are UTF-8 text; the star rating and id come from the file name.
+read-only). Reviews are UTF-8 text; the star rating and id come from the file name. The
+official copy also has 50,000 unlabelled reviews, ``aclImdb/train/unsup/<id>_0.txt``; a copy
+without them is complete for the labelled task.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 FOLDER, ARCHIVE = "aclImdb", "aclImdb_v1.tar.gz"
 _REVIEW = re.compile(r"^aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 _IN_CLASS_FOLDER = re.compile(r"^aclImdb/(train|test)/(pos|neg)/[^/]+$")
+_UNLABELLED = re.compile(r"^aclImdb/train/unsup/(\d+)_0\.txt$")
+_IN_UNLABELLED_FOLDER = re.compile(r"^aclImdb/train/unsup/[^/]+$")
 _REDO = "delete it and fetch IMDB again, or restore the official aclImdb layout"
 
 Record = tuple[str, str, int, int, str]
@@ -70,23 +74,43 @@ def _splits_from_records(records: Iterable[Record], location: Path) -> dict[str,
 
 def _review(name: str, payload: bytes, where: str) -> Record:
     """Turn one review file into a record; ``where`` names it in errors (a path, or a member
-    of an archive)."""
+    of an archive). An unlabelled review's record has the split ``"unsup"``."""
+    unlabelled = _UNLABELLED.match(name)
+    if unlabelled:
+        return "unsup", "", int(unlabelled[1]), 0, _utf8(payload, where)
     match = _REVIEW.match(name)
     if not match:
         raise CorruptDataError(
             f"{where} is not named <id>_<rating>.txt as IMDB reviews are; {_REDO}"
         )
+    return match[1], match[2], int(match[3]), int(match[4]), _utf8(payload, where)
+
+
+def _utf8(payload: bytes, where: str) -> str:
     try:
-        text = payload.decode("utf-8")
+        return payload.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CorruptDataError(
             f"{where} is not UTF-8 text ({error.reason} at byte {error.start}); IMDB reviews are "
             f"UTF-8: re-save the file as UTF-8, or {_REDO}"
         ) from error
-    return match[1], match[2], int(match[3]), int(match[4]), text
+
+
+def _split_off_unlabelled(records: Iterable[Record]) -> tuple[list[Record], list[str]]:
+    """Return the labelled records and the unlabelled texts (sorted by review id)."""
+    labelled, unlabelled = [], []
+    for record in records:
+        (unlabelled if record[0] == "unsup" else labelled).append(record)
+    return labelled, [record[4] for record in sorted(unlabelled, key=lambda r: r[2])]
 
 
 def _folder_records(folder: Path) -> Iterator[Record]:
+    unlabelled = folder / "train" / "unsup"
+    if unlabelled.is_dir():
+        for path in sorted(unlabelled.iterdir()):
+            if not path.name.startswith("."):
+                name = f"{FOLDER}/train/unsup/{path.name}"
+                yield _review(name, path.read_bytes(), str(path))
     for split in ("train", "test"):
         for label_name in IMDB_CLASSES:
             directory = folder / split / label_name
@@ -105,7 +129,8 @@ def _archive_records(archive: Path) -> Iterator[Record]:
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
             name = str(checked_member_name(member, archive))
-            if member.isfile() and _IN_CLASS_FOLDER.match(name):
+            wanted = _IN_CLASS_FOLDER.match(name) or _IN_UNLABELLED_FOLDER.match(name)
+            if member.isfile() and wanted:
                 yield _review(name, tar.extractfile(member).read(), f"{name} in {archive}")
 
 
@@ -119,17 +144,19 @@ def read_imdb(root: Path, kind: str) -> LoadedData[TextDataset] | None:
     """
     folder, archive = root / FOLDER, root / ARCHIVE
     if folder.is_dir():
-        splits = _splits_from_records(_folder_records(folder), folder)
-        return loaded_data("IMDB", kind, folder, splits["train"], splits["test"])
+        records, unlabelled = _split_off_unlabelled(_folder_records(folder))
+        splits = _splits_from_records(records, folder)
+        return loaded_data("IMDB", kind, folder, splits["train"], splits["test"], unlabelled)
     if not archive.is_file():
         return None
     try:
-        splits = _splits_from_records(_archive_records(archive), archive)
+        records, unlabelled = _split_off_unlabelled(_archive_records(archive))
+        splits = _splits_from_records(records, archive)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise CorruptDataError(
             f"{archive} is not a complete tar.gz archive ({error}); delete it and fetch IMDB again"
         ) from error
-    return loaded_data("IMDB", kind, archive, splits["train"], splits["test"])
+    return loaded_data("IMDB", kind, archive, splits["train"], splits["test"], unlabelled)
 
 
 def read_imdb_sample(path: Path) -> LoadedData[TextDataset]:
@@ -166,7 +193,8 @@ def load_imdb(
     the resolution rule of :func:`load_dataset`.
 
     Labels: 0 = neg, 1 = pos; the star rating and id come from the file name. Texts are
-    returned unchanged (they still hold ``<br />`` tags).
+    returned unchanged (they still hold ``<br />`` tags). The unlabelled ``train/unsup/``
+    reviews, when the copy has them, are in ``.unlabelled`` (texts, by review id).
 
     Returns:
         :class:`LoadedData` of :class:`TextDataset`, sorted by label then review id.
