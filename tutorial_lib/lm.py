@@ -1,0 +1,336 @@
+"""Pre-training a language model, and measuring it: chapter 8's corpus, loop and yardsticks.
+
+- The corpus: reviews cleaned of their HTML breaks, held out **by review** for validation, each
+  encoded and followed by one end-of-text token, cut into fixed-length chunks
+  (:class:`TokenChunks`) whose targets are the inputs shifted by one position.
+- The loop: :func:`pretrain` is ``train.fit`` with GPT-2's recipe — AdamW with decay on matrices
+  only (``optim.param_groups``), linear warm-up then cosine decay, gradient clipping — one "epoch"
+  of ``fit`` being ``eval_every`` optimiser steps on randomly drawn chunks.
+- The yardsticks: nats per token, perplexity and **bits per byte** (comparable across
+  vocabularies), add-k unigram and bigram count models on the same split, FLOPs per token
+  counted by ``torch.utils.flop_counter``, and the compute-optimal size for a budget
+  (Hoffmann et al. 2022).
+- The hand-over to chapter 9: :func:`save_pretrained` and :func:`load_pretrained` (atomic
+  files, loaded with ``weights_only=True``; the tokenizer is plain JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tutorial_lib import bpe, checkpoints, optim, train
+from tutorial_lib.gpt import GPT, GPTConfig, lm_loss
+from tutorial_lib.results import results_dir
+from tutorial_lib.run_state import History
+
+CHINCHILLA_TOKENS_PER_PARAMETER = 20
+"""Hoffmann et al. (2022, Table 3): a compute-optimal model sees about 20 tokens per parameter."""
+
+
+# --- the corpus ---------------------------------------------------------------------------
+
+
+def clean_review(text: str) -> str:
+    """Return an IMDB review with its HTML line breaks (``<br />``) as newlines."""
+    return text.replace("<br />", "\n")
+
+
+def split_documents(
+    texts: Sequence[str], val_fraction: float, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Return ``(train_texts, val_texts)``: a seeded random ``val_fraction`` of the documents
+    held out whole, so that no review has tokens on both sides.
+
+    Raises:
+        ValueError: if either side would be empty.
+    """
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = round(val_fraction * len(texts))
+    if not 0 < held_out < len(texts):
+        raise ValueError(
+            f"val_fraction {val_fraction} of {len(texts)} documents leaves one side empty"
+        )
+    val = sorted(order[:held_out])
+    train_side = sorted(order[held_out:])
+    return [texts[i] for i in train_side], [texts[i] for i in val]
+
+
+def encode_documents(
+    tokenizer: Any, texts: Sequence[str], *, check_round_trip: bool = False
+) -> torch.Tensor:
+    """Return one 1-D ``int64`` tensor of the token ids of ``texts``, each document followed
+    by the end-of-text token (so the model learns where a review ends). With
+    ``check_round_trip``, every document is decoded again and compared with its text.
+
+    Raises:
+        ValueError: if the tokenizer has no ``<|endoftext|>`` token, or a document does not
+            decode back to its text (the message shows where it first differs).
+    """
+    end_of_text = tokenizer.token_to_id(bpe.END_OF_TEXT)
+    if end_of_text is None:
+        raise ValueError(f"the tokenizer has no {bpe.END_OF_TEXT} token; train it with one")
+    encodings = [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
+    if check_round_trip:
+        for index, decoded in enumerate(tokenizer.decode_batch(encodings)):
+            text = texts[index]
+            if decoded != text:
+                where = next(
+                    (i for i, (got, want) in enumerate(zip(decoded, text, strict=False))
+                     if got != want),
+                    min(len(decoded), len(text)),
+                )  # fmt: skip
+                raise ValueError(
+                    f"document {index} does not decode back to its text: from character "
+                    f"{where} it reads {decoded[where : where + 30]!r} instead of "
+                    f"{text[where : where + 30]!r}"
+                )
+    ids: list[int] = []
+    for encoding in encodings:
+        ids += encoding
+        ids.append(end_of_text)
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+class TokenChunks(Dataset):
+    """Non-overlapping windows of a token stream: item ``i`` is ``(x, y)`` with ``x`` the
+    ``context_length`` tokens from ``i · context_length`` and ``y`` the same window one token
+    later — at every position, the next token is the target."""
+
+    def __init__(self, tokens: torch.Tensor, context_length: int) -> None:
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens must be one 1-D stream, got shape {tuple(tokens.shape)}")
+        if len(tokens) < context_length + 1:
+            raise ValueError(
+                f"{len(tokens)} tokens cannot fill one window of {context_length} (+1 target)"
+            )
+        self.tokens = tokens
+        self.context_length = context_length
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.context_length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = index * self.context_length
+        window = self.tokens[start : start + self.context_length + 1]
+        return window[:-1], window[1:]
+
+
+# --- the yardsticks -----------------------------------------------------------------------
+
+
+def bits_per_byte(nats_per_token: float, tokens: int, text_bytes: int) -> float:
+    """Return the loss in bits per byte of text: ``nats/token × tokens / bytes / ln 2``. Unlike
+    the loss per token it does not depend on the tokenizer, so models with different
+    vocabularies (and count models) can be compared."""
+    return nats_per_token * tokens / text_bytes / math.log(2)
+
+
+def text_bytes(texts: Sequence[str]) -> int:
+    """Return the UTF-8 bytes of ``texts``, counting each document's end-of-text as one byte
+    (it stands for the boundary, as a newline would)."""
+    return sum(len(text.encode("utf-8")) + 1 for text in texts)
+
+
+def unigram_nats(
+    train_tokens: torch.Tensor, val_tokens: torch.Tensor, vocab_size: int, k: float = 1.0
+) -> float:
+    """Return the mean nats per validation token of an add-``k`` unigram model: each token
+    predicted with its training frequency, context ignored."""
+    counts = torch.bincount(train_tokens, minlength=vocab_size).double()
+    probabilities = (counts + k) / (counts.sum() + k * vocab_size)
+    return float(-probabilities.log()[val_tokens].mean())
+
+
+def bigram_nats(
+    train_tokens: torch.Tensor, val_tokens: torch.Tensor, vocab_size: int, k: float
+) -> float:
+    """Return the mean nats per validation token of an add-``k`` bigram model,
+    ``P(b | a) = (count(a, b) + k) / (count(a) + k · vocab_size)``, the previous token as the
+    whole context. (Every validation token but the first is predicted.)"""
+    pairs = torch.bincount(
+        train_tokens[:-1] * vocab_size + train_tokens[1:], minlength=vocab_size * vocab_size
+    ).double()
+    row_totals = pairs.view(vocab_size, vocab_size).sum(dim=1)
+    previous, following = val_tokens[:-1], val_tokens[1:]
+    numerator = pairs[previous * vocab_size + following] + k
+    denominator = row_totals[previous] + k * vocab_size
+    return float(-(numerator / denominator).log().mean())
+
+
+def training_flops_per_token(model: GPT) -> float:
+    """Return the FLOPs one training token costs: the forward pass of a full context counted
+    by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, attention included),
+    divided by the context length, times 3 (the backward pass costs about twice the
+    forward: gradients for the inputs and for the weights)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    context = model.config.context_length
+    ids = torch.zeros(1, context, dtype=torch.long, device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(ids)
+    return 3 * counter.get_total_flops() / context
+
+
+def compute_optimal_parameters(flops: float) -> float:
+    """Return the parameter count Hoffmann et al. (2022) would train with ``flops``: with
+    ``C ≈ 6·N·D`` and ``D ≈ 20·N``, ``N = √(C / 120)``."""
+    return math.sqrt(flops / (6 * CHINCHILLA_TOKENS_PER_PARAMETER))
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The recipe of :func:`pretrain` (GPT-2/GPT-3's: AdamW β₂ = 0.95, decay 0.1, clip 1)."""
+
+    batch_size: int
+    learning_rate: float
+    steps: int  # optimiser steps in all
+    eval_every: int  # steps between two validation passes (one "epoch" of fit)
+    warmup_steps: int
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.eval_every < 1 or self.steps % self.eval_every:
+            raise ValueError(
+                f"steps ({self.steps}) must be a positive multiple of eval_every "
+                f"({self.eval_every})"
+            )
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps), not {self.warmup_steps}")
+
+
+def pretrain(
+    model: GPT,
+    train_tokens: torch.Tensor,
+    val_tokens: torch.Tensor,
+    config: PretrainConfig,
+    *,
+    generator: torch.Generator,
+    val_batches: int | None = None,
+    verbose: bool = True,
+    strategy: Any = None,
+) -> History:
+    """Pre-train ``model`` on next-token prediction with :func:`train.fit` and return its
+    history (one record per ``eval_every`` steps, ``val_loss`` in nats per token).
+
+    Training draws ``batch_size`` random chunks of ``context_length`` tokens per step;
+    validation uses the first ``val_batches`` batches of the validation chunks (all of them by
+    default), the same ones every time.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    context = model.config.context_length
+    train_loader = DataLoader(
+        TokenChunks(train_tokens, context),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+    )
+    val_set = TokenChunks(val_tokens, context)
+    if val_batches is not None:
+        val_set = torch.utils.data.Subset(
+            val_set, range(min(len(val_set), val_batches * config.batch_size))
+        )
+    val_loader = DataLoader(val_set, batch_size=config.batch_size)
+    groups = optim.param_groups(model, config.learning_rate, config.weight_decay, verbose=verbose)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.betas)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    return train.fit(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        config.steps // config.eval_every,
+        loss_fn=lm_loss,
+        scheduler=scheduler,
+        monitor="val_loss",
+        grad_clip_norm=config.grad_clip_norm,
+        max_steps_per_epoch=config.eval_every,
+        verbose=verbose,
+        strategy=strategy,
+    )
+
+
+# --- the hand-over to chapter 9 -------------------------------------------------------------
+
+
+def pretrained_dir(profile: str) -> Path:
+    """Return where chapter 8 saves its model under ``profile`` (``results/models/...``)."""
+    return results_dir() / "models" / f"08_gpt_from_zero.{profile}"
+
+
+def save_pretrained(
+    folder: Path | str, model: GPT, tokenizer: Any, info: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model.pt`` (weights, config and ``info``) and ``tokenizer.json`` into
+    ``folder``, each atomically, and return the folder."""
+    folder = Path(folder)
+    checkpoints.save_checkpoint(
+        folder / "model.pt",
+        model=model.state_dict(),
+        config=model.config.to_dict(),
+        info=dict(info or {}),
+    )
+    bpe.save_tokenizer(tokenizer, folder / "tokenizer.json")
+    return folder
+
+
+def load_pretrained(folder: Path | str) -> tuple[GPT, Any, dict[str, Any]]:
+    """Return ``(model, tokenizer, info)`` saved by :func:`save_pretrained`.
+
+    Raises:
+        FileNotFoundError: if ``folder`` lacks ``model.pt`` or ``tokenizer.json``.
+        checkpoints.CheckpointError: if ``model.pt`` is unreadable or holds other weights.
+    """
+    folder = Path(folder)
+    state = checkpoints.load_checkpoint(folder / "model.pt")
+    try:
+        model = GPT(GPTConfig(**state["config"]))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise checkpoints.CheckpointError(
+            f"{folder / 'model.pt'} does not hold a GPT saved by save_pretrained ({error}); "
+            "delete the folder and run chapter 8's pre-training again"
+        ) from None
+    tokenizer = bpe.load_tokenizer(folder / "tokenizer.json")
+    return model, tokenizer, dict(state.get("info") or {})
+
+
+def config_summary(config: GPTConfig | PretrainConfig) -> dict[str, Any]:
+    """Return a config as a JSON-ready dict (tuples as lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(config).items()}  # fmt: skip
+
+
+__all__ = [
+    "CHINCHILLA_TOKENS_PER_PARAMETER",
+    "PretrainConfig",
+    "TokenChunks",
+    "bigram_nats",
+    "bits_per_byte",
+    "clean_review",
+    "compute_optimal_parameters",
+    "config_summary",
+    "encode_documents",
+    "load_pretrained",
+    "pretrain",
+    "pretrained_dir",
+    "save_pretrained",
+    "split_documents",
+    "text_bytes",
+    "training_flops_per_token",
+    "unigram_nats",
+]
