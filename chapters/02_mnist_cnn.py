@@ -281,7 +281,9 @@ for step in range(5):
 # %% [markdown]
 # The loss on the same batch falls step by step: the mechanics work. An **epoch** is one pass over
 # the training set, one step per batch, with the network in training mode (`model.train()`, which
-# matters for dropout and batch normalisation); evaluation runs in `model.eval()` mode without
+# matters for layers that behave differently in training, such as dropout, explained in chapter 4,
+# and batch normalisation, in chapter 3; this network has neither); evaluation runs in
+# `model.eval()` mode without
 # building a graph for gradients (`torch.no_grad()`):
 
 

@@ -372,6 +372,14 @@ display(plots.markdown_table(rows, headers, align="lrrr"))
 # vectors — a token embedding, a position embedding (BERT learns one per position, up to 512)
 # and a segment (`token_type`) embedding that tells the first sentence of a pair from the second —
 # followed by a LayerNorm: $e = \mathrm{LayerNorm}(E_{tok}[t] + E_{pos}[p] + E_{seg}[s])$.
+#
+# **Layer normalisation** (层归一化) {cite:p}`ba2016layer` rescales each token's vector on its
+# own: with $\mu$ and $\sigma^2$ the mean and variance of that vector's $d$ features,
+# $\mathrm{LayerNorm}(x) = \gamma \odot (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta$, where the
+# scale $\gamma$ and shift $\beta$ are learned. Unlike chapter 3's batch normalisation it averages
+# over the features of one token, not over the batch, so it behaves the same in training and
+# evaluation and for a batch of one; every transformer layer uses it after each sub-layer. The
+# cell below computes it by hand too.
 
 # %%
 study_batch = tokenizer(
@@ -389,11 +397,15 @@ with torch.no_grad():
     )
     ours = embeddings.LayerNorm(summed)
     theirs = embeddings(input_ids=ids, token_type_ids=segments)
+    norm = embeddings.LayerNorm
+    mean, variance = summed.mean(-1, keepdim=True), summed.var(-1, unbiased=False, keepdim=True)
+    by_hand = norm.weight * (summed - mean) / torch.sqrt(variance + norm.eps) + norm.bias
 print(textwrap.fill(f"token ids:      {ids.tolist()}", 100, subsequent_indent=" " * 17))
 print("attention mask:", attention_mask.tolist())
 print(
     f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
-    f"{(ours - theirs).abs().max():.1e}"
+    f"{(ours - theirs).abs().max():.1e}; LayerNorm by hand vs. nn.LayerNorm: "
+    f"{(by_hand - ours).abs().max():.1e}"
 )
 
 # %% [markdown]
@@ -558,6 +570,20 @@ print({key: tuple(value.shape) for key, value in batch.items()})
 
 # %%
 print(inspect.getsource(BertPooledClassifier))
+
+# %% [markdown]
+# Its `nn.Dropout(0.1)` (and BERT's own, inside every layer) is **dropout** (随机失活)
+# {cite:p}`srivastava2014dropout`: in training mode it zeroes each value with probability $p$ and
+# multiplies the survivors by $1/(1-p)$, so the expected value is unchanged; in evaluation mode it
+# does nothing. A network that cannot rely on any single feature being present learns redundant
+# ones, which tends to reduce overfitting. On a vector of ones:
+
+# %%
+dropout_demo = torch.nn.Dropout(p=0.5)
+torch.manual_seed(0)
+ones = torch.ones(10)
+print("training mode:  ", dropout_demo.train()(ones).tolist())
+print("evaluation mode:", dropout_demo.eval()(ones).tolist())
 
 # %% [markdown]
 # ## Fine-tuning
@@ -982,6 +1008,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 # - {cite:t}`sun2019fine` — how to fine-tune BERT for text classification (learning rates,
 #   truncation).
 # - {cite:t}`vaswani2017attention` — the transformer and scaled dot-product attention.
+# - {cite:t}`wu2016google` — the WordPiece vocabulary BERT uses.
+# - {cite:t}`ba2016layer` — layer normalisation; {cite:t}`srivastava2014dropout` — dropout.
 # - {cite:t}`reimers2021allminilm` — the model card of all-MiniLM-L6-v2 (how it was trained).
 # - {cite:t}`maas2011learning` — the IMDB data set.
 # - {cite:t}`wang2020minilm` — MiniLM, the distillation behind the model of the CPU profile.
