@@ -619,7 +619,9 @@ recipe_rows = [
     ["schedule", "constant", "one-cycle, 20% warm-up", "one-cycle, 20% warm-up"],
     ["label smoothing", "none", "0.1", "0.1"],
     ["augmentation", "none (cached features)", "crop, flip, jitter", "crop, flip, jitter"],
-    ["batch-norm statistics", "frozen (ImageNet)", "frozen (ImageNet)", "trained"],
+    ["batch-norm statistics"]
+    + [f"frozen ({'ImageNet' if PRETRAINED else 'initial'})"] * 2
+    + ["trained"],
     ["head starts from", "random", "the trained probe", "random"],
     ["early stopping, patience", "none (best val reported)"] + [f"{BUDGET.patience} epochs"] * 2,
 ]
