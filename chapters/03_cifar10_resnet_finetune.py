@@ -972,7 +972,8 @@ def fine_tune_at_224(
         verbose=False,
     )
     optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = min(len(big_train), max_steps_per_epoch or len(big_train))
+    steps_per_epoch = train.optimizer_steps_per_epoch(big_train)  # this process's share
+    steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch or steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in groups],
