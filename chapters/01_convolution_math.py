@@ -136,8 +136,8 @@ print("largest difference from nn.Conv2d:", (ours - theirs).abs().max().item())
 
 # %% [markdown]
 # The difference is rounding noise of 32-bit floats (around $10^{-7}$): the loops *are* the layer.
-# The test suite checks the same thing on hundreds of random shapes, strides, paddings,
-# dilations and group counts.
+# The test suite checks the same thing on random shapes, strides, paddings, dilations and group
+# counts: `hypothesis` draws 60 configurations per run (`tests/test_conv.py` in the repository).
 
 # %% [markdown]
 # ## Cross-correlation is not convolution
@@ -198,11 +198,11 @@ print(f"true convolution (flipped kernel):\n{conv.convolve2d_true(image, kernel)
 #
 # ### The source series' worked example
 #
-# The source series' one numeric example is in its TextCNN article, and it uses the *unflipped*
-# formula — the cross-correlation — there; the flipped formula appears only in its convolution
-# article, which gives no numeric example. The example convolves the $3 \times 3$ input
-# $1, 2, \ldots, 9$ with the $2 \times 2$ kernel that has ones on its diagonal, and states that
-# the top-left output is $1 + 5 = 6$:
+# The source series' numeric examples are in its TextCNN article, and they use the *unflipped*
+# formula — the cross-correlation; the flipped formula appears only in its convolution article,
+# which gives no numeric example. We check the first of them here: it convolves the
+# $3 \times 3$ input $1, 2, \ldots, 9$ with the $2 \times 2$ kernel that has ones on its diagonal,
+# and states that the top-left output is $1 + 5 = 6$:
 
 # %%
 worked_input = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
@@ -498,8 +498,8 @@ plt.show()
 # The Sobel kernels respond with opposite signs on the two sides of each stroke — left/right for
 # $x$, top/bottom for $y$ — and stay at zero on flat background and flat ink. The Laplacian marks
 # every outline; the blur softens the strokes; the sharpen kernel (identity plus a negative
-# Laplacian) exaggerates the contrast at their borders. A CNN's first layer learns kernels of
-# this kind on its own, as chapter 2 shows.
+# Laplacian) exaggerates the contrast at their borders. Chapter 2 draws the $3 \times 3$ kernels a
+# CNN's first layer learns on its own, next to its feature maps, to compare with these.
 
 # %% [markdown]
 # ## Learning a kernel by gradient descent
@@ -615,9 +615,10 @@ plt.show()
 # %% [markdown]
 # The loops run one small multiply-and-sum per output value in Python and lose by orders of
 # magnitude; im2col turns the work into one matrix product and gets within a small factor of
-# `F.conv2d`, which uses an optimised library (oneDNN on CPUs, cuDNN on GPUs) with the same idea
-# and a better memory layout. (Under the `smoke` profile the input is tiny and the ratios are
-# mostly overhead.)
+# `F.conv2d`, which calls an optimised library: on x86 CPUs oneDNN, whose fp32 convolutions are
+# direct, JIT-generated kernels rather than im2col; on NVIDIA GPUs cuDNN, which chooses among
+# several algorithms, implicit GEMM (im2col's matrix product without building the matrix) among
+# them. (Under the `smoke` profile the input is tiny and the ratios are mostly overhead.)
 
 # %% [markdown]
 # Like every chapter, this one ends by writing its measured figures to a result record

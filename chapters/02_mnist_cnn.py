@@ -151,10 +151,14 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # on every training image left after validation for 8 epochs and gives the optimiser comparison and
 # the pre-training more data and epochs.
 #
-# To run this on N GPUs, export it as a script
-# (`jupytext --to py chapters/02_mnist_cnn.ipynb`) and start it with
-# `torchrun --standalone --nproc_per_node=N chapters/02_mnist_cnn.py`: `train.fit` runs unchanged
-# with DDP, one process per GPU, and a global batch N times the one here ({doc}`07_scaling_out`).
+# The training cells run unchanged on N GPUs: `train.fit` recognises `torchrun` and trains
+# with DDP, one process per GPU, and a global batch N times the one here; the schedules below are
+# sized with `train.optimizer_steps_per_epoch`, which counts this process's share of the batches,
+# and a global batch N times larger usually wants its learning rate scaled and warmed up
+# ({doc}`07_scaling_out`). This notebook as a whole is not a `torchrun` script: every process
+# would print, plot and write the result record. Chapter 7 writes such a script,
+# `train_mnist.py` (this chapter's network trained with `fit`; only rank 0 prints), and starts it
+# with `torchrun --standalone --nproc_per_node=N train_mnist.py`.
 
 # %% [markdown]
 # ## The data
@@ -277,7 +281,9 @@ for step in range(5):
 # %% [markdown]
 # The loss on the same batch falls step by step: the mechanics work. An **epoch** is one pass over
 # the training set, one step per batch, with the network in training mode (`model.train()`, which
-# matters for dropout and batch normalisation); evaluation runs in `model.eval()` mode without
+# matters for layers that behave differently in training, such as dropout, explained in chapter 4,
+# and batch normalisation, in chapter 3; this network has neither); evaluation runs in
+# `model.eval()` mode without
 # building a graph for gradients (`torch.no_grad()`):
 
 
@@ -342,7 +348,8 @@ for name, parameter in inspect.signature(train.fit).parameters.items():
 # %% [markdown]
 # "The same loop" is a claim we can check: train a network with the same seed, the same data order
 # and the same optimiser through `fit` for one epoch, and compare its weights with those of our
-# loop above.
+# loop above. On a GPU `fit` would switch on mixed precision by default, which our loop does not
+# have, so we switch it off (`mixed_precision=False`) to compare the same arithmetic.
 
 # %%
 runtime.seed_everything(0)
@@ -356,6 +363,7 @@ _ = train.fit(  # only the weights are compared; the history is not needed
     epochs=1,
     device=device,
     monitor="train_loss",
+    mixed_precision=False,  # our loop computes in fp32; so must fit, for the weights to agree
     verbose=False,
 )
 weight_difference = max(
@@ -379,7 +387,10 @@ model = MnistCNN()
 # the book's one optimiser grouping: weight decay on weight matrices, none on biases
 optimizer = torch.optim.AdamW(optim.param_groups(model, lr=3e-3, weight_decay=1e-4))
 scheduler = torch.optim.lr_scheduler.OneCycleLR(
-    optimizer, max_lr=3e-3, epochs=BUDGET.epochs, steps_per_epoch=len(train_loader)
+    optimizer,
+    max_lr=3e-3,
+    epochs=BUDGET.epochs,
+    steps_per_epoch=train.optimizer_steps_per_epoch(train_loader),  # right under torchrun too
 )
 checkpoint_dir = run.scratch_dir("mnist-cnn")
 history = train.fit(
@@ -632,7 +643,9 @@ else:
 # ## Looking inside
 #
 # The first layer's 32 kernels are $3 \times 3$ and can be drawn directly. Compare them with the
-# hand-made kernels of chapter 1: many are edge detectors of some orientation.
+# hand-made kernels of chapter 1. Some may look like oriented edge or blob detectors, but a
+# $3 \times 3$ kernel is nine numbers, and reading them by eye is a suggestion, not a
+# measurement: the feature maps below show what each one responds to.
 
 # %% mystnb={"image": {"alt": "The 32 learned 3x3 kernels of the first layer, red + and blue -"}}
 fig = plots.conv_filters(
@@ -658,15 +671,21 @@ plt.show()
 # Every `torch.optim` optimiser turns the gradient $g_t = \nabla_\theta L$ of step $t$ into an
 # update of the parameters $\theta$. The three this book uses, as PyTorch implements them:
 #
-# - **SGD with momentum** {cite:p}`sutskever2013importance` keeps a running sum of gradients
+# - **SGD with momentum** (the heavy-ball method of {cite:t}`polyak1964some`, brought to deep
+#   learning by {cite:t}`sutskever2013importance`) keeps a running sum of gradients
 #   $b_t = \mu\, b_{t-1} + g_t$ (with $b_1 = g_1$) and steps $\theta_t = \theta_{t-1} - \eta\, b_t$.
 #   In a direction where the gradient keeps its sign the steps grow towards $\eta/(1-\mu)$ times the
-#   gradient (10× for $\mu = 0.9$); where it flips, they cancel.
+#   gradient (10× for $\mu = 0.9$); where it flips, they cancel. This is PyTorch's form; Sutskever
+#   et al. write $v_t = \mu\, v_{t-1} - \eta\, g_t$, $\theta_t = \theta_{t-1} + v_t$, with the
+#   rate inside the sum. The two give the same steps while $\eta$ is constant and differ once a
+#   schedule changes it (PyTorch's `SGD` documentation notes the difference).
 # - **Adam** {cite:p}`kingma2015adam` keeps moving averages of the gradient and of its square,
 #   $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$ and $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$,
 #   starting at 0. Because they start at 0 they are too small early on, by the factor $1 - \beta^t$;
 #   the **bias correction** divides it out: $\hat m_t = m_t/(1-\beta_1^t)$,
-#   $\hat v_t = v_t/(1-\beta_2^t)$. The step is
+#   $\hat v_t = v_t/(1-\beta_2^t)$ ({cite:t}`kingma2015adam`, section 3). Both are too small, but
+#   $v$ by far more, so without the correction the first steps are too *large*: the cell below
+#   prints by how much. The step is
 #   $\theta_t = \theta_{t-1} - \eta\, \hat m_t / (\sqrt{\hat v_t} + \epsilon)$: about $\eta$ per
 #   parameter whatever the gradient's scale.
 # - **AdamW** {cite:p}`loshchilov2019decoupled` adds weight decay *decoupled* from the gradient: it
@@ -727,10 +746,16 @@ for name, (make_library, by_hand) in rules.items():
     rows.append([name, f"{difference:.1e}", f"{moved:.3f}"])
 headers = ["optimiser", "largest difference after 3 steps", "parameter moved by"]
 display(plots.markdown_table(rows, headers, align="lrr"))
-first_m = (1 - 0.9) * gradients[0]
+first_m, first_v = (1 - 0.9) * gradients[0], (1 - 0.999) * gradients[0] ** 2
+uncorrected_step = 0.1 * first_m / (first_v.sqrt() + 1e-8)  # lr 0.1, as above
+corrected_step = 0.1 * (first_m / (1 - 0.9)) / ((first_v / (1 - 0.999)).sqrt() + 1e-8)
 print(
-    f"first Adam step without bias correction would use m = {first_m.abs().mean():.3f}\non "
-    f"average instead of |g| = {gradients[0].abs().mean():.3f}: a tenth of the gradient"
+    f"first Adam step (lr 0.1): m = {first_m.abs().mean():.3f} on average, a tenth of "
+    f"|g| = {gradients[0].abs().mean():.3f}, while sqrt(v) = {first_v.sqrt().mean():.4f} is "
+    f"only sqrt(0.001) = {0.001**0.5:.4f} times |g|\n"
+    f"step with bias correction: {corrected_step.abs().mean():.4f} per parameter (lr x sign(g)); "
+    f"without: {uncorrected_step.abs().mean():.4f}, "
+    f"{(uncorrected_step / corrected_step).mean():.2f}x larger"
 )
 
 # %% [markdown]
@@ -777,6 +802,8 @@ rows = [
     for name, record in comparison.items()
 ]
 display(plots.markdown_table(rows, ["optimiser", "train loss", "val accuracy"], align="lrr"))
+behind = min(comparison, key=lambda name: comparison[name]["val_accuracy"])
+print(f"lowest validation accuracy after this budget: {behind}")
 fig = plots.bar_chart(
     list(comparison),
     [100 * r["val_accuracy"] for r in comparison.values()],
@@ -788,11 +815,12 @@ fig.axes[0].tick_params(axis="x", labelsize=7)
 plt.show()
 
 # %% [markdown]
-# With the same budget, the source's SGD settings learn the slowest: a learning rate of 0.001 is
-# small for plain SGD on this network, so after one pass it is still far from the others. Raising
-# the learning rate, or using Adam, which adapts the step size per parameter, gets much further
-# with the same number of steps. Given enough epochs, all three would converge; the difference is
-# how much compute they need.
+# The line above names the setting that is furthest behind after this budget. A learning rate of
+# 0.001 is small for SGD with momentum on this network (its steps are about $0.001/(1-0.9) = 0.01$
+# times the gradient), so where the source's setting trails, that is the reason; raising the rate,
+# or using Adam, which adapts the step size per parameter, covers more ground in the same number of
+# steps. This comparison measures one budget only: it does not tell how the three compare with
+# more epochs.
 
 # %% [markdown]
 # ## A first taste of fine-tuning
@@ -999,7 +1027,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 # ```{admonition} Solutions
 # :class: dropdown
 #
-# 1. Replace the transform by
+# 1. Import torchvision's transforms (`from torchvision.transforms import v2`) and replace the
+#    transform by
 #    `v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.5,), (0.5,))])`. The
 #    network still trains — normalisation is not magic — but its inputs are then off-centre
 #    (background at -1, not near 0). Compare the two histories epoch by epoch rather than only the
@@ -1022,6 +1051,7 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # - {cite:t}`lecun1998gradient` — MNIST and convolutional networks for digit recognition.
 # - {cite:t}`kingma2015adam` — the Adam optimiser; {cite:t}`loshchilov2019decoupled` — AdamW.
-# - {cite:t}`sutskever2013importance` — momentum in deep learning.
+# - {cite:t}`polyak1964some` — the heavy-ball (momentum) method; {cite:t}`sutskever2013importance` —
+#   momentum in deep learning.
 # - {cite:t}`smith2019super` — the one-cycle learning-rate schedule.
 # - {cite:t}`yosinski2014transferable` — how transferable the features of a trained network are.

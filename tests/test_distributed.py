@@ -250,6 +250,23 @@ def test_fsdp2_on_two_cpu_processes_equals_one_process(tmp_path, one_process):
     assert sharded[0]["history"][-1]["val_accuracy"] == one_process["history"][-1]["val_accuracy"]
 
 
+def test_fsdp2_shards_each_transformer_block_as_its_own_unit(tmp_path):
+    """Blocks in ``encoder.layer`` (BERT's layout): one unit per block, then the root — not one
+    unit for the whole encoder — and training still equals one process."""
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip(f"torch {torch.__version__} has no FSDP2 (torch.distributed.fsdp.fully_shard)")
+    config = {**EQUIVALENCE, "model": "blocks"}
+    reference = distributed_worker.run({**config, "batch_size": 16, "out": str(tmp_path / "one")})
+    out = tmp_path / "fsdp"
+    run_on_one_node({**config, "parallel": "fsdp", "out": str(out)})
+    expected = ["", "encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]
+    for result in results(out):
+        assert result["fsdp_units"] == expected
+    assert_same_parameters(results(out)[0]["model"], reference["model"])
+
+
 def test_measure_scaling_launches_each_process_count_and_reports_efficiency(tmp_path):
     """The chapter's GPU scaling cell, run on the CPU with a tiny configuration."""
     config = {**EQUIVALENCE, "out": str(tmp_path)}

@@ -37,12 +37,18 @@ def launched_by_torchrun() -> bool:
 
 def _autocast_dtype(device: torch.device, mixed_precision: bool | str | None) -> torch.dtype | None:
     """Resolve the mixed-precision choice: ``None`` (automatic) and ``True`` mean bf16 on a CUDA
-    device that has it, fp16 on an older one, and off on the CPU; ``"bf16"``/``"fp16"`` force a
-    type; ``False`` switches it off."""
+    device that computes it natively (compute capability 8.0 and later: A100, H100, RTX 30xx),
+    fp16 with a gradient scaler on an older one (T4, V100), and off on the CPU;
+    ``"bf16"``/``"fp16"`` force a type; ``False`` switches it off.
+
+    ``torch.cuda.is_bf16_supported()`` alone also answers yes where bf16 is only emulated
+    (``including_emulation=True`` is its default), and emulated bf16 is slower than fp32; so only
+    native support counts here."""
     if mixed_precision is None or mixed_precision is True:
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     if mixed_precision is False:
         return None
     if mixed_precision == "bf16":
@@ -150,10 +156,14 @@ class Strategy:
         """Move ``model`` to the device and return the module the loop trains through.
 
         One process: ``model`` itself. DDP: a ``DistributedDataParallel`` around it (it shares
-        the parameters, so ``model`` is trained). FSDP2: ``model`` sharded in place — each
-        direct child holding parameters becomes one FSDP unit, then the root. Sharding replaces
-        the parameters, so the ``optimizer`` built on the old ones is pointed at the new ones
-        (it must not hold state yet: resume loads its state after wrapping).
+        the parameters, so ``model`` is trained). FSDP2: ``model`` sharded in place, one FSDP
+        unit per transformer block (see :func:`fsdp_unit_names`: the modules of each
+        ``nn.ModuleList`` of repeated blocks, such as BERT's ``encoder.layer[i]``, Llama's
+        ``model.layers[i]`` or GPT-2's ``transformer.h[i]``), then the root, which keeps the
+        rest (embeddings, head). Each block's weights are then gathered just before the block
+        runs and freed after it. Sharding replaces the parameters, so the ``optimizer`` built
+        on the old ones is pointed at the new ones (it must not hold state yet: resume loads
+        its state after wrapping).
         """
         model.to(self.device)
         if not self.distributed:
@@ -164,9 +174,8 @@ class Strategy:
         from torch.distributed.fsdp import fully_shard
 
         names = {id(parameter): name for name, parameter in model.named_parameters()}
-        for child in model.children():
-            if any(parameter.requires_grad for parameter in child.parameters()):
-                fully_shard(child)
+        for unit in fsdp_unit_names(model):
+            fully_shard(model.get_submodule(unit))
         fully_shard(model)
         if optimizer is not None:
             _rebind(optimizer, names, dict(model.named_parameters()))
@@ -357,6 +366,40 @@ class Strategy:
 
     def _collective_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def fsdp_unit_names(model: nn.Module) -> list[str]:
+    """Return the names of the submodules that :meth:`Strategy.wrap` shards as their own FSDP2
+    units (the root, sharded last, is not listed).
+
+    The rule: every module inside an ``nn.ModuleList`` whose entries are repeated blocks (two
+    or more of one class) and that holds a trainable parameter: ``encoder.layer.0``,
+    ``encoder.layer.1``, … for BERT, ``transformer.h.0``, … for GPT-2, ``model.layers.0``, … for
+    Llama. Lists nested inside a chosen block (experts, heads) stay inside that block's unit. A
+    model without such a list (a small CNN) gets one unit per direct child that holds a
+    trainable parameter, as before.
+    """
+    units: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        if any(name == unit or name.startswith(unit + ".") for unit in units):
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        prefix = f"{name}." if name else ""
+        units.extend(
+            f"{prefix}{index}"
+            for index, block in enumerate(module)
+            if any(parameter.requires_grad for parameter in block.parameters())
+        )
+    if units:
+        return units
+    return [
+        name
+        for name, child in model.named_children()
+        if any(parameter.requires_grad for parameter in child.parameters())
+    ]
 
 
 def _rebind(
