@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
+from tutorial_lib.checkpoints import CheckpointError
 from tutorial_lib.lora import (
     LoRALinear,
     adapter_state_dict,
@@ -285,3 +287,34 @@ def test_load_adapter_refuses_mismatches_and_merged_layers(tmp_path):
         load_adapter(model, state)
     with pytest.raises(FileNotFoundError):
         load_adapter(model, tmp_path / "absent.pt")
+
+
+ADAPTER_SPOILERS = {
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "empty": lambda path: path.write_bytes(b""),
+    "text": lambda path: path.write_text("hello world\n"),
+    "list": lambda path: torch.save([torch.ones(2)], path),
+    "code": lambda path: path.write_bytes(pickle.dumps(RunsCode())),
+}
+
+
+class RunsCode:
+    """A pickle that would call a function when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+@pytest.mark.parametrize("spoil", ADAPTER_SPOILERS.values(), ids=ADAPTER_SPOILERS.keys())
+def test_a_broken_adapter_file_is_named_and_never_advises_unsafe_loading(tmp_path, spoil):
+    model = tiny_bert()
+    inject_lora(model, ["query"], rank=2, alpha=2)
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    spoil(path)
+    with pytest.raises(CheckpointError, match="adapter") as caught:
+        load_adapter(model, path)
+    assert str(path) in str(caught.value)
+    assert "weights_only=False" not in str(caught.value)
+    # torch's own message (it advises weights_only=False for the code pickle) stays out
+    error = caught.value
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)

@@ -32,6 +32,45 @@ def save_checkpoint(path: Path | str, **state: Any) -> Path:
     return path
 
 
+def read_torch_file(
+    path: Path | str,
+    what: str = "checkpoint",
+    remedy: str = "Delete it to start training afresh, or put back a good copy.",
+    map_location: str | torch.device = "cpu",
+) -> Any:
+    """Return what ``torch.load(path, weights_only=True)`` reads: tensors and plain values,
+    never code. ``what`` names the file in errors (``checkpoint``, ``adapter file``) and
+    ``remedy`` says what to do about a broken one.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        CheckpointError: if the file is empty, truncated, not a torch file, or holds code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}; train first or check the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        LookupError,
+        pickle.UnpicklingError,
+    ) as error:
+        # torch says RuntimeError, OSError (a cut zip), EOFError, UnpicklingError, or
+        # KeyError / IndexError (a text file read as a pickle) here. `from None`: torch's own
+        # message for a foreign pickle suggests unsafe loading.
+        raise CheckpointError(
+            f"cannot read the {what} {path} ({type(error).__name__}): the file is empty, "
+            "truncated (a run killed while writing it by something other than this library) or "
+            f"not a {what} written by tutorial_lib. {remedy}"
+        ) from None
+
+
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`tutorial_lib.train.fit` (or :func:`save_model`) with
     ``weights_only=True``.
@@ -40,22 +79,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         FileNotFoundError: if ``path`` does not exist.
         CheckpointError: if the file is empty, truncated or not a checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except PermissionError:
-        raise
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
-        # torch says RuntimeError, OSError (a cut zip), EOFError or UnpicklingError here.
-        # `from None`: torch's own message for a foreign pickle suggests unsafe loading.
-        raise CheckpointError(
-            f"cannot read the checkpoint {path} ({type(error).__name__}): the file is empty, "
-            "truncated (a run killed while writing it by something other than this library) or "
-            "not a checkpoint written by tutorial_lib. Delete it to start training afresh, or "
-            "put back a good copy."
-        ) from None
+    state = read_torch_file(path, map_location=map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(
             f"{path} is a torch file but not a checkpoint of tutorial_lib (it "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import CheckpointError, read_torch_file
 from .files import atomic_write
 
 
@@ -208,14 +209,23 @@ def load_adapter(model: nn.Module, source: Path | str | Mapping[str, torch.Tenso
 
     Raises:
         FileNotFoundError: if ``source`` is a path that does not exist.
+        CheckpointError: (a ``ValueError``) naming the file, if it is empty, truncated, not a
+            torch file, holds code, or is not a mapping of names to tensors.
         ValueError: if a LoRA layer of ``model`` is merged (unmerge first, or the old update
             would stay in the base weight), if the adapter's names differ from the model's
             trainable parameters, or if a shape differs.
     """
     if isinstance(source, (str, Path)):
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"no adapter file at {source}")
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = read_torch_file(
+            source, what="adapter file", remedy="Save the adapter again with save_adapter."
+        )
+        if not isinstance(state, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in state.values()
+        ):
+            raise CheckpointError(
+                f"{source} is a torch file but not an adapter: it holds a "
+                f"{type(state).__name__}, not the names and tensors save_adapter writes"
+            )
     else:
         state = dict(source)
     merged = [name for name, layer in lora_layers(model).items() if layer.merged]
