@@ -289,6 +289,49 @@ def test_load_adapter_refuses_mismatches_and_merged_layers(tmp_path):
         load_adapter(model, tmp_path / "absent.pt")
 
 
+def test_a_state_dict_taken_after_merge_loads_back_without_applying_the_update_twice():
+    model = tiny_bert()
+    inject_lora(model, ["query", "value"], rank=2, alpha=4)
+    randomise_lora(model)
+    for layer in lora_layers(model).values():
+        layer.merge()
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    fresh = tiny_bert()
+    inject_lora(fresh, ["query", "value"], rank=2, alpha=4)
+    fresh.load_state_dict(model.state_dict())
+    assert all(layer.merged for layer in lora_layers(fresh).values())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, expected)
+    # and the other way round: unmerged weights loaded into a merged model are unmerged
+    unmerged = tiny_bert()
+    inject_lora(unmerged, ["query", "value"], rank=2, alpha=4)
+    randomise_lora(unmerged, seed=3)
+    model.load_state_dict(unmerged.state_dict())
+    assert not any(layer.merged for layer in lora_layers(model).values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, unmerged(**batch).logits)
+
+
+def test_a_state_dict_without_the_merged_flag_still_loads_as_unmerged():
+    """State dicts written before the flag was saved have no ``_extra_state`` entry."""
+    model = tiny_bert()
+    inject_lora(model, ["value"], rank=2, alpha=2)
+    randomise_lora(model)
+    old_format = {
+        key: value for key, value in model.state_dict().items() if not key.endswith("_extra_state")
+    }
+    fresh = tiny_bert()
+    inject_lora(fresh, ["value"], rank=2, alpha=2)
+    next(iter(lora_layers(fresh).values())).merge()
+    fresh.load_state_dict(old_format)
+    assert not any(layer.merged for layer in lora_layers(fresh).values())
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
+
+
 ADAPTER_SPOILERS = {
     "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
     "empty": lambda path: path.write_bytes(b""),

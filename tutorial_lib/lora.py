@@ -30,7 +30,8 @@ class LoRALinear(nn.Module):
     starts at zero, so the layer starts equal to ``base``. Dropout acts on the input of the
     low-rank path only, as in ``peft``. :meth:`merge` folds the update into ``base.weight`` and
     :meth:`unmerge` takes it out again; the ``merged`` flag makes a second call a no-op, so the
-    update is never applied twice.
+    update is never applied twice. The flag is part of ``state_dict()`` (as the layer's extra
+    state), so weights saved after :meth:`merge` load back merged, not with the update twice.
 
     Raises:
         TypeError: if ``base`` is not an ``nn.Linear``.
@@ -65,6 +66,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.register_load_state_dict_pre_hook(_unmerged_when_no_flag_was_saved)
 
     def delta_weight(self) -> torch.Tensor:
         """Return the update ``(alpha / rank) * B @ A``, shaped like ``base.weight``."""
@@ -96,8 +98,23 @@ class LoRALinear(nn.Module):
             self.base.weight -= self.delta_weight()
             self.merged = False
 
+    def get_extra_state(self) -> dict[str, bool]:
+        # A state dict taken after merge() holds the merged base weight *and* A and B: without
+        # the flag, the layer it is loaded into would add the update a second time.
+        return {"merged": self.merged}
+
+    def set_extra_state(self, state: Mapping[str, bool]) -> None:
+        self.merged = bool(state["merged"])
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+
+
+def _unmerged_when_no_flag_was_saved(
+    module: nn.Module, state_dict: dict, prefix: str, *args: object
+) -> None:
+    """Let state dicts written before the flag was saved load as what they were: unmerged."""
+    state_dict.setdefault(prefix + "_extra_state", {"merged": False})
 
 
 def _matches(name: str, suffixes: Sequence[str]) -> bool:
