@@ -332,6 +332,19 @@ def test_a_state_dict_without_the_merged_flag_still_loads_as_unmerged():
         torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
 
 
+def test_inject_lora_refuses_no_targets_and_a_second_call():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="target_modules is empty"):
+        inject_lora(model, [], rank=2, alpha=2)
+    assert all(p.requires_grad for p in model.parameters()), "nothing may be frozen"
+    inject_lora(model, ["query"], rank=2, alpha=2)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="already carries LoRA.*one call"):
+        inject_lora(model, ["value"], rank=2, alpha=2)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == trainable
+    assert all(name.endswith(".query") for name in lora_layers(model))
+
+
 ADAPTER_SPOILERS = {
     "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
     "empty": lambda path: path.write_bytes(b""),

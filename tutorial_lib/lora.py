@@ -142,13 +142,26 @@ def inject_lora(
     Raises:
         TypeError: if ``target_modules`` is a single string or a matched module is not an
             ``nn.Linear``.
-        ValueError: if a target matches no module or one already carrying LoRA, or a name in
-            ``modules_to_save`` matches nothing.
+        ValueError: if ``target_modules`` is empty, a target matches no module, the model
+            already carries LoRA (a second call would freeze the first call's adapters: name
+            every target in one call), or a name in ``modules_to_save`` matches nothing.
         The model is left unchanged when anything is raised (also for a bad ``rank``, ``alpha``
         or ``dropout``, which :class:`LoRALinear` refuses).
     """
     if isinstance(target_modules, str):
         raise TypeError(f"target_modules is a list of name suffixes, e.g. [{target_modules!r}]")
+    if not target_modules:
+        raise ValueError(
+            "target_modules is empty, so nothing would be adapted and the whole model frozen; "
+            "name the linear layers to adapt, e.g. ['query', 'value']"
+        )
+    already = list(lora_layers(model))
+    if already:
+        raise ValueError(
+            f"the model already carries LoRA ({len(already)} layers, e.g. {already[0]}); "
+            "inject once per model: a second call freezes everything it does not adapt, the "
+            "first call's adapters included. Pass every target to one call on a fresh model"
+        )
     targets = [
         (name, module)
         for name, module in model.named_modules()
