@@ -345,6 +345,54 @@ def test_inject_lora_refuses_no_targets_and_a_second_call():
     assert all(name.endswith(".query") for name in lora_layers(model))
 
 
+def peft_twin(model: nn.Module, **config) -> nn.Module:
+    return peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(**config)).eval()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"r": 2, "lora_alpha": 8}, r"scales the update by 4.*by 1 .*lora_alpha=2"),
+        ({"r": 2, "lora_alpha": 2, "use_rslora": True}, "scales the update by 1.41"),
+        ({"r": 3, "lora_alpha": 3}, "rank r=3, the model's LoRA layer rank 2"),
+        ({"r": 2, "lora_alpha": 2, "use_dora": True}, "DoRA"),
+        ({"r": 2, "lora_alpha": 2, "lora_bias": True}, "LoRA bias"),
+    ],
+    ids=["alpha", "rslora", "rank", "dora", "bias"],
+)
+def test_copy_to_peft_refuses_an_adapter_that_computes_something_else(config, message):
+    base = tiny_bert()
+    model = copy.deepcopy(base)
+    inject_lora(model, ["query", "value"], rank=2, alpha=2)
+    randomise_lora(model)
+    peft_model = peft_twin(base, target_modules=["query", "value"], **config)
+    before = {name: t.clone() for name, t in peft_model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        copy_lora_to_peft(model, peft_model)
+    after = peft_model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before), "nothing copied"
+
+
+@pytest.mark.parametrize(
+    ("config", "missing"),
+    [
+        ({"target_modules": ["query"]}, r"4 trained tensors.*value\.lora_A"),
+        ({"target_modules": ["query", "value"]}, r"2 trained tensors.*classifier\.weight"),
+    ],
+    ids=["fewer targets", "no modules_to_save"],
+)
+def test_copy_to_peft_lists_what_it_could_not_copy(config, missing):
+    base = tiny_bert()
+    model = copy.deepcopy(base)
+    inject_lora(model, ["query", "value"], rank=2, alpha=2, modules_to_save=["classifier"])
+    randomise_lora(model)
+    if "value" not in config["target_modules"]:
+        config = {**config, "modules_to_save": ["classifier"]}
+    peft_model = peft_twin(base, r=2, lora_alpha=2, **config)
+    with pytest.raises(ValueError, match=missing):
+        copy_lora_to_peft(model, peft_model)
+
+
 ADAPTER_SPOILERS = {
     "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
     "empty": lambda path: path.write_bytes(b""),

@@ -296,38 +296,104 @@ def copy_lora_to_peft(
     tensors were copied.
 
     ``peft`` names a wrapped layer ``base_model.model.<name>`` and keeps ``lora_A``/``lora_B``
-    as ``nn.Linear`` layers whose weights have exactly the shapes of ours.
+    as ``nn.Linear`` layers whose weights have exactly the shapes of ours. Everything is
+    checked before anything is copied, so a refused copy leaves ``peft_model`` unchanged.
 
     Raises:
-        ValueError: if a ``peft`` LoRA layer or saved module has no counterpart in ``model``.
+        ValueError: if a ``peft`` LoRA layer or saved module has no counterpart in ``model``;
+            if a layer's rank or scaling (``lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA)
+            differs, or ``peft`` uses DoRA, a LoRA bias or a merged adapter, which these
+            layers do not have; or if part of ``model``'s adapter would not be copied (a LoRA
+            layer ``peft`` does not adapt, a trainable module missing from its
+            ``modules_to_save``), listing what.
     """
     ours = dict(model.named_modules())
+    lora_pairs, saved_pairs = [], []
+    for peft_name, module in peft_model.named_modules():
+        name = peft_name.removeprefix("base_model.model.")
+        if (
+            hasattr(module, "lora_A")
+            and isinstance(module.lora_A, nn.ModuleDict)
+            and adapter_name in module.lora_A
+        ):
+            layer = ours.get(name)
+            if not isinstance(layer, LoRALinear):
+                raise ValueError(f"peft adapts {name}, which is not a LoRALinear in the model")
+            _check_same_adapter(name, layer, module, adapter_name)
+            lora_pairs.append((name, layer, module))
+        elif (
+            isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)
+            and adapter_name in module.modules_to_save
+        ):
+            if name not in ours:
+                raise ValueError(f"peft saves the module {name}, which the model lacks")
+            saved_pairs.append((name, ours[name], module.modules_to_save[adapter_name]))
+    covered = {f"{name}.{matrix}" for name, _, _ in lora_pairs for matrix in ("lora_A", "lora_B")}
+    covered |= {
+        f"{name}.{key}" for name, source, _ in saved_pairs for key, _ in source.named_parameters()
+    }
+    not_copied = [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and name not in covered
+    ]
+    not_copied += [
+        f"{name} (LoRA layer)"
+        for name in lora_layers(model)
+        if f"{name}.lora_A" not in covered and f"{name}.lora_A" not in not_copied
+    ]
+    if not_copied:
+        shown = ", ".join(not_copied[:6]) + (", ..." if len(not_copied) > 6 else "")
+        raise ValueError(
+            f"peft's adapter {adapter_name!r} has no place for {len(not_copied)} trained "
+            f"tensors of the model ({shown}); build the LoraConfig with the same "
+            "target_modules and modules_to_save as inject_lora"
+        )
     copied = 0
     with torch.no_grad():
-        for peft_name, module in peft_model.named_modules():
-            name = peft_name.removeprefix("base_model.model.")
-            if (
-                hasattr(module, "lora_A")
-                and isinstance(module.lora_A, nn.ModuleDict)
-                and adapter_name in module.lora_A
-            ):
-                layer = ours.get(name)
-                if not isinstance(layer, LoRALinear):
-                    raise ValueError(f"peft adapts {name}, which is not a LoRALinear in the model")
-                module.lora_A[adapter_name].weight.copy_(layer.lora_A)
-                module.lora_B[adapter_name].weight.copy_(layer.lora_B)
-                copied += 2
-            elif (
-                isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)
-                and adapter_name in module.modules_to_save
-            ):
-                if name not in ours:
-                    raise ValueError(f"peft saves the module {name}, which the model lacks")
-                target_state = module.modules_to_save[adapter_name].state_dict()
-                for key, value in ours[name].state_dict().items():
-                    target_state[key].copy_(value)
-                    copied += 1
+        for _, layer, module in lora_pairs:
+            module.lora_A[adapter_name].weight.copy_(layer.lora_A)
+            module.lora_B[adapter_name].weight.copy_(layer.lora_B)
+            copied += 2
+        for _, source, target in saved_pairs:
+            target_state = target.state_dict()
+            for key, value in source.state_dict().items():
+                target_state[key].copy_(value)
+                copied += 1
     return copied
+
+
+def _check_same_adapter(name: str, layer: LoRALinear, module: nn.Module, adapter_name: str) -> None:
+    """Refuse a ``peft`` layer that would compute something else than ``layer`` with the same
+    A and B (torch would only complain about sizes, or nothing at all)."""
+    rank = module.r[adapter_name]
+    scaling = module.scaling[adapter_name]
+    if rank != layer.rank:
+        raise ValueError(
+            f"{name}: peft's adapter {adapter_name!r} has rank r={rank}, the model's LoRA layer "
+            f"rank {layer.rank}; build the LoraConfig with r={layer.rank}"
+        )
+    if not math.isclose(scaling, layer.scaling, rel_tol=1e-6):
+        raise ValueError(
+            f"{name}: peft scales the update by {scaling:g}, the model's LoRA layer by "
+            f"{layer.scaling:g} (alpha {layer.alpha:g} / rank {layer.rank}); build the LoraConfig "
+            f"with lora_alpha={layer.alpha:g} and use_rslora=False"
+        )
+    unsupported = [
+        feature
+        for feature, table in (
+            ("DoRA", getattr(module, "use_dora", {})),
+            ("a LoRA bias", getattr(module, "lora_bias", {})),
+        )
+        if table.get(adapter_name)
+    ]
+    if adapter_name in getattr(module, "merged_adapters", []):
+        unsupported.append("an adapter already merged into the base weight")
+    if unsupported:
+        raise ValueError(
+            f"{name}: peft's adapter {adapter_name!r} uses {' and '.join(unsupported)}, which "
+            "LoRALinear does not have; build the LoraConfig without it (and unmerge)"
+        )
 
 
 __all__ = [
