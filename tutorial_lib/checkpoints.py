@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,36 @@ def load_model(model: nn.Module, path: Path | str) -> nn.Module:
     """Load the weights saved by :func:`save_model` or :func:`fit` into ``model`` and return it.
 
     Raises:
-        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`.
+        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`; also
+            ``CheckpointError`` naming the file if its weights belong to another architecture.
     """
-    model.load_state_dict(load_checkpoint(path)["model"])
+    load_weights(model, load_checkpoint(path)["model"], path)
     return model
+
+
+def load_weights(
+    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    path: Path | str,
+    load_state_dict: Callable[[dict[str, torch.Tensor]], object] | None = None,
+) -> None:
+    """Load ``weights``, read from the checkpoint ``path``, into ``model`` (with
+    ``load_state_dict``, default ``model.load_state_dict``; a strategy passes its own).
+
+    Raises:
+        CheckpointError: naming ``path``, if the weights belong to another architecture
+            (missing or unexpected names, other shapes).
+    """
+    try:
+        (load_state_dict or model.load_state_dict)(weights)
+    except (RuntimeError, KeyError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        summary = "; ".join(line.strip() for line in lines[:3]) + (" ..." if len(lines) > 3 else "")
+        raise CheckpointError(
+            f"the weights in {path} do not fit this {type(model).__name__}: they were written "
+            f"for another architecture or configuration ({summary}). Build the model the run "
+            "that wrote them used, or start afresh in another checkpoint_dir"
+        ) from None
 
 
 def rng_state(loader: Any) -> dict[str, Any]:
