@@ -216,8 +216,9 @@ def fit(
     Raises:
         ValueError: for an unknown ``monitor``, early stopping on a validation metric without
             ``val_loader``, ``resume`` without ``checkpoint_dir``, an empty loader or
-            ``max_steps_per_epoch=0``, ``accumulation_steps < 1``, a wrongly formed batch, or
-            a model whose LoRA layers are merged (``unmerge()`` first).
+            ``max_steps_per_epoch=0``, ``accumulation_steps < 1``, a wrongly formed batch, a
+            model whose LoRA layers are merged (``unmerge()`` first), or, under torchrun,
+            ranks with different numbers of batches.
         NotADirectoryError: if ``checkpoint_dir`` (or a folder above it) is a file.
         CheckpointError: if ``last.pt`` is unreadable or was written for another optimiser or
             another model.
@@ -234,6 +235,7 @@ def fit(
     wrapped = strategy.wrap(model, optimizer)
     train_loader = strategy.shard_loader(train_loader, training=True)
     steps = _steps_per_epoch(train_loader, max_steps_per_epoch, accumulation_steps)
+    _check_same_steps_on_every_rank(steps, strategy)
     _check_schedule(scheduler, epochs, steps, accumulation_steps, strategy, say)
     progress, best_in_memory = Progress(), None
     if resume:
@@ -381,6 +383,22 @@ def _check_checkpoint_dir(checkpoint_dir: Path) -> None:
                     "pass a folder path (it is created when missing)"
                 )
             return
+
+
+def _check_same_steps_on_every_rank(steps: int | None, strategy: Strategy) -> None:
+    """Under torchrun every rank must take the same number of steps: a rank that finishes its
+    epoch early calls the next collective while the others still average gradients, and gloo
+    or NCCL then fail with a message about data sizes (or wait forever)."""
+    if not strategy.distributed:
+        return
+    per_rank = strategy.gather_object(steps)
+    if len(set(per_rank)) > 1:
+        counts = ", ".join(f"rank {rank}: {count}" for rank, count in enumerate(per_rank))
+        raise ValueError(
+            f"the ranks' batch counts per epoch differ ({counts}); every process must take "
+            "the same number of steps. Give fit a DataLoader (it is split evenly between the "
+            "ranks) or cap the epoch with max_steps_per_epoch"
+        )
 
 
 def _check_schedule(
