@@ -51,3 +51,15 @@ def test_a_record_json_cannot_hold_leaves_the_earlier_record_and_no_temporary_fi
         results.write_result_record("02_mnist_cnn", {"accuracy": object()})
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     assert json.loads(path.read_text(encoding="utf-8"))["accuracy"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"[1, 2]", b"\xff\xfe not UTF-8"], ids=["cut", "list", "binary"]
+)
+def test_a_malformed_result_record_is_named(tmp_path, monkeypatch, content):
+    monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
+    path = tmp_path / "02_mnist_cnn.cpu.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a result record") as caught:
+        results.read_result_record("02_mnist_cnn", "cpu")
+    assert str(path) in str(caught.value)

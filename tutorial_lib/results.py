@@ -68,6 +68,25 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
 
 def read_result_record(chapter: str, profile: str | None = None) -> dict[str, Any] | None:
     """Return the record a chapter wrote under ``profile`` (default: the current one), or
-    ``None`` when there is none."""
+    ``None`` when there is none.
+
+    Raises:
+        ValueError: naming the file, if it is not JSON or not a JSON object (a record written by
+            something else, or edited by hand).
+    """
     path = results_dir() / f"{chapter}.{profile or get_profile()}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a result record: invalid JSON ({error}); delete it and run the "
+            f"chapter {chapter} again to write it afresh"
+        ) from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{path} is not a result record: it holds a JSON {type(record).__name__}, not an "
+            f"object; delete it and run the chapter {chapter} again"
+        )
+    return record
