@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tutorial_lib.data.containers import SOURCE_SAMPLE, source_kind
 from tutorial_lib.files import atomic_write_text
 from tutorial_lib.runtime import get_device, get_profile, project_root
 
@@ -90,3 +91,31 @@ def read_result_record(chapter: str, profile: str | None = None) -> dict[str, An
             f"object; delete it and run the chapter {chapter} again"
         )
     return record
+
+
+def unpublishable_reason(record: dict[str, Any]) -> str | None:
+    """Return why ``record``'s figures must not reach the results page, or ``None``.
+
+    A ``smoke`` run only proves that the code runs, and a run on the bundled samples is not
+    representative: the reason is ``"the smoke profile"`` or ``"the bundled sample data"``.
+    The data sources are recognised by their kind, whether a record names the kind or a whole
+    :meth:`~tutorial_lib.data.DataSource.describe` line, at any depth of its ``data``.
+    """
+    if record.get("profile") == "smoke":
+        return "the smoke profile"
+    if any(source_kind(source) == SOURCE_SAMPLE for source in _data_sources(record.get("data"))):
+        return "the bundled sample data"
+    return None
+
+
+def _data_sources(value: Any) -> list[str]:
+    """Every ``source`` string in a record's ``data`` (one per data set a chapter used)."""
+    if isinstance(value, dict):
+        found = [value["source"]] if isinstance(value.get("source"), str) else []
+        for key, item in value.items():
+            if key != "source":
+                found.extend(_data_sources(item))
+        return found
+    if isinstance(value, list):
+        return [source for item in value for source in _data_sources(item)]
+    return []
