@@ -33,6 +33,18 @@ def save_checkpoint(path: Path | str, **state: Any) -> Path:
     return path
 
 
+UNREADABLE_FILE_ERRORS = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    LookupError,
+    pickle.UnpicklingError,
+)
+"""What ``torch.load`` raises for a file that is cut (RuntimeError, OSError), empty (EOFError),
+garbage or code (UnpicklingError), or text read as a pickle (KeyError, IndexError)."""
+
+
 def read_torch_file(
     path: Path | str,
     what: str = "checkpoint",
@@ -54,17 +66,8 @@ def read_torch_file(
         return torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
         raise
-    except (
-        RuntimeError,
-        EOFError,
-        ValueError,
-        OSError,
-        LookupError,
-        pickle.UnpicklingError,
-    ) as error:
-        # torch says RuntimeError, OSError (a cut zip), EOFError, UnpicklingError, or
-        # KeyError / IndexError (a text file read as a pickle) here. `from None`: torch's own
-        # message for a foreign pickle suggests unsafe loading.
+    except UNREADABLE_FILE_ERRORS as error:
+        # `from None`: torch's own message for a foreign pickle suggests unsafe loading.
         raise CheckpointError(
             f"cannot read the {what} {path} ({type(error).__name__}): the file is empty, "
             "truncated (a run killed while writing it by something other than this library) or "
