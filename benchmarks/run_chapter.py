@@ -22,11 +22,14 @@ from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tutorial_lib.files import atomic_write_text  # noqa: E402
-from tutorial_lib.results import read_result_record, results_dir  # noqa: E402
+from tutorial_lib.results import (  # noqa: E402
+    read_result_record,
+    results_dir,
+    unpublishable_reason,
+)
 from tutorial_lib.runtime import PROFILES  # noqa: E402
 
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
-SAMPLE_SOURCE = "bundled sample"
 
 
 def publish_record(
@@ -36,12 +39,12 @@ def publish_record(
     ``<chapter>.<profile>.json`` (replacing an earlier one) and return the path.
 
     Raises:
-        ValueError: for a ``smoke`` run or a run on the bundled samples; their numbers only say
-            that the code runs, so they never reach the results page.
+        ValueError: for a ``smoke`` run or a run on the bundled samples (recognised by
+            :func:`tutorial_lib.results.unpublishable_reason`); their numbers only say that the
+            code runs, so they never reach the results page.
     """
-    source = (record.get("data") or {}).get("source")
-    if record["profile"] == "smoke" or source == SAMPLE_SOURCE:
-        why = "the smoke profile" if record["profile"] == "smoke" else "the bundled sample data"
+    why = unpublishable_reason(record)
+    if why is not None:
         raise ValueError(
             f"not publishing {record['chapter']}: it ran on {why}, so its figures "
             "mean nothing; run it on the real data under the cpu or gpu profile"

@@ -14,6 +14,7 @@ import shutil
 import signal
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -432,3 +433,55 @@ def test_a_full_disk_while_extracting_is_not_blamed_on_the_archive(tmp_path):
         kind == "DownloadError" and "could not write" in message and "not a complete" not in message
     )
     assert list((tmp_path / "out").iterdir()) == [], "the staging folder was removed"
+
+
+def test_an_imdb_review_linked_outside_the_folder_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text("not a review: a file outside the data folder")
+    folder = make_imdb_folder(tmp_path / "data")
+    (folder / "train" / "pos" / "0_9.txt").unlink()
+    (folder / "train" / "pos" / "0_9.txt").symlink_to(outside)
+    with pytest.raises(CorruptDataError, match=r"0_9\.txt leads to .*secret\.txt, outside"):
+        load_imdb(tmp_path / "data")
+    # a whole class folder linked elsewhere leads outside as well
+    shutil.rmtree(folder / "test" / "neg")
+    (tmp_path / "elsewhere" / "7_2.txt").write_text("a review kept elsewhere")
+    (folder / "test" / "neg").symlink_to(tmp_path / "elsewhere")
+    (folder / "train" / "pos" / "0_9.txt").unlink()
+    (folder / "train" / "pos" / "0_9.txt").write_text("Great.")
+    with pytest.raises(CorruptDataError, match="outside"):
+        load_imdb(tmp_path / "data")
+
+
+def test_a_link_between_reviews_inside_the_folder_still_reads(tmp_path):
+    """Links that stay inside the folder (a deduplicated copy) are plain reviews."""
+    folder = make_imdb_folder(tmp_path)
+    (folder / "train" / "pos" / "8_10.txt").symlink_to(folder / "train" / "pos" / "0_9.txt")
+    assert load_imdb(tmp_path, verbose=False).source.split_sizes == {"train": 5, "test": 2}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_imdb_review_that_is_a_named_pipe_is_refused_not_read_forever(tmp_path):
+    folder = make_imdb_folder(tmp_path)
+    pipe = folder / "test" / "pos" / "9_9.txt"
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def end_a_blocked_read() -> None:
+        # A reader that opens the pipe blocks until a writer comes; this one comes and leaves
+        # at once, so a regression fails the test instead of hanging it.
+        while not done.wait(0.1):
+            try:
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader yet
+                continue
+
+    writer = threading.Thread(target=end_a_blocked_read, daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(CorruptDataError, match=r"9_9\.txt is not a regular file"):
+            load_imdb(tmp_path)
+    finally:
+        done.set()
+        writer.join(timeout=5)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
+from tutorial_lib.checkpoints import CheckpointError
 from tutorial_lib.lora import (
     LoRALinear,
     adapter_state_dict,
@@ -285,3 +287,138 @@ def test_load_adapter_refuses_mismatches_and_merged_layers(tmp_path):
         load_adapter(model, state)
     with pytest.raises(FileNotFoundError):
         load_adapter(model, tmp_path / "absent.pt")
+
+
+def test_a_state_dict_taken_after_merge_loads_back_without_applying_the_update_twice():
+    model = tiny_bert()
+    inject_lora(model, ["query", "value"], rank=2, alpha=4)
+    randomise_lora(model)
+    for layer in lora_layers(model).values():
+        layer.merge()
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    fresh = tiny_bert()
+    inject_lora(fresh, ["query", "value"], rank=2, alpha=4)
+    fresh.load_state_dict(model.state_dict())
+    assert all(layer.merged for layer in lora_layers(fresh).values())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, expected)
+    # and the other way round: unmerged weights loaded into a merged model are unmerged
+    unmerged = tiny_bert()
+    inject_lora(unmerged, ["query", "value"], rank=2, alpha=4)
+    randomise_lora(unmerged, seed=3)
+    model.load_state_dict(unmerged.state_dict())
+    assert not any(layer.merged for layer in lora_layers(model).values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, unmerged(**batch).logits)
+
+
+def test_a_state_dict_without_the_merged_flag_still_loads_as_unmerged():
+    """State dicts written before the flag was saved have no ``_extra_state`` entry."""
+    model = tiny_bert()
+    inject_lora(model, ["value"], rank=2, alpha=2)
+    randomise_lora(model)
+    old_format = {
+        key: value for key, value in model.state_dict().items() if not key.endswith("_extra_state")
+    }
+    fresh = tiny_bert()
+    inject_lora(fresh, ["value"], rank=2, alpha=2)
+    next(iter(lora_layers(fresh).values())).merge()
+    fresh.load_state_dict(old_format)
+    assert not any(layer.merged for layer in lora_layers(fresh).values())
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
+
+
+def test_inject_lora_refuses_no_targets_and_a_second_call():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="target_modules is empty"):
+        inject_lora(model, [], rank=2, alpha=2)
+    assert all(p.requires_grad for p in model.parameters()), "nothing may be frozen"
+    inject_lora(model, ["query"], rank=2, alpha=2)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="already carries LoRA.*one call"):
+        inject_lora(model, ["value"], rank=2, alpha=2)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == trainable
+    assert all(name.endswith(".query") for name in lora_layers(model))
+
+
+def peft_twin(model: nn.Module, **config) -> nn.Module:
+    return peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(**config)).eval()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"r": 2, "lora_alpha": 8}, r"scales the update by 4.*by 1 .*lora_alpha=2"),
+        ({"r": 2, "lora_alpha": 2, "use_rslora": True}, "scales the update by 1.41"),
+        ({"r": 3, "lora_alpha": 3}, "rank r=3, the model's LoRA layer rank 2"),
+        ({"r": 2, "lora_alpha": 2, "use_dora": True}, "DoRA"),
+        ({"r": 2, "lora_alpha": 2, "lora_bias": True}, "LoRA bias"),
+    ],
+    ids=["alpha", "rslora", "rank", "dora", "bias"],
+)
+def test_copy_to_peft_refuses_an_adapter_that_computes_something_else(config, message):
+    base = tiny_bert()
+    model = copy.deepcopy(base)
+    inject_lora(model, ["query", "value"], rank=2, alpha=2)
+    randomise_lora(model)
+    peft_model = peft_twin(base, target_modules=["query", "value"], **config)
+    before = {name: t.clone() for name, t in peft_model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        copy_lora_to_peft(model, peft_model)
+    after = peft_model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before), "nothing copied"
+
+
+@pytest.mark.parametrize(
+    ("config", "missing"),
+    [
+        ({"target_modules": ["query"]}, r"4 trained tensors.*value\.lora_A"),
+        ({"target_modules": ["query", "value"]}, r"2 trained tensors.*classifier\.weight"),
+    ],
+    ids=["fewer targets", "no modules_to_save"],
+)
+def test_copy_to_peft_lists_what_it_could_not_copy(config, missing):
+    base = tiny_bert()
+    model = copy.deepcopy(base)
+    inject_lora(model, ["query", "value"], rank=2, alpha=2, modules_to_save=["classifier"])
+    randomise_lora(model)
+    if "value" not in config["target_modules"]:
+        config = {**config, "modules_to_save": ["classifier"]}
+    peft_model = peft_twin(base, r=2, lora_alpha=2, **config)
+    with pytest.raises(ValueError, match=missing):
+        copy_lora_to_peft(model, peft_model)
+
+
+ADAPTER_SPOILERS = {
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "empty": lambda path: path.write_bytes(b""),
+    "text": lambda path: path.write_text("hello world\n"),
+    "list": lambda path: torch.save([torch.ones(2)], path),
+    "code": lambda path: path.write_bytes(pickle.dumps(RunsCode())),
+}
+
+
+class RunsCode:
+    """A pickle that would call a function when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+@pytest.mark.parametrize("spoil", ADAPTER_SPOILERS.values(), ids=ADAPTER_SPOILERS.keys())
+def test_a_broken_adapter_file_is_named_and_never_advises_unsafe_loading(tmp_path, spoil):
+    model = tiny_bert()
+    inject_lora(model, ["query"], rank=2, alpha=2)
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    spoil(path)
+    with pytest.raises(CheckpointError, match="adapter") as caught:
+        load_adapter(model, path)
+    assert str(path) in str(caught.value)
+    assert "weights_only=False" not in str(caught.value)
+    # torch's own message (it advises weights_only=False for the code pickle) stays out
+    error = caught.value
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)

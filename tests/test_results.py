@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 
 import pytest
+from conftest import REPO_ROOT
 
 from tutorial_lib import results
+from tutorial_lib.data.containers import SOURCE_SAMPLE, source_kind
 
 WRITERS, WRITES_EACH = 4, 5
 
@@ -51,3 +54,82 @@ def test_a_record_json_cannot_hold_leaves_the_earlier_record_and_no_temporary_fi
         results.write_result_record("02_mnist_cnn", {"accuracy": object()})
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     assert json.loads(path.read_text(encoding="utf-8"))["accuracy"] == 0.5
+
+
+def _load_module(name: str, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+published_results = _load_module(
+    "published_results", REPO_ROOT / "book" / "_ext" / "published_results.py"
+)
+run_chapter = _load_module("run_chapter", REPO_ROOT / "benchmarks" / "run_chapter.py")
+
+
+def _record(profile: str = "cpu", source: str = "local copy") -> dict:
+    return {
+        "chapter": "07_scaling_out",
+        "profile": profile,
+        "written_at": "2026-11-30T10:00:00+00:00",
+        "device": "cpu",
+        "machine": {"platform": "Linux", "cpu_count": 2},
+        "versions": {"torch": "2.14.1"},
+        "data": {"source": source, "train": 800},
+        "metrics": {"test_accuracy": 0.9},
+    }
+
+
+SAMPLE_SOURCES = {
+    "kind": "bundled sample",
+    "describe line": "MNIST: bundled sample at <site-packages>/tutorial_lib/samples/mnist.npz "
+    "(train 800, test 200)",
+}
+
+
+@pytest.mark.parametrize("source", SAMPLE_SOURCES.values(), ids=SAMPLE_SOURCES.keys())
+def test_sample_runs_never_reach_the_results_page_however_the_source_is_written(tmp_path, source):
+    command = "python benchmarks/run_chapter.py chapters/07_scaling_out.ipynb --profile cpu"
+    with pytest.raises(ValueError, match="bundled sample data"):
+        run_chapter.publish_record(_record(source=source), 1.0, command, folder=tmp_path)
+    assert not list(tmp_path.iterdir())
+    nested = _record()
+    nested["data"] = {"images": {"source": source}, "texts": {"source": "local copy"}}
+    with pytest.raises(ValueError, match="bundled sample data"):
+        run_chapter.publish_record(nested, 1.0, command, folder=tmp_path)
+    # a record placed in results/published/ by hand is refused by the page's directive too
+    (tmp_path / "07_scaling_out.cpu.json").write_text(json.dumps(_record(source=source)))
+    with pytest.raises(ValueError, match=r"07_scaling_out\.cpu\.json ran on the bundled sample"):
+        published_results.load_published_records(tmp_path)
+
+
+def test_the_results_page_refuses_a_hand_placed_smoke_record_and_keeps_real_ones(tmp_path):
+    real = "MNIST: local copy at $TUTORIAL_DATA_DIR/MNIST/raw (train 60,000, test 10,000)"
+    (tmp_path / "07_scaling_out.cpu.json").write_text(json.dumps(_record(source=real)))
+    assert len(published_results.load_published_records(tmp_path)) == 1
+    (tmp_path / "07_scaling_out.smoke.json").write_text(json.dumps(_record(profile="smoke")))
+    with pytest.raises(ValueError, match=r"07_scaling_out\.smoke\.json ran on the smoke profile"):
+        published_results.load_published_records(tmp_path)
+
+
+def test_source_kind_reads_kinds_and_describe_lines_alike():
+    assert source_kind("bundled sample") == SOURCE_SAMPLE
+    assert source_kind(SAMPLE_SOURCES["describe line"]) == SOURCE_SAMPLE
+    assert source_kind("IMDB: official download at ~/data/aclImdb (train 25,000, test 25,000)") == (
+        "official download"
+    )
+    assert source_kind("my own scrape of reviews") is None
+
+
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"[1, 2]", b"\xff\xfe not UTF-8"], ids=["cut", "list", "binary"]
+)
+def test_a_malformed_result_record_is_named(tmp_path, monkeypatch, content):
+    monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
+    path = tmp_path / "02_mnist_cnn.cpu.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a result record") as caught:
+        results.read_result_record("02_mnist_cnn", "cpu")
+    assert str(path) in str(caught.value)

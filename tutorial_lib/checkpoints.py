@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,48 @@ def save_checkpoint(path: Path | str, **state: Any) -> Path:
     return path
 
 
+UNREADABLE_FILE_ERRORS = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    LookupError,
+    pickle.UnpicklingError,
+)
+"""What ``torch.load`` raises for a file that is cut (RuntimeError, OSError), empty (EOFError),
+garbage or code (UnpicklingError), or text read as a pickle (KeyError, IndexError)."""
+
+
+def read_torch_file(
+    path: Path | str,
+    what: str = "checkpoint",
+    remedy: str = "Delete it to start training afresh, or put back a good copy.",
+    map_location: str | torch.device = "cpu",
+) -> Any:
+    """Return what ``torch.load(path, weights_only=True)`` reads: tensors and plain values,
+    never code. ``what`` names the file in errors (``checkpoint``, ``adapter file``) and
+    ``remedy`` says what to do about a broken one.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        CheckpointError: if the file is empty, truncated, not a torch file, or holds code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}; train first or check the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise
+    except UNREADABLE_FILE_ERRORS as error:
+        # `from None`: torch's own message for a foreign pickle suggests unsafe loading.
+        raise CheckpointError(
+            f"cannot read the {what} {path} ({type(error).__name__}): the file is empty, "
+            "truncated (a run killed while writing it by something other than this library) or "
+            f"not a {what} written by tutorial_lib. {remedy}"
+        ) from None
+
+
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`tutorial_lib.train.fit` (or :func:`save_model`) with
     ``weights_only=True``.
@@ -40,22 +83,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         FileNotFoundError: if ``path`` does not exist.
         CheckpointError: if the file is empty, truncated or not a checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first or check the path")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except PermissionError:
-        raise
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
-        # torch says RuntimeError, OSError (a cut zip), EOFError or UnpicklingError here.
-        # `from None`: torch's own message for a foreign pickle suggests unsafe loading.
-        raise CheckpointError(
-            f"cannot read the checkpoint {path} ({type(error).__name__}): the file is empty, "
-            "truncated (a run killed while writing it by something other than this library) or "
-            "not a checkpoint written by tutorial_lib. Delete it to start training afresh, or "
-            "put back a good copy."
-        ) from None
+    state = read_torch_file(path, map_location=map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(
             f"{path} is a torch file but not a checkpoint of tutorial_lib (it "
@@ -73,10 +101,36 @@ def load_model(model: nn.Module, path: Path | str) -> nn.Module:
     """Load the weights saved by :func:`save_model` or :func:`fit` into ``model`` and return it.
 
     Raises:
-        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`.
+        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`; also
+            ``CheckpointError`` naming the file if its weights belong to another architecture.
     """
-    model.load_state_dict(load_checkpoint(path)["model"])
+    load_weights(model, load_checkpoint(path)["model"], path)
     return model
+
+
+def load_weights(
+    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    path: Path | str,
+    load_state_dict: Callable[[dict[str, torch.Tensor]], object] | None = None,
+) -> None:
+    """Load ``weights``, read from the checkpoint ``path``, into ``model`` (with
+    ``load_state_dict``, default ``model.load_state_dict``; a strategy passes its own).
+
+    Raises:
+        CheckpointError: naming ``path``, if the weights belong to another architecture
+            (missing or unexpected names, other shapes).
+    """
+    try:
+        (load_state_dict or model.load_state_dict)(weights)
+    except (RuntimeError, KeyError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        summary = "; ".join(line.strip() for line in lines[:3]) + (" ..." if len(lines) > 3 else "")
+        raise CheckpointError(
+            f"the weights in {path} do not fit this {type(model).__name__}: they were written "
+            f"for another architecture or configuration ({summary}). Build the model the run "
+            "that wrote them used, or start afresh in another checkpoint_dir"
+        ) from None
 
 
 def rng_state(loader: Any) -> dict[str, Any]:

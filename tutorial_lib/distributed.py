@@ -22,7 +22,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+)
 
 from tutorial_lib.runtime import get_device
 
@@ -222,27 +230,41 @@ class Strategy:
         """Return the loader this process iterates.
 
         One process: ``loader`` unchanged. Several: a ``DataLoader`` is rebuilt around a
-        ``DistributedSampler`` with the same dataset, per-process batch size, collate function,
-        workers and ``drop_last``; a shuffled loader keeps shuffling with a seed shared by all
-        ranks (its generator's initial seed, else 0). Evaluation loaders are never shuffled
-        and never drop, so :meth:`gather_in_order` can rebuild the whole set. Anything else
-        (a list of batches, a custom batch sampler) is returned unchanged: every process then
-        sees every batch — correct, but no faster.
+        ``DistributedSampler`` with the same per-process batch size, collate function, workers
+        and ``drop_last``; a shuffled loader keeps shuffling with a seed shared by all ranks
+        (its generator's initial seed, else 0). A loader over the whole data set (the default
+        sequential or random sampler) is split example by example; a loader whose sampler picks
+        some examples (a ``SubsetRandomSampler``, a list or range of indices: a split made with
+        samplers) is split over exactly those indices when training, and evaluated whole on
+        every process, so a validation split never leaks into training. Evaluation loaders over
+        the whole set are never shuffled and never drop, so :meth:`gather_in_order` can rebuild
+        the set. Anything else (a list of batches, a custom batch sampler) is returned
+        unchanged: every process then sees every batch — correct, but no faster.
+
+        Raises:
+            ValueError: for a sampler without a fixed list of indices (a
+                ``WeightedRandomSampler``, a sampler class of your own): each process would
+                draw its own examples, so none of them is split correctly.
         """
         if not self.distributed or not _rebuildable(loader):
             return loader
-        shuffle = training and isinstance(loader.sampler, RandomSampler)
-        seed = loader.generator.initial_seed() if loader.generator is not None else 0
+        chosen = _chosen_indices(loader.sampler)
+        if chosen is not None and not training:
+            # Every process evaluates the chosen examples itself: predict() then gathers
+            # nothing and its metrics are those of exactly this subset.
+            return loader
+        dataset = loader.dataset if chosen is None else Subset(loader.dataset, chosen)
+        shuffle = training and isinstance(loader.sampler, (RandomSampler, SubsetRandomSampler))
         sampler = DistributedSampler(
-            loader.dataset,
+            dataset,
             self.world_size,
             self.rank,
             shuffle=shuffle,
-            seed=seed,
+            seed=_shared_seed(loader),
             drop_last=training and loader.drop_last,
         )
         return DataLoader(
-            loader.dataset,
+            dataset,
             batch_size=loader.batch_size,
             sampler=sampler,
             collate_fn=loader.collate_fn,
@@ -421,6 +443,34 @@ def _rebuildable(loader: Iterable) -> bool:
         and loader.batch_size is not None
         and type(loader.batch_sampler) is BatchSampler
     )
+
+
+def _chosen_indices(sampler: Any) -> list[int] | None:
+    """The dataset indices a sampler picks from, or ``None`` when it covers the whole data set.
+
+    Raises:
+        ValueError: for a sampler whose picks are not a fixed list (see ``shard_loader``).
+    """
+    if isinstance(sampler, (SequentialSampler, RandomSampler, DistributedSampler)):
+        return None
+    if isinstance(sampler, SubsetRandomSampler):
+        return [int(index) for index in sampler.indices]
+    if isinstance(sampler, (list, tuple, range, torch.Tensor)):
+        return [int(index) for index in sampler]
+    raise ValueError(
+        f"under torchrun the loader's {type(sampler).__name__} cannot be split between the "
+        "processes: it has no fixed list of indices, so each process would draw its own "
+        "examples. Pick the examples with a SubsetRandomSampler or a list of indices (or "
+        "torch.utils.data.Subset), or run this loader in one process"
+    )
+
+
+def _shared_seed(loader: DataLoader) -> int:
+    """The shuffling seed every rank agrees on: the loader's generator, else its sampler's."""
+    for generator in (loader.generator, getattr(loader.sampler, "generator", None)):
+        if isinstance(generator, torch.Generator):
+            return generator.initial_seed()
+    return 0
 
 
 def _destroy_process_group() -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import CheckpointError, read_torch_file
 from .files import atomic_write
 
 
@@ -29,7 +30,8 @@ class LoRALinear(nn.Module):
     starts at zero, so the layer starts equal to ``base``. Dropout acts on the input of the
     low-rank path only, as in ``peft``. :meth:`merge` folds the update into ``base.weight`` and
     :meth:`unmerge` takes it out again; the ``merged`` flag makes a second call a no-op, so the
-    update is never applied twice.
+    update is never applied twice. The flag is part of ``state_dict()`` (as the layer's extra
+    state), so weights saved after :meth:`merge` load back merged, not with the update twice.
 
     Raises:
         TypeError: if ``base`` is not an ``nn.Linear``.
@@ -64,6 +66,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.register_load_state_dict_pre_hook(_unmerged_when_no_flag_was_saved)
 
     def delta_weight(self) -> torch.Tensor:
         """Return the update ``(alpha / rank) * B @ A``, shaped like ``base.weight``."""
@@ -95,8 +98,23 @@ class LoRALinear(nn.Module):
             self.base.weight -= self.delta_weight()
             self.merged = False
 
+    def get_extra_state(self) -> dict[str, bool]:
+        # A state dict taken after merge() holds the merged base weight *and* A and B: without
+        # the flag, the layer it is loaded into would add the update a second time.
+        return {"merged": self.merged}
+
+    def set_extra_state(self, state: Mapping[str, bool]) -> None:
+        self.merged = bool(state["merged"])
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+
+
+def _unmerged_when_no_flag_was_saved(
+    module: nn.Module, state_dict: dict, prefix: str, *args: object
+) -> None:
+    """Let state dicts written before the flag was saved load as what they were: unmerged."""
+    state_dict.setdefault(prefix + "_extra_state", {"merged": False})
 
 
 def _matches(name: str, suffixes: Sequence[str]) -> bool:
@@ -124,13 +142,26 @@ def inject_lora(
     Raises:
         TypeError: if ``target_modules`` is a single string or a matched module is not an
             ``nn.Linear``.
-        ValueError: if a target matches no module or one already carrying LoRA, or a name in
-            ``modules_to_save`` matches nothing.
+        ValueError: if ``target_modules`` is empty, a target matches no module, the model
+            already carries LoRA (a second call would freeze the first call's adapters: name
+            every target in one call), or a name in ``modules_to_save`` matches nothing.
         The model is left unchanged when anything is raised (also for a bad ``rank``, ``alpha``
         or ``dropout``, which :class:`LoRALinear` refuses).
     """
     if isinstance(target_modules, str):
         raise TypeError(f"target_modules is a list of name suffixes, e.g. [{target_modules!r}]")
+    if not target_modules:
+        raise ValueError(
+            "target_modules is empty, so nothing would be adapted and the whole model frozen; "
+            "name the linear layers to adapt, e.g. ['query', 'value']"
+        )
+    already = list(lora_layers(model))
+    if already:
+        raise ValueError(
+            f"the model already carries LoRA ({len(already)} layers, e.g. {already[0]}); "
+            "inject once per model: a second call freezes everything it does not adapt, the "
+            "first call's adapters included. Pass every target to one call on a fresh model"
+        )
     targets = [
         (name, module)
         for name, module in model.named_modules()
@@ -208,14 +239,23 @@ def load_adapter(model: nn.Module, source: Path | str | Mapping[str, torch.Tenso
 
     Raises:
         FileNotFoundError: if ``source`` is a path that does not exist.
+        CheckpointError: (a ``ValueError``) naming the file, if it is empty, truncated, not a
+            torch file, holds code, or is not a mapping of names to tensors.
         ValueError: if a LoRA layer of ``model`` is merged (unmerge first, or the old update
             would stay in the base weight), if the adapter's names differ from the model's
             trainable parameters, or if a shape differs.
     """
     if isinstance(source, (str, Path)):
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"no adapter file at {source}")
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = read_torch_file(
+            source, what="adapter file", remedy="Save the adapter again with save_adapter."
+        )
+        if not isinstance(state, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in state.values()
+        ):
+            raise CheckpointError(
+                f"{source} is a torch file but not an adapter: it holds a "
+                f"{type(state).__name__}, not the names and tensors save_adapter writes"
+            )
     else:
         state = dict(source)
     merged = [name for name, layer in lora_layers(model).items() if layer.merged]
@@ -256,38 +296,104 @@ def copy_lora_to_peft(
     tensors were copied.
 
     ``peft`` names a wrapped layer ``base_model.model.<name>`` and keeps ``lora_A``/``lora_B``
-    as ``nn.Linear`` layers whose weights have exactly the shapes of ours.
+    as ``nn.Linear`` layers whose weights have exactly the shapes of ours. Everything is
+    checked before anything is copied, so a refused copy leaves ``peft_model`` unchanged.
 
     Raises:
-        ValueError: if a ``peft`` LoRA layer or saved module has no counterpart in ``model``.
+        ValueError: if a ``peft`` LoRA layer or saved module has no counterpart in ``model``;
+            if a layer's rank or scaling (``lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA)
+            differs, or ``peft`` uses DoRA, a LoRA bias or a merged adapter, which these
+            layers do not have; or if part of ``model``'s adapter would not be copied (a LoRA
+            layer ``peft`` does not adapt, a trainable module missing from its
+            ``modules_to_save``), listing what.
     """
     ours = dict(model.named_modules())
+    lora_pairs, saved_pairs = [], []
+    for peft_name, module in peft_model.named_modules():
+        name = peft_name.removeprefix("base_model.model.")
+        if (
+            hasattr(module, "lora_A")
+            and isinstance(module.lora_A, nn.ModuleDict)
+            and adapter_name in module.lora_A
+        ):
+            layer = ours.get(name)
+            if not isinstance(layer, LoRALinear):
+                raise ValueError(f"peft adapts {name}, which is not a LoRALinear in the model")
+            _check_same_adapter(name, layer, module, adapter_name)
+            lora_pairs.append((name, layer, module))
+        elif (
+            isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)
+            and adapter_name in module.modules_to_save
+        ):
+            if name not in ours:
+                raise ValueError(f"peft saves the module {name}, which the model lacks")
+            saved_pairs.append((name, ours[name], module.modules_to_save[adapter_name]))
+    covered = {f"{name}.{matrix}" for name, _, _ in lora_pairs for matrix in ("lora_A", "lora_B")}
+    covered |= {
+        f"{name}.{key}" for name, source, _ in saved_pairs for key, _ in source.named_parameters()
+    }
+    not_copied = [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and name not in covered
+    ]
+    not_copied += [
+        f"{name} (LoRA layer)"
+        for name in lora_layers(model)
+        if f"{name}.lora_A" not in covered and f"{name}.lora_A" not in not_copied
+    ]
+    if not_copied:
+        shown = ", ".join(not_copied[:6]) + (", ..." if len(not_copied) > 6 else "")
+        raise ValueError(
+            f"peft's adapter {adapter_name!r} has no place for {len(not_copied)} trained "
+            f"tensors of the model ({shown}); build the LoraConfig with the same "
+            "target_modules and modules_to_save as inject_lora"
+        )
     copied = 0
     with torch.no_grad():
-        for peft_name, module in peft_model.named_modules():
-            name = peft_name.removeprefix("base_model.model.")
-            if (
-                hasattr(module, "lora_A")
-                and isinstance(module.lora_A, nn.ModuleDict)
-                and adapter_name in module.lora_A
-            ):
-                layer = ours.get(name)
-                if not isinstance(layer, LoRALinear):
-                    raise ValueError(f"peft adapts {name}, which is not a LoRALinear in the model")
-                module.lora_A[adapter_name].weight.copy_(layer.lora_A)
-                module.lora_B[adapter_name].weight.copy_(layer.lora_B)
-                copied += 2
-            elif (
-                isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)
-                and adapter_name in module.modules_to_save
-            ):
-                if name not in ours:
-                    raise ValueError(f"peft saves the module {name}, which the model lacks")
-                target_state = module.modules_to_save[adapter_name].state_dict()
-                for key, value in ours[name].state_dict().items():
-                    target_state[key].copy_(value)
-                    copied += 1
+        for _, layer, module in lora_pairs:
+            module.lora_A[adapter_name].weight.copy_(layer.lora_A)
+            module.lora_B[adapter_name].weight.copy_(layer.lora_B)
+            copied += 2
+        for _, source, target in saved_pairs:
+            target_state = target.state_dict()
+            for key, value in source.state_dict().items():
+                target_state[key].copy_(value)
+                copied += 1
     return copied
+
+
+def _check_same_adapter(name: str, layer: LoRALinear, module: nn.Module, adapter_name: str) -> None:
+    """Refuse a ``peft`` layer that would compute something else than ``layer`` with the same
+    A and B (torch would only complain about sizes, or nothing at all)."""
+    rank = module.r[adapter_name]
+    scaling = module.scaling[adapter_name]
+    if rank != layer.rank:
+        raise ValueError(
+            f"{name}: peft's adapter {adapter_name!r} has rank r={rank}, the model's LoRA layer "
+            f"rank {layer.rank}; build the LoraConfig with r={layer.rank}"
+        )
+    if not math.isclose(scaling, layer.scaling, rel_tol=1e-6):
+        raise ValueError(
+            f"{name}: peft scales the update by {scaling:g}, the model's LoRA layer by "
+            f"{layer.scaling:g} (alpha {layer.alpha:g} / rank {layer.rank}); build the LoraConfig "
+            f"with lora_alpha={layer.alpha:g} and use_rslora=False"
+        )
+    unsupported = [
+        feature
+        for feature, table in (
+            ("DoRA", getattr(module, "use_dora", {})),
+            ("a LoRA bias", getattr(module, "lora_bias", {})),
+        )
+        if table.get(adapter_name)
+    ]
+    if adapter_name in getattr(module, "merged_adapters", []):
+        unsupported.append("an adapter already merged into the base weight")
+    if unsupported:
+        raise ValueError(
+            f"{name}: peft's adapter {adapter_name!r} uses {' and '.join(unsupported)}, which "
+            "LoRALinear does not have; build the LoraConfig without it (and unmerge)"
+        )
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tutorial_lib.data.containers import SOURCE_SAMPLE, source_kind
 from tutorial_lib.files import atomic_write_text
 from tutorial_lib.runtime import get_device, get_profile, project_root
 
@@ -68,6 +69,53 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
 
 def read_result_record(chapter: str, profile: str | None = None) -> dict[str, Any] | None:
     """Return the record a chapter wrote under ``profile`` (default: the current one), or
-    ``None`` when there is none."""
+    ``None`` when there is none.
+
+    Raises:
+        ValueError: naming the file, if it is not JSON or not a JSON object (a record written by
+            something else, or edited by hand).
+    """
     path = results_dir() / f"{chapter}.{profile or get_profile()}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a result record: invalid JSON ({error}); delete it and run the "
+            f"chapter {chapter} again to write it afresh"
+        ) from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{path} is not a result record: it holds a JSON {type(record).__name__}, not an "
+            f"object; delete it and run the chapter {chapter} again"
+        )
+    return record
+
+
+def unpublishable_reason(record: dict[str, Any]) -> str | None:
+    """Return why ``record``'s figures must not reach the results page, or ``None``.
+
+    A ``smoke`` run only proves that the code runs, and a run on the bundled samples is not
+    representative: the reason is ``"the smoke profile"`` or ``"the bundled sample data"``.
+    The data sources are recognised by their kind, whether a record names the kind or a whole
+    :meth:`~tutorial_lib.data.DataSource.describe` line, at any depth of its ``data``.
+    """
+    if record.get("profile") == "smoke":
+        return "the smoke profile"
+    if any(source_kind(source) == SOURCE_SAMPLE for source in _data_sources(record.get("data"))):
+        return "the bundled sample data"
+    return None
+
+
+def _data_sources(value: Any) -> list[str]:
+    """Every ``source`` string in a record's ``data`` (one per data set a chapter used)."""
+    if isinstance(value, dict):
+        found = [value["source"]] if isinstance(value.get("source"), str) else []
+        for key, item in value.items():
+            if key != "source":
+                found.extend(_data_sources(item))
+        return found
+    if isinstance(value, list):
+        return [source for item in value for source in _data_sources(item)]
+    return []

@@ -19,6 +19,7 @@ from torch import nn
 from tutorial_lib import checkpoints
 from tutorial_lib.checkpoints import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from tutorial_lib.distributed import Strategy
+from tutorial_lib.runtime import notice
 
 
 @dataclass
@@ -134,9 +135,20 @@ def resume_from(
     train_loader: Any,
     say: Callable[..., None],
 ) -> Progress:
-    """Load ``last.pt`` into the run and return its progress (a fresh one without the file)."""
+    """Load ``last.pt`` into the run and return its progress (a fresh one without the file).
+
+    Without ``last.pt`` an earlier run's ``best.pt`` in the same folder is renamed first (on
+    rank 0, announced), since the fresh run would overwrite it with its own first epoch.
+
+    Raises:
+        CheckpointError: if ``last.pt`` is unreadable, or was written for another optimiser or
+            another model (its weights do not fit ``model``).
+    """
     if not path.is_file():
         say(f"resume: there is no {path.name} in {path.parent} yet, so training starts afresh")
+        if strategy.is_main:
+            _move_earlier_best_aside(path.parent / "best.pt")
+        strategy.barrier()
         return Progress()
     state = load_checkpoint(path)
     saved_class = state.get("optimizer_class")
@@ -146,7 +158,7 @@ def resume_from(
             f"uses {type(optimizer).__name__}; build the same optimiser as the "
             "run that wrote it, or start afresh in another checkpoint_dir"
         )
-    strategy.load_model_state_dict(model, state["model"])
+    _load_weights(strategy, model, state["model"], path)
     try:
         strategy.load_optimizer_state_dict(model, optimizer, state["optimizer"])
     except (KeyError, ValueError) as error:
@@ -175,6 +187,29 @@ def resume_from(
     )
 
 
+def _load_weights(
+    strategy: Strategy, model: nn.Module, weights: dict[str, torch.Tensor], path: Path
+) -> None:
+    checkpoints.load_weights(
+        model, weights, path, lambda state: strategy.load_model_state_dict(model, state)
+    )
+
+
+def _move_earlier_best_aside(best_path: Path) -> None:
+    """Rename ``best.pt`` of an earlier run to ``best.earlier-N.pt`` and say so."""
+    if not best_path.is_file():
+        return
+    number = 1
+    while (aside := best_path.with_name(f"best.earlier-{number}.pt")).exists():
+        number += 1
+    best_path.rename(aside)
+    notice(
+        f"{best_path} was written by an earlier run and this run starts afresh (there is no "
+        f"last.pt to resume from), so it was renamed to {aside.name} rather than overwritten; "
+        "delete it when you no longer need it"
+    )
+
+
 def restore_best(
     progress: Progress,
     strategy: Strategy,
@@ -197,4 +232,4 @@ def restore_best(
             f"was epoch {progress.best_epoch} (another run wrote it)"
         )
         return
-    strategy.load_model_state_dict(model, best["model"])
+    _load_weights(strategy, model, best["model"], best_path)

@@ -281,7 +281,9 @@ class ChapterRun(Generic[BudgetT]):
 
 def start_chapter(budgets: Mapping[str, BudgetT], seed: int = 0) -> ChapterRun[BudgetT]:
     """Open a chapter: print the environment report, seed every generator with ``seed``, pick
-    the device and select the budget of the current profile (see :func:`select_budget`).
+    the device and select the budget of the current profile (see :func:`select_budget`). The
+    ``gpu`` profile on a machine without CUDA is announced with :func:`notice`: its budget then
+    runs on the CPU.
 
     Returns:
         A :class:`ChapterRun` with ``budget``, ``device``, ``generator`` and ``profile``.
@@ -292,6 +294,13 @@ def start_chapter(budgets: Mapping[str, BudgetT], seed: int = 0) -> ChapterRun[B
     """
     budget = select_budget(budgets)
     print_environment()
+    if get_profile() == "gpu" and not torch.cuda.is_available():
+        notice(
+            f"{PROFILE_ENV}=gpu asks for the full GPU budget, but this machine has no CUDA "
+            f"device: everything below runs that budget on the {get_device().type.upper()}, "
+            f"which can take hours. Unset {PROFILE_ENV} (or set it to cpu) for a budget "
+            "sized for this machine."
+        )
     generator = seed_everything(seed)
     scratch = Path(tempfile.mkdtemp(prefix="tutorial-"))
     atexit.register(shutil.rmtree, scratch, True)

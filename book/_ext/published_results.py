@@ -18,6 +18,8 @@ from docutils.parsers.rst import Directive
 from sphinx import addnodes
 from sphinx.application import Sphinx
 
+from tutorial_lib.results import unpublishable_reason
+
 PUBLISHED_DIR = Path("results") / "published"
 """Where the records live, relative to the top of the checkout (the book's source folder)."""
 
@@ -43,7 +45,9 @@ def load_published_records(folder: Path) -> list[dict[str, Any]]:
     Returns an empty list when the folder does not exist or holds no record.
 
     Raises:
-        ValueError: if a file is not JSON or lacks a field every record has (naming the file).
+        ValueError: if a file is not JSON, lacks a field every record has, or holds a ``smoke``
+            run or a run on the bundled samples (placed there by hand: ``run_chapter.py
+            --publish`` refuses them), naming the file.
     """
     records = []
     for path in sorted(folder.glob("*.json")):
@@ -58,6 +62,13 @@ def load_published_records(folder: Path) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{path} is not a result record written by write_result_record: "
                 f"it lacks {', '.join(missing)}"
+            )
+        why = unpublishable_reason(record)
+        if why is not None:
+            raise ValueError(
+                f"{path} ran on {why}, so its figures are not a measurement and cannot appear "
+                "on the results page; delete it, and publish a cpu or gpu run on real data with "
+                "benchmarks/run_chapter.py --publish"
             )
         records.append(record)
 

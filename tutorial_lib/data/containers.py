@@ -14,6 +14,22 @@ from tutorial_lib.runtime import display_path
 SOURCE_LOCAL = "local copy"
 SOURCE_DOWNLOAD = "official download"
 SOURCE_SAMPLE = "bundled sample"
+SOURCE_KINDS = (SOURCE_LOCAL, SOURCE_DOWNLOAD, SOURCE_SAMPLE)
+"""Every :attr:`DataSource.kind` a loader reports."""
+
+
+def source_kind(source: str) -> str | None:
+    """Return the kind of data source a result record names, whether the record holds the kind
+    itself (``"bundled sample"``) or a :meth:`DataSource.describe` line (``"MNIST: bundled
+    sample at ... (train 800, test 200)"``); ``None`` when it names no known kind."""
+    if source in SOURCE_KINDS:
+        return source
+    _, separator, described = source.partition(": ")
+    if separator:
+        for kind in SOURCE_KINDS:
+            if described.startswith(f"{kind} at "):
+                return kind
+    return None
 
 
 @dataclass(frozen=True)
@@ -164,8 +180,10 @@ __all__ = [
     "ImageDataset",
     "LoadedData",
     "SOURCE_DOWNLOAD",
+    "SOURCE_KINDS",
     "SOURCE_LOCAL",
     "SOURCE_SAMPLE",
     "TextDataset",
     "loaded_data",
+    "source_kind",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import stat
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -105,10 +106,12 @@ def _split_off_unlabelled(records: Iterable[Record]) -> tuple[list[Record], list
 
 
 def _folder_records(folder: Path) -> Iterator[Record]:
+    inside = folder.resolve()
     unlabelled = folder / "train" / "unsup"
     if unlabelled.is_dir():
         for path in sorted(unlabelled.iterdir()):
             if not path.name.startswith("."):
+                _check_plain_review_file(path, inside)
                 name = f"{FOLDER}/train/unsup/{path.name}"
                 yield _review(name, path.read_bytes(), str(path))
     for split in ("train", "test"):
@@ -120,9 +123,31 @@ def _folder_records(folder: Path) -> Iterator[Record]:
                 )
             for path in directory.iterdir():
                 if not path.name.startswith("."):  # .DS_Store and editors' files
+                    _check_plain_review_file(path, inside)
                     yield _review(
                         f"{FOLDER}/{split}/{label_name}/{path.name}", path.read_bytes(), str(path)
                     )
+
+
+def _check_plain_review_file(path: Path, inside: Path) -> None:
+    """Refuse what the archive reader refuses too: a review that is a link leading out of the
+    data folder (a system file would load as a review) or not a regular file (a named pipe
+    would block the reader, a device or folder is no review).
+
+    Raises:
+        CorruptDataError: naming ``path`` and where it leads.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(inside):
+        raise CorruptDataError(
+            f"{path} leads to {resolved}, outside {inside}; IMDB reviews are plain files in "
+            f"the folder: replace the link by the review itself, or {_REDO}"
+        )
+    if not stat.S_ISREG(resolved.stat().st_mode):
+        raise CorruptDataError(
+            f"{path} is not a regular file; IMDB reviews are plain text files: remove it, or "
+            f"{_REDO}"
+        )
 
 
 def _archive_records(archive: Path) -> Iterator[Record]:
@@ -138,8 +163,9 @@ def read_imdb(root: Path, kind: str) -> LoadedData[TextDataset] | None:
     """Read ``root/aclImdb/`` or else ``root/aclImdb_v1.tar.gz``; ``None`` if neither is there.
 
     Raises:
-        CorruptDataError: if a class folder is missing or empty, a review is misnamed or not
-            UTF-8, or the archive is truncated.
+        CorruptDataError: if a class folder is missing or empty, a review is misnamed, not
+            UTF-8, not a regular file or a link leading out of the folder, or the archive is
+            truncated.
         UnsafeArchiveError: if the archive holds links, devices or paths leaving the folder.
     """
     folder, archive = root / FOLDER, root / ARCHIVE
