@@ -640,12 +640,12 @@ else:
 spent = flops_per_token * PRETRAIN.steps * tokens_per_step
 optimal = lm.compute_optimal_parameters(spent)
 print(
-    f"compute spent: {spent:.2e} FLOPs; compute-optimal size for it ≈ {optimal / 1e6:.2f} M "
-    f"parameters (trained on {lm.CHINCHILLA_TOKENS_PER_PARAMETER * optimal / 1e6:.1f} M tokens)"
+    f"compute spent: {spent:.2e} FLOPs; compute-optimal size for it ≈ {optimal:,.0f} parameters,"
+    f" trained on {lm.CHINCHILLA_TOKENS_PER_PARAMETER * optimal:,.0f} tokens"
 )
 print(
-    f"this model: {total / 1e6:.2f} M parameters on {PRETRAIN.steps * tokens_per_step / 1e6:.1f} M "
-    f"tokens = {PRETRAIN.steps * tokens_per_step / total:.1f} tokens per parameter"
+    f"this model: {total:,} parameters on {PRETRAIN.steps * tokens_per_step:,} tokens "
+    f"= {PRETRAIN.steps * tokens_per_step / total:.1f} tokens per parameter"
 )
 
 # %% [markdown]

@@ -8,6 +8,9 @@ Organised by concern, not by chapter:
 - ``weights``: pretrained weights behind the same idea (cache, download, announced fallback);
 - ``models``: the chapter networks; ``conv``: chapter 1's convolution math; ``text``: tokens,
   vocabularies and batches for the text chapters;
+- ``gpt``: chapter 8's GPT, its import from ``transformers`` and generation with a KV cache;
+  ``bpe``: byte-level BPE by hand and with ``tokenizers``; ``lm``: the language-model corpus,
+  baselines, compute accounting and pre-training;
 - ``train``: the one training loop; ``optim``: the one optimiser grouping; ``metrics``;
 - ``plots``: figures; ``results``: result records; ``files``: atomic writes.
 """
