@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 INSTALLED := $(VENV)/.installed
 
-.PHONY: book test
+.PHONY: book test unit lint
 
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,3 +20,11 @@ book: $(INSTALLED)
 # the book build under the smoke profile.
 test: $(INSTALLED)
 	TUTORIAL_PROFILE=smoke TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/python -m pytest tests --nbmake chapters
+
+# What a contributor runs: every test but the book build and its browser check, a few minutes.
+unit: $(INSTALLED)
+	TUTORIAL_PROFILE=smoke TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/python -m pytest tests -m "not book"
+
+# Lint and format check of the package, tests and chapters (ruff, config in pyproject.toml).
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -95,3 +95,27 @@ def full_data_dir() -> Path | None:
     """The data directory when TUTORIAL_DATA_DIR points at full copies, else None."""
     configured = os.environ.get("TUTORIAL_DATA_DIR")
     return Path(configured) if configured and Path(configured).is_dir() else None
+
+
+BOOK_TESTS = "test_book.py"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the book build's tests ``book`` (so ``-m "not book"`` skips the long build), and
+    stop at once, with one line, when they are selected but Chromium is missing: otherwise the
+    whole book would build for 20 minutes and then fail on the missing browser."""
+    selected_book_tests = False
+    for item in items:
+        if item.path.name == BOOK_TESTS:
+            item.add_marker(pytest.mark.book)
+            selected_book_tests = True
+    if not selected_book_tests or config.getoption("markexpr", ""):
+        return
+    chromium = Path(os.environ.get("TUTORIAL_CHROMIUM", "/usr/bin/chromium"))
+    if not chromium.is_file():
+        pytest.exit(
+            f"Chromium not found at {chromium}: the book's browser check needs it. Install it "
+            "(apt-get install chromium) or set TUTORIAL_CHROMIUM to a Chromium binary; "
+            "`make unit` runs everything but the book.",
+            returncode=4,
+        )
