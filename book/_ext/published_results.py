@@ -18,12 +18,9 @@ from docutils.parsers.rst import Directive
 from sphinx import addnodes
 from sphinx.application import Sphinx
 
-from tutorial_lib.results import unpublishable_reason
+from tutorial_lib.results import PUBLISHED_DIR, unpublishable_reason
+from tutorial_lib.runtime import PROFILES
 
-PUBLISHED_DIR = Path("results") / "published"
-"""Where the records live, relative to the top of the checkout (the book's source folder)."""
-
-PROFILE_ORDER = ("smoke", "cpu", "gpu")
 REQUIRED_KEYS = ("chapter", "profile", "written_at", "device", "machine", "versions")
 CONTEXT_KEYS = {*REQUIRED_KEYS, "benchmark", "chapter_seconds"}
 GROUP_ORDER = ("data", "model", "metrics", "training", "inference")
@@ -74,7 +71,7 @@ def load_published_records(folder: Path) -> list[dict[str, Any]]:
 
     def book_order(record: dict[str, Any]) -> tuple[str, int, str]:
         profile = record["profile"]
-        rank = PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else len(PROFILE_ORDER)
+        rank = PROFILES.index(profile) if profile in PROFILES else len(PROFILES)
         return record["chapter"], rank, profile
 
     return sorted(records, key=book_order)
