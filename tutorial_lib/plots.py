@@ -15,6 +15,7 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from tutorial_lib.metrics import to_numpy
+from tutorial_lib.runtime import escape_math
 
 
 def _as_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -224,8 +225,8 @@ def markdown_table(
         raise ValueError(f"align must be one 'l' or 'r' per column ({len(headers)}), got {align!r}")
 
     def line(cells: Sequence[object]) -> str:
-        # "|" would end the cell; "$" would start math (the book renders Markdown as MyST)
-        escaped = (str(cell).replace("|", "\\|").replace("$", "\\$") for cell in cells)
+        # "|" would end the cell; "$" would start math
+        escaped = (escape_math(str(cell).replace("|", "\\|")) for cell in cells)
         return "| " + " | ".join(escaped) + " |"
 
     rule = "| " + " | ".join("---:" if a == "r" else ":---" for a in align) + " |"

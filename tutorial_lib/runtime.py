@@ -63,6 +63,13 @@ def interactive() -> bool:
     return not env_flag(NONINTERACTIVE_ENV)
 
 
+def escape_math(text: str) -> str:
+    """Return ``text`` with every ``$`` escaped as ``\\$``: the book renders Markdown outputs
+    as MyST, where ``$...$`` is math, so ``$TUTORIAL_DATA_DIR`` would otherwise vanish into a
+    formula."""
+    return text.replace("$", "\\$")
+
+
 def notice(message: str) -> None:
     """Show ``message`` as one clearly marked block: a note the reader must not miss (a data or
     weights fallback, a budget adapted to the data there is).
@@ -78,8 +85,7 @@ def notice(message: str) -> None:
     except ImportError:
         in_kernel = False
     if in_kernel:
-        # "$" escaped: the book renders Markdown outputs as MyST, where $...$ is math
-        quoted = message.replace("$", "\\$").replace("\n", "\n> ")
+        quoted = escape_math(message).replace("\n", "\n> ")
         display(Markdown("> **Notice** — " + quoted))
     else:
         print(f"NOTICE: {message}")
