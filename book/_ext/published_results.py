@@ -78,8 +78,16 @@ def load_published_records(folder: Path) -> list[dict[str, Any]]:
 
 
 def readable_path(text: str) -> str:
-    """Return ``text`` with absolute paths of the measuring machine shortened: the home folder
-    becomes ``~/`` and any other absolute path its last component."""
+    """Return ``text`` with absolute paths of the measuring machine shortened: a virtual
+    environment's packages become ``<site-packages>/``, the home folder ``~/`` and any other
+    absolute path ``.../`` and its last component.
+
+    This is not :func:`tutorial_lib.runtime.display_path`, on purpose: that function shortens
+    one path of *this* machine by resolving it against this machine's folders (the data and
+    results variables, the checkout, site-packages, the temporary and home folders). The text
+    here was written on another machine, inside a sentence, and its folders do not exist where
+    the book builds, so only the path's own shape can be used.
+    """
     text = _SITE_PACKAGES.sub("<site-packages>/", text)
     text = _HOME.sub("~/", text)
     return _ABSOLUTE_PATH.sub(lambda match: f".../{match.group(1)}", text)
