@@ -8,16 +8,13 @@ import ast
 import importlib.metadata
 import re
 import sys
+import tomllib
 from pathlib import Path
 
-import pytest
 from conftest import REPO_ROOT
 
-if sys.version_info < (3, 11):
-    pytest.skip("tomllib arrived in Python 3.11", allow_module_level=True)
-import tomllib
-
-PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PROJECT = PYPROJECT["project"]
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -76,3 +73,20 @@ def test_the_offline_fallbacks_are_an_extra_and_transformers_is_version_5():
     }
     transformers = next(r for r in PROJECT["dependencies"] if r.startswith("transformers"))
     assert transformers.replace(" ", "") == "transformers>=5"
+
+
+def _lower_bound(requirement: str) -> tuple[int, ...]:
+    match = re.search(r">=\s*([\d.]+)", requirement)
+    assert match, f"{requirement!r} declares no lower bound"
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def test_the_lower_bounds_are_the_versions_the_code_needs():
+    torch = next(r for r in PROJECT["dependencies"] if _names([r]) == {"torch"})
+    # torch.amp.GradScaler(device), which tutorial_lib.distributed builds, arrived in torch 2.3.
+    assert _lower_bound(torch) >= (2, 3)
+    python = _lower_bound(PROJECT["requires-python"])
+    assert python >= (3, 11), "tomllib and datetime.UTC arrived in Python 3.11"
+    assert sys.version_info[:2] >= python, "the tests run on a Python the package refuses"
+    target = PYPROJECT["tool"]["ruff"]["target-version"]
+    assert target == f"py{python[0]}{python[1]}", "ruff checks for another Python than declared"
