@@ -21,14 +21,14 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tutorial_lib.files import atomic_write_text  # noqa: E402
-from tutorial_lib.results import (  # noqa: E402
+from tutorial_lib.files import atomic_write_text
+from tutorial_lib.results import (
     PUBLISHED_DIR,
     read_result_record,
     results_dir,
     unpublishable_reason,
 )
-from tutorial_lib.runtime import PROFILES  # noqa: E402
+from tutorial_lib.runtime import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
