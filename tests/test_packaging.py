@@ -90,3 +90,16 @@ def test_the_lower_bounds_are_the_versions_the_code_needs():
     assert sys.version_info[:2] >= python, "the tests run on a Python the package refuses"
     target = PYPROJECT["tool"]["ruff"]["target-version"]
     assert target == f"py{python[0]}{python[1]}", "ruff checks for another Python than declared"
+
+
+def test_the_package_docstring_and_contributing_name_every_module():
+    package = REPO_ROOT / "tutorial_lib"
+    modules = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    modules |= {path.parent.name for path in package.glob("*/__init__.py")}
+    assert {"runtime", "data", "train"} <= modules
+    listed = set(re.findall(r"``(\w+)``", (package / "__init__.py").read_text(encoding="utf-8")))
+    contributing = (REPO_ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    (layout,) = [line for line in contributing.splitlines() if line.startswith("| `tutorial_lib/`")]
+    tabled = {name.rstrip("/") for name in re.findall(r"`([\w/]+)`", layout)}
+    assert not modules - listed, f"not in tutorial_lib/__init__.py: {modules - listed}"
+    assert not modules - tabled, f"not in CONTRIBUTING.md's layout table: {modules - tabled}"
