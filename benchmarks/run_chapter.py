@@ -21,19 +21,20 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tutorial_lib.files import atomic_write_text  # noqa: E402
-from tutorial_lib.results import (  # noqa: E402
+from tutorial_lib.files import atomic_write_text
+from tutorial_lib.results import (
+    PUBLISHED_DIR,
     read_result_record,
     results_dir,
     unpublishable_reason,
 )
-from tutorial_lib.runtime import PROFILES  # noqa: E402
+from tutorial_lib.runtime import PROFILES
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def publish_record(
-    record: dict, wall_seconds: float, command: str, folder: Path = PUBLISHED_DIR
+    record: dict, wall_seconds: float, command: str, folder: Path = REPO_ROOT / PUBLISHED_DIR
 ) -> Path:
     """Copy ``record`` with this run's wall time and command into ``folder`` as
     ``<chapter>.<profile>.json`` (replacing an earlier one) and return the path.
@@ -100,7 +101,7 @@ def main() -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        print(f"published: {path.relative_to(PUBLISHED_DIR.parents[1])}")
+        print(f"published: {path.relative_to(REPO_ROOT)}")
     return 0
 
 

@@ -441,7 +441,7 @@ print(f"ours vs gpt.CausalSelfAttention (scaled_dot_product_attention): {differe
 # into ours, and compare the logits.
 
 # %%
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel
 
 torch.manual_seed(0)
 reference = GPT2LMHeadModel(

@@ -54,7 +54,7 @@ class LocalServer:
         routes, requests = self.routes, self.requests
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            def do_GET(self) -> None:  # the name http.server calls
                 requests.append(self.path)
                 answer = routes.get(self.path)
                 if answer is None:

@@ -64,7 +64,7 @@ def run_in_child(
                     sender.send((CANNOT_DROP_ROOT, str(error)))
                     return
             sender.send(("ok", function()))
-        except BaseException as error:  # noqa: BLE001 - everything goes back to the test
+        except BaseException as error:  # everything goes back to the test
             sender.send((type(error).__name__, str(error)))
 
     process = context.Process(target=target)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +27,6 @@ EQUIVALENCE = {"batch_size": 8, "epochs": 2, "max_steps": 4}  # 8 SGD steps with
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def torchrun_command(config: dict, *launcher_options: str) -> list[str]:
@@ -79,7 +72,7 @@ def one_node_command(config: dict, processes: int = 2) -> list[str]:
         config,
         f"--nproc_per_node={processes}",
         "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
+        f"--master_port={launch.free_port()}",
     )
 
 
@@ -199,7 +192,7 @@ def assert_same_numbers(first: list[dict], second: list[dict]) -> None:
 
 
 def test_two_nodes_on_loopback_equal_two_processes_on_one_node(tmp_path, two_processes):
-    port, out = free_port(), tmp_path / "nodes"
+    port, out = launch.free_port(), tmp_path / "nodes"
     config = {**EQUIVALENCE, "out": str(out)}
     nodes = [
         torchrun_command(

@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from tutorial_lib.conv import model_macs, receptive_field_of
 from tutorial_lib.models import MnistCNN, count_parameters, freeze
@@ -35,6 +37,40 @@ def test_mnist_cnn_compute_and_receptive_field():
         "classifier.3": 1280,
     }
     assert receptive_field_of(MnistCNN()) == 10
+
+
+@pytest.mark.parametrize(
+    ("model", "sample_shape"),
+    [
+        (MnistCNN(), (1, 28, 28)),
+        (  # stride, padding, groups, a rectangular dilated kernel, no bias
+            nn.Sequential(
+                nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2),
+                nn.ReLU(),
+                nn.Conv2d(8, 6, (3, 5), dilation=2, bias=False),
+                nn.Flatten(),
+                nn.Linear(6 * 5 * 2, 3),
+            ),
+            (4, 17, 19),
+        ),
+    ],
+    ids=["mnist_cnn", "grouped_strided_dilated"],
+)
+def test_model_macs_are_half_of_torchs_flop_count(model: nn.Module, sample_shape):
+    """PyTorch's own counter is the oracle: a multiply-accumulate is two FLOPs."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *sample_shape))
+    prefix = type(model).__name__ + "."
+    flops = {
+        name.removeprefix(prefix): sum(by_operator.values())
+        for name, by_operator in counter.get_flop_counts().items()
+        if name.startswith(prefix)
+    }
+    macs = model_macs(model, sample_shape)
+    assert macs, "no layer counted"
+    assert {name: 2 * count for name, count in macs.items()} == {name: flops[name] for name in macs}
+    assert 2 * sum(macs.values()) == counter.get_total_flops(), "no layer was left out"
 
 
 def test_image_grid_lays_out_images_with_titles():

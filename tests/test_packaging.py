@@ -8,16 +8,13 @@ import ast
 import importlib.metadata
 import re
 import sys
+import tomllib
 from pathlib import Path
 
-import pytest
 from conftest import REPO_ROOT
 
-if sys.version_info < (3, 11):
-    pytest.skip("tomllib arrived in Python 3.11", allow_module_level=True)
-import tomllib
-
-PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PROJECT = PYPROJECT["project"]
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -76,3 +73,33 @@ def test_the_offline_fallbacks_are_an_extra_and_transformers_is_version_5():
     }
     transformers = next(r for r in PROJECT["dependencies"] if r.startswith("transformers"))
     assert transformers.replace(" ", "") == "transformers>=5"
+
+
+def _lower_bound(requirement: str) -> tuple[int, ...]:
+    match = re.search(r">=\s*([\d.]+)", requirement)
+    assert match, f"{requirement!r} declares no lower bound"
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def test_the_lower_bounds_are_the_versions_the_code_needs():
+    torch = next(r for r in PROJECT["dependencies"] if _names([r]) == {"torch"})
+    # torch.amp.GradScaler(device), which tutorial_lib.distributed builds, arrived in torch 2.3.
+    assert _lower_bound(torch) >= (2, 3)
+    python = _lower_bound(PROJECT["requires-python"])
+    assert python >= (3, 11), "tomllib and datetime.UTC arrived in Python 3.11"
+    assert sys.version_info[:2] >= python, "the tests run on a Python the package refuses"
+    target = PYPROJECT["tool"]["ruff"]["target-version"]
+    assert target == f"py{python[0]}{python[1]}", "ruff checks for another Python than declared"
+
+
+def test_the_package_docstring_and_contributing_name_every_module():
+    package = REPO_ROOT / "tutorial_lib"
+    modules = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    modules |= {path.parent.name for path in package.glob("*/__init__.py")}
+    assert {"runtime", "data", "train"} <= modules
+    listed = set(re.findall(r"``(\w+)``", (package / "__init__.py").read_text(encoding="utf-8")))
+    contributing = (REPO_ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    (layout,) = [line for line in contributing.splitlines() if line.startswith("| `tutorial_lib/`")]
+    tabled = {name.rstrip("/") for name in re.findall(r"`([\w/]+)`", layout)}
+    assert not modules - listed, f"not in tutorial_lib/__init__.py: {modules - listed}"
+    assert not modules - tabled, f"not in CONTRIBUTING.md's layout table: {modules - tabled}"

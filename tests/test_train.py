@@ -285,26 +285,37 @@ def test_an_unknown_monitor_is_rejected_before_training():
     )
 
 
-def test_a_best_pt_this_run_did_not_write_is_never_loaded(tmp_path):
-    stranger = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+def test_a_best_pt_this_run_did_not_write_is_never_loaded(tmp_path, capsys):
+    def run(model: nn.Module, resume: bool, verbose: bool) -> None:
+        train_loader, val_loader = loaders()
+        train.fit(
+            model,
+            train_loader,
+            val_loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=1,
+            checkpoint_dir=tmp_path,
+            resume=resume,
+            verbose=verbose,
+        )
+
+    run(small_model(), resume=False, verbose=False)  # last.pt: best epoch 1; best.pt: epoch 1
+    ours = checkpoints.load_checkpoint(tmp_path / "last.pt")["model"]
+    # Another run then overwrites best.pt with weights of the same shape from its epoch 5.
+    stranger = small_model()
     nn.init.constant_(stranger[0].weight, 42.0)
     checkpoints.save_checkpoint(
         tmp_path / "best.pt",
         model=stranger.state_dict(),
-        epoch=1,
+        epoch=5,
         monitor="val_accuracy",
         value=1.0,
     )
-    model, (train_loader, _) = small_model(), loaders()
-    train.fit(
-        model,
-        train_loader,
-        None,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        epochs=1,
-        checkpoint_dir=tmp_path,
-        verbose=False,
-    )  # monitors val_accuracy, has no val_loader
+    model = small_model()
+    run(model, resume=True, verbose=True)  # all epochs done: fit goes straight to restore_best
+    printed = capsys.readouterr().out
+    assert "not loading" in printed and "another run wrote it" in printed
+    assert torch.equal(model[0].weight, ours["0.weight"]), "the resumed weights are kept"
     assert not torch.equal(model[0].weight, stranger[0].weight)
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import glob
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,12 @@ def _load(name: str) -> dict:
     # YAML 1.1 reads the key `on` as the boolean True.
     workflow["on"] = workflow.pop(True, workflow.get("on"))
     return workflow
+
+
+def _hashed_patterns(text: str) -> list[str]:
+    """Every file pattern that a ``hashFiles(...)`` expression of ``text`` names."""
+    calls = re.findall(r"hashFiles\(([^)]*)\)", text)
+    return [pattern for call in calls for pattern in re.findall(r"'([^']*)'", call)]
 
 
 def _steps(workflow: dict) -> list[dict]:
@@ -95,3 +103,26 @@ def test_book_workflow_builds_under_cpu_with_cached_downloads_and_deploys_to_pag
     assert [step["uses"].split("@")[0] for step in deploy["steps"]] == ["actions/deploy-pages"]
     makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
     assert "jupyter-book build" in makefile, "make book is the command the workflow relies on"
+
+
+def test_every_file_a_cache_key_hashes_exists():
+    """hashFiles() of a pattern that matches nothing hashes to '' without an error, so a moved
+    file would leave a cache key that never changes again (tutorial_lib/data.py became a
+    package once)."""
+    patterns = {
+        path.name: _hashed_patterns(path.read_text(encoding="utf-8"))
+        for path in sorted(WORKFLOWS.glob("*.yml"))
+    }
+    assert patterns["book.yml"] and patterns["tests.yml"], "the cache keys were not found"
+    missing = [
+        f"{name}: {pattern}"
+        for name, named in patterns.items()
+        for pattern in named
+        if not pattern.startswith("!")  # an exclusion may match nothing
+        and not any(
+            (REPO_ROOT / found).is_file()
+            for found in glob.glob(pattern, root_dir=REPO_ROOT, recursive=True)
+        )
+    ]
+    assert not missing, f"hashFiles() patterns that match no file: {missing}"
+    assert _hashed_patterns("k: ${{ hashFiles('a.txt', 'b/**') }}") == ["a.txt", "b/**"]

@@ -6,12 +6,17 @@ Organised by concern, not by chapter:
 - ``runtime``: device, seeding, run profiles, environment flags, notices;
 - ``data``: the data sets behind one resolution rule (local copy, download, bundled sample);
 - ``weights``: pretrained weights behind the same idea (cache, download, announced fallback);
+  ``efficientnet_keys``: the key map that puts the offline EfficientNet weights onto timm;
 - ``models``: the chapter networks; ``conv``: chapter 1's convolution math; ``text``: tokens,
-  vocabularies and batches for the text chapters;
+  vocabularies and batches for the text chapters; ``lora``: chapter 6's LoRA, written out;
 - ``gpt``: chapter 8's GPT, its import from ``transformers`` and generation with a KV cache;
   ``bpe``: byte-level BPE by hand and with ``tokenizers``; ``lm``: the language-model corpus,
   baselines, compute accounting and pre-training;
-- ``train``: the one training loop; ``optim``: the one optimiser grouping; ``metrics``;
+- ``train``: the one training loop; ``run_state``: what it carries from epoch to epoch;
+  ``checkpoints``: its checkpoint files and random states; ``optim``: the one optimiser
+  grouping; ``metrics``;
+- ``distributed``: where the loop runs (one device, DDP or FSDP2 under ``torchrun``);
+  ``launch``: starting a script under ``torchrun`` from a notebook or a test;
 - ``plots``: figures; ``results``: result records; ``files``: atomic writes.
 """
 

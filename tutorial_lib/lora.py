@@ -122,6 +122,26 @@ def _matches(name: str, suffixes: Sequence[str]) -> bool:
     return any(name == suffix or name.endswith("." + suffix) for suffix in suffixes)
 
 
+def _modules_named(
+    model: nn.Module, suffixes: Sequence[str], argument: str
+) -> list[tuple[str, nn.Module]]:
+    """Return the ``(name, module)`` pairs of ``model`` that ``suffixes`` name (:func:`_matches`).
+
+    Raises:
+        ValueError: naming ``argument`` and the suffix, if one suffix matches no module (a typo
+            would otherwise adapt or unfreeze less than asked, silently).
+    """
+    modules = model.named_modules()
+    found = [(name, module) for name, module in modules if name and _matches(name, suffixes)]
+    for suffix in suffixes:
+        if not any(_matches(name, [suffix]) for name, _ in found):
+            raise ValueError(
+                f"{argument} names {suffix!r}, but no module of the model is named that "
+                f"or ends with '.{suffix}'"
+            )
+    return found
+
+
 def inject_lora(
     model: nn.Module,
     target_modules: Sequence[str],
@@ -162,14 +182,7 @@ def inject_lora(
             "inject once per model: a second call freezes everything it does not adapt, the "
             "first call's adapters included. Pass every target to one call on a fresh model"
         )
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name and _matches(name, target_modules)
-    ]
-    for suffix in target_modules:
-        if not any(_matches(name, [suffix]) for name, _ in targets):
-            raise ValueError(f"no module of the model is named {suffix!r} or ends with '.{suffix}'")
+    targets = _modules_named(model, target_modules, "target_modules")
     for name, module in targets:
         if isinstance(module, LoRALinear) or any(
             isinstance(m, LoRALinear) for m in module.modules()
@@ -179,14 +192,7 @@ def inject_lora(
             raise TypeError(
                 f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear layers only"
             )
-    saved = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name and _matches(name, modules_to_save)
-    ]
-    for suffix in modules_to_save:
-        if not any(_matches(name, [suffix]) for name, _ in saved):
-            raise ValueError(f"modules_to_save names {suffix!r}, but no module is called that")
+    saved = _modules_named(model, modules_to_save, "modules_to_save")
     # Build every wrapper before touching the model, so a bad rank leaves it unchanged.
     wrappers = {name: LoRALinear(module, rank, alpha, dropout) for name, module in targets}
     model.requires_grad_(False)

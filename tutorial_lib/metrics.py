@@ -9,7 +9,10 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 
-def _numpy(values: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+def to_numpy(values: Sequence | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Return ``values`` as a NumPy array: a tensor is detached and copied to the CPU first
+    (so a CUDA tensor or one that requires grad works), anything else goes through
+    ``np.asarray``. The one conversion the metrics and the figures share."""
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
@@ -18,7 +21,7 @@ def accuracy(
     y_pred: Sequence[int] | np.ndarray | torch.Tensor,
 ) -> float:
     """Return the fraction of predictions equal to the true labels."""
-    return float(accuracy_score(_numpy(y_true), _numpy(y_pred)))
+    return float(accuracy_score(to_numpy(y_true), to_numpy(y_pred)))
 
 
 def macro_f1(
@@ -26,7 +29,7 @@ def macro_f1(
     y_pred: Sequence[int] | np.ndarray | torch.Tensor,
 ) -> float:
     """Return the F1 score averaged over classes with equal weight."""
-    return float(f1_score(_numpy(y_true), _numpy(y_pred), average="macro"))
+    return float(f1_score(to_numpy(y_true), to_numpy(y_pred), average="macro"))
 
 
 def per_class_report(
@@ -36,7 +39,7 @@ def per_class_report(
 ) -> list[dict[str, float | str | int]]:
     """Return one row per class: ``class``, ``precision``, ``recall``, ``f1`` and ``support``."""
     precision, recall, f1, support = precision_recall_fscore_support(
-        _numpy(y_true), _numpy(y_pred), labels=list(range(len(class_names))), zero_division=0
+        to_numpy(y_true), to_numpy(y_pred), labels=list(range(len(class_names))), zero_division=0
     )
     return [
         {

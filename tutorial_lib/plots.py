@@ -14,9 +14,12 @@ import torch
 from IPython.display import Markdown
 from matplotlib.figure import Figure
 
+from tutorial_lib.metrics import to_numpy
+from tutorial_lib.runtime import escape_math
+
 
 def _as_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = to_numpy(image)
     if array.ndim == 3 and array.shape[0] in (1, 3):
         array = array.transpose(1, 2, 0)
     return array.squeeze()
@@ -126,9 +129,8 @@ def confusion_matrix_figure(
     in the cells; return the figure."""
     from sklearn.metrics import confusion_matrix
 
-    y_true = y_true.cpu().numpy() if isinstance(y_true, torch.Tensor) else np.asarray(y_true)
-    y_pred = y_pred.cpu().numpy() if isinstance(y_pred, torch.Tensor) else np.asarray(y_pred)
-    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(class_names))))
+    labels = list(range(len(class_names)))
+    matrix = confusion_matrix(to_numpy(y_true), to_numpy(y_pred), labels=labels)
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size), facecolor="white", layout="constrained")
     ax.imshow(matrix, cmap="Blues")
@@ -223,8 +225,8 @@ def markdown_table(
         raise ValueError(f"align must be one 'l' or 'r' per column ({len(headers)}), got {align!r}")
 
     def line(cells: Sequence[object]) -> str:
-        # "|" would end the cell; "$" would start math (the book renders Markdown as MyST)
-        escaped = (str(cell).replace("|", "\\|").replace("$", "\\$") for cell in cells)
+        # "|" would end the cell; "$" would start math
+        escaped = (escape_math(str(cell).replace("|", "\\|")) for cell in cells)
         return "| " + " | ".join(escaped) + " |"
 
     rule = "| " + " | ".join("---:" if a == "r" else ":---" for a in align) + " |"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone
-from importlib import metadata
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,28 @@ import torch
 
 from tutorial_lib.data.containers import SOURCE_SAMPLE, source_kind
 from tutorial_lib.files import atomic_write_text
-from tutorial_lib.runtime import get_device, get_profile, project_root
+from tutorial_lib.runtime import (
+    RESULTS_DIR_ENV,
+    _configured_or_checkout_folder,
+    get_device,
+    get_profile,
+    package_version,
+)
 
-RESULTS_DIR_ENV = "TUTORIAL_RESULTS_DIR"
+PUBLISHED_DIR = Path("results") / "published"
+"""Where published result records live, relative to the top of the checkout: written by
+``benchmarks/run_chapter.py --publish``, read by the book's results page."""
 
 
 def results_dir() -> Path:
     """Return the folder for result records: ``TUTORIAL_RESULTS_DIR`` if set, else ``results/``
     at the top of the checkout, else ``./results``."""
-    configured = os.environ.get(RESULTS_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser().resolve()
-    root = project_root()
-    return (root / "results") if root is not None else (Path.cwd() / "results").resolve()
+    return _configured_or_checkout_folder(RESULTS_DIR_ENV, "results")
 
 
 def _versions() -> dict[str, str]:
-    found = {}
-    for package in ("torch", "torchvision", "transformers", "scikit-learn", "numpy"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    packages = ("torch", "torchvision", "transformers", "scikit-learn", "numpy")
+    return {package: package_version(package) for package in packages}
 
 
 def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
@@ -52,7 +50,7 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
     full = {
         "chapter": chapter,
         "profile": get_profile(),
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "machine": {
             "platform": platform.platform(),

@@ -29,6 +29,8 @@ reading on a laptop, ``gpu`` runs the full recipe on a CUDA device."""
 
 PROFILE_ENV = "TUTORIAL_PROFILE"
 DATA_DIR_ENV = "TUTORIAL_DATA_DIR"
+RESULTS_DIR_ENV = "TUTORIAL_RESULTS_DIR"
+"""Where result records go (:func:`tutorial_lib.results.results_dir`)."""
 OFFLINE_ENV = "TUTORIAL_OFFLINE"
 """Set to 1 to skip every download attempt (data sets and pretrained weights)."""
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"
@@ -61,6 +63,13 @@ def interactive() -> bool:
     return not env_flag(NONINTERACTIVE_ENV)
 
 
+def escape_math(text: str) -> str:
+    """Return ``text`` with every ``$`` escaped as ``\\$``: the book renders Markdown outputs
+    as MyST, where ``$...$`` is math, so ``$TUTORIAL_DATA_DIR`` would otherwise vanish into a
+    formula."""
+    return text.replace("$", "\\$")
+
+
 def notice(message: str) -> None:
     """Show ``message`` as one clearly marked block: a note the reader must not miss (a data or
     weights fallback, a budget adapted to the data there is).
@@ -76,8 +85,7 @@ def notice(message: str) -> None:
     except ImportError:
         in_kernel = False
     if in_kernel:
-        # "$" escaped: the book renders Markdown outputs as MyST, where $...$ is math
-        quoted = message.replace("$", "\\$").replace("\n", "\n> ")
+        quoted = escape_math(message).replace("\n", "\n> ")
         display(Markdown("> **Notice** — " + quoted))
     else:
         print(f"NOTICE: {message}")
@@ -160,14 +168,21 @@ def project_root(start: Path | None = None) -> Path | None:
     return None
 
 
-def data_dir() -> Path:
-    """Return the data directory: ``TUTORIAL_DATA_DIR`` if set, else ``data/`` at the top of
-    the checkout (so chapters executed from ``chapters/`` share one copy), else ``./data``."""
-    configured = os.environ.get(DATA_DIR_ENV)
+def _configured_or_checkout_folder(variable: str, name: str) -> Path:
+    """Return the folder the environment variable ``variable`` names, else ``name`` at the top
+    of the checkout (so chapters executed from ``chapters/`` share one copy), else ``./name``.
+    The one rule behind :func:`data_dir` and :func:`tutorial_lib.results.results_dir`."""
+    configured = os.environ.get(variable)
     if configured:
         return Path(configured).expanduser().resolve()
     root = project_root()
-    return (root / "data") if root is not None else (Path.cwd() / "data").resolve()
+    return (root / name) if root is not None else (Path.cwd() / name).resolve()
+
+
+def data_dir() -> Path:
+    """Return the data directory: ``TUTORIAL_DATA_DIR`` if set, else ``data/`` at the top of
+    the checkout (so chapters executed from ``chapters/`` share one copy), else ``./data``."""
+    return _configured_or_checkout_folder(DATA_DIR_ENV, "data")
 
 
 def display_path(path: Path | str) -> str:
@@ -186,7 +201,7 @@ def display_path(path: Path | str) -> str:
     resolved = Path(path).expanduser().resolve()
     package = Path(__file__).resolve().parent
     bases: list[tuple[Path, str]] = []
-    for variable in (DATA_DIR_ENV, "TUTORIAL_RESULTS_DIR"):
+    for variable in (DATA_DIR_ENV, RESULTS_DIR_ENV):
         if os.environ.get(variable):
             bases.append((Path(os.environ[variable]).expanduser().resolve(), f"${variable}"))
     bases.append((package, "tutorial_lib"))
@@ -213,7 +228,9 @@ def display_path(path: Path | str) -> str:
     return label if relative == "." else f"{label}/{relative}"
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """Return the installed version of the distribution ``package`` (``"2.5.1"``), or
+    ``"not installed"`` when it is absent; never raises."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -231,7 +248,8 @@ def environment_report() -> str:
     )
     return (
         f"Python {platform.python_version()} | torch {torch.__version__} | "
-        f"torchvision {_version('torchvision')} | transformers {_version('transformers')}\n"
+        f"torchvision {package_version('torchvision')} | "
+        f"transformers {package_version('transformers')}\n"
         f"device {device.type} ({device_name}, {torch.get_num_threads()} threads) | "
         f"profile {get_profile()} | data {display_path(data_dir())}"
     )

@@ -18,12 +18,9 @@ from docutils.parsers.rst import Directive
 from sphinx import addnodes
 from sphinx.application import Sphinx
 
-from tutorial_lib.results import unpublishable_reason
+from tutorial_lib.results import PUBLISHED_DIR, unpublishable_reason
+from tutorial_lib.runtime import PROFILES
 
-PUBLISHED_DIR = Path("results") / "published"
-"""Where the records live, relative to the top of the checkout (the book's source folder)."""
-
-PROFILE_ORDER = ("smoke", "cpu", "gpu")
 REQUIRED_KEYS = ("chapter", "profile", "written_at", "device", "machine", "versions")
 CONTEXT_KEYS = {*REQUIRED_KEYS, "benchmark", "chapter_seconds"}
 GROUP_ORDER = ("data", "model", "metrics", "training", "inference")
@@ -74,15 +71,23 @@ def load_published_records(folder: Path) -> list[dict[str, Any]]:
 
     def book_order(record: dict[str, Any]) -> tuple[str, int, str]:
         profile = record["profile"]
-        rank = PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else len(PROFILE_ORDER)
+        rank = PROFILES.index(profile) if profile in PROFILES else len(PROFILES)
         return record["chapter"], rank, profile
 
     return sorted(records, key=book_order)
 
 
 def readable_path(text: str) -> str:
-    """Return ``text`` with absolute paths of the measuring machine shortened: the home folder
-    becomes ``~/`` and any other absolute path its last component."""
+    """Return ``text`` with absolute paths of the measuring machine shortened: a virtual
+    environment's packages become ``<site-packages>/``, the home folder ``~/`` and any other
+    absolute path ``.../`` and its last component.
+
+    This is not :func:`tutorial_lib.runtime.display_path`, on purpose: that function shortens
+    one path of *this* machine by resolving it against this machine's folders (the data and
+    results variables, the checkout, site-packages, the temporary and home folders). The text
+    here was written on another machine, inside a sentence, and its folders do not exist where
+    the book builds, so only the path's own shape can be used.
+    """
     text = _SITE_PACKAGES.sub("<site-packages>/", text)
     text = _HOME.sub("~/", text)
     return _ABSOLUTE_PATH.sub(lambda match: f".../{match.group(1)}", text)

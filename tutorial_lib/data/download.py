@@ -39,7 +39,7 @@ def md5_of(path: Path) -> str:
 
 def _open_url(url: str, timeout: float):
     """Open ``url`` for reading; the one place that touches the network (tests replace it)."""
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - fixed https URLs
+    return urllib.request.urlopen(url, timeout=timeout)  # fixed https URLs
 
 
 def cannot_write(path: Path, error: OSError) -> DownloadError:
