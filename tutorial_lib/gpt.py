@@ -110,6 +110,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v)
         if past == 0:
             mask, causal = None, True
+        elif time == 1:
+            mask, causal = None, False  # one new query may see every key: nothing to mask
         else:
             # New query i sits at position past + i and may see keys 0 … past + i. SDPA's own
             # is_causal aligns the triangle to the top left, which is wrong once keys outnumber
@@ -363,7 +365,7 @@ def next_token(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: GPT,
     input_ids: torch.Tensor,
