@@ -83,6 +83,7 @@ from itertools import pairwise
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from IPython.display import display
 from torch import nn
 
@@ -423,13 +424,24 @@ print(f"ours vs gpt.CausalSelfAttention (scaled_dot_product_attention): {differe
 # to mean 0 and variance 1 (then applies a learned scale and shift), so that the input to each
 # sub-layer stays in a stable range however deep the stack. GPT-2 puts the norms **before** the
 # sub-layers ("pre-LN"), which keeps the residual path a clean sum and trains stably without the
-# warm-up tricks the original post-LN transformer needed:
-#
-# ```python
-# x = x + attn(ln_1(x))
-# x = x + mlp(ln_2(x))
-# ```
-#
+# warm-up tricks the original post-LN transformer needed. Written with our attention function,
+# and checked against the package's `gpt.Block`:
+
+
+# %%
+def block_forward(x: torch.Tensor, block: gpt.Block, n_head: int) -> torch.Tensor:
+    attn = block.attn
+    x = x + causal_self_attention(block.ln_1(x), attn.qkv, attn.proj, n_head)
+    hidden = F.gelu(block.mlp.fc(block.ln_2(x)), approximate="tanh")  # GPT-2's GELU
+    return x + block.mlp.proj(hidden)
+
+
+block = gpt.Block(BUDGET.model).eval()
+with torch.no_grad():
+    difference = (block_forward(x, block, BUDGET.model.n_head) - block(x)).abs().max().item()
+print(f"ours vs gpt.Block: {difference:.1e}")
+
+# %% [markdown]
 # Two more details complete GPT-2. The output layer **shares its weight matrix** with the token
 # embedding {cite:p}`press2017using`: one matrix both reads and writes tokens, which saves
 # `vocab × d` parameters — at this size the largest single matrix. And GPT-2's initialisation
