@@ -258,7 +258,7 @@ print(
 # %%
 source = inspect.getsource(train.fit)
 body_start = source.index("        for step, batch in enumerate(batches):")
-print(source[body_start : source.index("            size = _batch_size", body_start)])
+print(source[body_start : source.index("            size, right = _count_targets", body_start)])
 
 # %% [markdown]
 # `strategy.sync_gradients` is DDP's `no_sync` on every micro-step but the last of an optimiser
