@@ -751,10 +751,10 @@ uncorrected_step = 0.1 * first_m / (first_v.sqrt() + 1e-8)  # lr 0.1, as above
 corrected_step = 0.1 * (first_m / (1 - 0.9)) / ((first_v / (1 - 0.999)).sqrt() + 1e-8)
 print(
     f"first Adam step (lr 0.1): m = {first_m.abs().mean():.3f} on average, a tenth of "
-    f"|g| = {gradients[0].abs().mean():.3f}, while sqrt(v) = {first_v.sqrt().mean():.4f} is "
+    f"|g| = {gradients[0].abs().mean():.3f},\nwhile sqrt(v) = {first_v.sqrt().mean():.4f} is "
     f"only sqrt(0.001) = {0.001**0.5:.4f} times |g|\n"
-    f"step with bias correction: {corrected_step.abs().mean():.4f} per parameter (lr x sign(g)); "
-    f"without: {uncorrected_step.abs().mean():.4f}, "
+    f"step with bias correction: {corrected_step.abs().mean():.4f} per parameter (lr x sign(g));"
+    f"\nwithout: {uncorrected_step.abs().mean():.4f}, "
     f"{(uncorrected_step / corrected_step).mean():.2f}x larger"
 )
 

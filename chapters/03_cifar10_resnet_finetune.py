@@ -505,7 +505,7 @@ affordable = [
 ]
 print(
     f"sizes at which fine-tuning and training from scratch fit {BUDGET.training_minutes} minutes "
-    f"on this machine: {affordable or 'none'}"
+    f"on this machine:\n{affordable or 'none'}"
 )
 IMAGE_SIZE = BUDGET.image_size
 print(f"this profile trains at {IMAGE_SIZE} px")
@@ -521,8 +521,8 @@ for smaller, larger in zip(studied[:-1], studied[1:], strict=True):
     )
     print(
         f"{smaller} -> {larger} px: {pixels:.2f}x the pixels, {slower:.2f}x the time per image "
-        f"({'less than' if slower < pixels else 'at least'} proportional), probe accuracy "
-        f"{100 * accuracy_change:+.1f} points"
+        f"({'less than' if slower < pixels else 'at least'} proportional),\n"
+        f"    probe accuracy {100 * accuracy_change:+.1f} points"
     )
 
 # %% [markdown]

@@ -404,7 +404,7 @@ print(textwrap.fill(f"token ids:      {ids.tolist()}", 100, subsequent_indent=" 
 print("attention mask:", attention_mask.tolist())
 print(
     f"embeddings {tuple(ours.shape)}; largest difference from BERT's embedding layer: "
-    f"{(ours - theirs).abs().max():.1e}; LayerNorm by hand vs. nn.LayerNorm: "
+    f"{(ours - theirs).abs().max():.1e};\nLayerNorm by hand vs. nn.LayerNorm: "
     f"{(by_hand - ours).abs().max():.1e}"
 )
 
@@ -705,7 +705,7 @@ library_logits, _ = train.predict(model, val_loader, strategy=full_precision)
 hand_logits, _ = train.predict(hand_written, val_loader, strategy=full_precision)
 hand_written_difference = (library_logits - hand_logits).abs().max().item()
 print(
-    f"{len(val_set):,} validation reviews: largest logit difference, hand-written head vs. "
+    f"{len(val_set):,} validation reviews: largest logit difference, hand-written head vs.\n"
     f"AutoModelForSequenceClassification: {hand_written_difference:.1e} "
     + ("(the same computation)" if hand_written_difference < 1e-4 else "(they differ)")
 )

@@ -346,7 +346,7 @@ plt.show()
 best_epoch = max(range(len(history)), key=lambda epoch: history["val_accuracy"][epoch])
 print(
     f"best validation accuracy {100 * history['val_accuracy'][best_epoch]:.1f}% at epoch "
-    f"{best_epoch + 1} of {len(history)}; training accuracy then "
+    f"{best_epoch + 1} of {len(history)};\ntraining accuracy then "
     f"{100 * history['train_accuracy'][best_epoch]:.1f}%, at the last epoch "
     f"{100 * history['train_accuracy'][-1]:.1f}%"
 )
@@ -581,8 +581,8 @@ for first, second in zip(pairs[:-1], pairs[1:], strict=True):
     error = math.sqrt(sum(a * (1 - a) for a in (before, after)) / validation_count)
     verdict = "resolved" if abs(after - before) > 2 * error else "not resolved by this run"
     print(
-        f"'{second}' minus '{first}': {100 * (after - before):+.1f} points, standard error "
-        f"{100 * error:.1f} ({verdict})"
+        f"'{second}' minus '{first}': {100 * (after - before):+.1f} points,\n"
+        f"    standard error {100 * error:.1f} ({verdict})"
     )
 
 # %% [markdown]
@@ -795,7 +795,7 @@ if bert_record:
         gap = bert_accuracy - accuracy
         print(
             f"BERT minus {name}: {100 * gap:+.1f} points (BERT's standard error on its test "
-            f"subset {100 * bert_error:.1f}): "
+            f"subset {100 * bert_error:.1f}):\n    "
             + (
                 "BERT is above it"
                 if gap > 2 * bert_error

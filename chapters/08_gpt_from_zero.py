@@ -194,8 +194,8 @@ unlabelled = imdb.unlabelled if BUDGET.use_unlabelled else []
 documents = [lm.clean_review(text) for text in imdb.train.texts + unlabelled]
 train_texts, val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
 print(
-    f"pre-training text: {len(imdb.train.texts):,} training reviews (labels dropped)"
-    f" + {len(unlabelled):,} unlabelled reviews"
+    f"pre-training text: {len(imdb.train.texts):,} training reviews (labels dropped)\n"
+    f"  + {len(unlabelled):,} unlabelled reviews"
     + ("" if imdb.unlabelled else " (this copy has no train/unsup/)")
 )
 print(f"held out whole: {len(train_texts):,} reviews to train on, {len(val_texts):,} to validate")
@@ -233,7 +233,7 @@ else:
 
 # %%
 example = "This movie wasn't bad at all!! 10/10, would watch again."
-print(bpe.pre_tokenize(example))
+pprint.pp(bpe.pre_tokenize(example), width=100, compact=True)
 
 # %% [markdown]
 # Now the algorithm, on a toy corpus. Each pre-token is a tuple of symbol ids, counted once with
@@ -378,7 +378,8 @@ print(
     f"train {len(train_tokens):,} tokens, validation {len(val_tokens):,} tokens, "
     f"{val_bytes / len(val_tokens):.2f} bytes per token"
 )
-print("a review as tokens:", [tokenizer.id_to_token(i) for i in train_tokens[:12].tolist()])
+print("the first review as tokens:")
+pprint.pp([tokenizer.id_to_token(i) for i in train_tokens[:16].tolist()], width=100, compact=True)
 
 # %% [markdown]
 # ## The model: GPT-2's decoder, written out
@@ -637,12 +638,12 @@ elapsed = [sum(history["seconds"][: i + 1]) for i in range(len(history))]
 if crossing is not None:
     print(
         f"below the bigram's {bigram_bpb:.3f} bits/byte after {tokens_seen[crossing] / 1e6:.2f} M "
-        f"tokens ({elapsed[crossing] / 60:.1f} min of training), "
+        f"tokens ({elapsed[crossing] / 60:.1f} min of training),\n"
         f"and {bigram_bpb - val_bpb:.3f} bits/byte below it on the whole split at the end"
     )
 else:
     print(
-        f"not below the bigram's {bigram_bpb:.3f} bits/byte within this budget: "
+        f"not below the bigram's {bigram_bpb:.3f} bits/byte within this budget:\n"
         f"{val_bpb - bigram_bpb:.3f} above it at the end, on {tokens_seen[-1] / 1e6:.2f} M "
         "training tokens"
     )
@@ -663,7 +664,7 @@ spent = flops_per_token * PRETRAIN.steps * tokens_per_step
 optimal = lm.compute_optimal_parameters(spent)
 print(
     f"compute spent: {spent:.2e} FLOPs; compute-optimal size for it ≈ {optimal:,.0f} parameters,"
-    f" trained on {lm.CHINCHILLA_TOKENS_PER_PARAMETER * optimal:,.0f} tokens"
+    f"\ntrained on {lm.CHINCHILLA_TOKENS_PER_PARAMETER * optimal:,.0f} tokens"
 )
 print(
     f"this model: {total:,} parameters on {PRETRAIN.steps * tokens_per_step:,} tokens "
@@ -745,7 +746,7 @@ for temperature in (0.5, 0.8, 1.1):
         generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     text = tokenizer.decode(continuation[0].tolist()).replace("\n", " ")
-    print(f"T = {temperature}:", textwrap.fill(text, 96, subsequent_indent="    "))
+    print(textwrap.fill(f"T = {temperature}: {text}", 100, subsequent_indent="    "))
 
 # %% [markdown]
 # Read the samples with the numbers above in mind. A model of a few million parameters trained for
@@ -769,8 +770,8 @@ saved = lm.save_pretrained(
 reloaded, _, info = lm.load_pretrained(saved)
 with torch.no_grad():
     same_after_reload = torch.equal(reloaded(batch[:, :32]), model.eval()(batch[:, :32]))
-print(f"saved to {runtime.display_path(saved)}; reloaded model gives the same logits: "
-      f"{same_after_reload}")  # fmt: skip
+print(f"saved to {runtime.display_path(saved)}")
+print(f"the reloaded model gives the same logits: {same_after_reload}")
 
 # %% [markdown]
 # ## The result record

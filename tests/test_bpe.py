@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tutorial_lib import bpe, data, lm
+import tutorial_lib
+from tutorial_lib import bpe, lm
+from tutorial_lib.data.imdb import read_imdb_sample
+
+SAMPLE = Path(tutorial_lib.__file__).parent / "samples" / "imdb_sample.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def reviews() -> list[str]:
-    sample = data.load_imdb(download=False, verbose=False)
+    sample = read_imdb_sample(SAMPLE)  # the bundled sample, whatever TUTORIAL_DATA_DIR says
     return [lm.clean_review(text) for text in sample.train.texts[:120]]
 
 
