@@ -569,7 +569,7 @@ sharded_gb = 16 * model_sizes["7B decoder (Llama-2-7B shape)"] / GIGABYTE / GPUS
 print(f"FSDP units: {len(llama_units)} blocks ({llama_units[0]} … {llama_units[-1]}) + the root")
 print(
     f"one block: {block_parameters:,} parameters, {4 * block_parameters / GIGABYTE:.2f} GB of "
-    f"fp32 weights when gathered; the root: {root_parameters:,} "
+    f"fp32 weights when gathered;\nthe root: {root_parameters:,} "
     f"({4 * root_parameters / GIGABYTE:.2f} GB)"
 )
 print(f"sharded model states per GPU over {GPUS} GPUs: {sharded_gb:.1f} GB")
@@ -740,7 +740,7 @@ print(
 )
 print(
     f"  measured with checkpointing: {checkpointed_seconds:.3f} s "
-    f"({100 * (checkpointing_ratio - 1):+.0f}%); the spread of the timings of each kind: "
+    f"({100 * (checkpointing_ratio - 1):+.0f}%); the spread of the timings of each kind:\n    "
     + ", ".join(f"{kind} {min(t):.3f}-{max(t):.3f} s" for kind, t in timings.items())
 )
 if checkpointing_ratio >= 1:
@@ -867,7 +867,7 @@ display(plots.markdown_table(rows, headers, align="lrrrrr"))
 print(
     f"overlap can hide at most the backward pass: {BACKWARD_SHARE:.2f} x "
     f"{1000 * STEP_COMPUTE_SECONDS:.0f} ms = {1000 * BACKWARD_SHARE * STEP_COMPUTE_SECONDS:.0f} ms "
-    "per step (an upper bound: the last bucket can only start when backward ends)"
+    "per step\n(an upper bound: the last bucket can only start when backward ends)"
 )
 
 # %% [markdown]

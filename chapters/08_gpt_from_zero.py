@@ -471,6 +471,7 @@ reference = GPT2LMHeadModel(
         eos_token_id=0,
     )  # fmt: skip
 ).eval()
+reference.loss_type = "ForCausalLM"  # the next-token loss, named: transformers need not guess
 imported = gpt.from_hf_gpt2(reference).eval()
 context = BUDGET.model.context_length
 batch = train_tokens[: 2 * context].view(2, context)  # two windows of real text
