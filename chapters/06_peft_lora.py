@@ -134,9 +134,9 @@ BUDGETS = {
         sample_epochs=1,
         sample_learning_rates={
             "full": (1e-4,),
-            "lora": (3e-3,),
+            "lora": (6e-3,),
             "bitfit": (3e-3,),
-            "head": (3e-3,),
+            "head": (1e-3,),
         },
     ),
     "cpu": Budget(

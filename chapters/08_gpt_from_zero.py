@@ -17,8 +17,8 @@
 # # A GPT from zero: tokenizer, decoder, pre-training on IMDB's reviews, generation
 #
 # Every language model so far in this book was borrowed: chapters 4 and 6 fine-tuned MiniLM,
-# which somebody else pre-trained on a billion sentences. This chapter builds one from nothing and
-# pre-trains (预训练) it ourselves. The recipe is the one the series is named after: first learn
+# which somebody else pre-trained on a billion sentence pairs. This chapter builds one from nothing
+# and pre-trains (预训练) it ourselves. The recipe is the one the series is named after: first learn
 # from **unlabelled** text with a self-supervised task — predict the next token — then adapt the
 # model with a little labelled data (chapter 9). The model is a decoder-only transformer with
 # GPT-2's architecture {cite:p}`radford2019language`, the family today's large models descend
@@ -88,6 +88,7 @@ from IPython.display import display
 from torch import nn
 
 from tutorial_lib import bpe, data, gpt, lm, plots, results, runtime, train
+from tutorial_lib.models import count_parameters
 
 
 @dataclass(frozen=True)
@@ -315,8 +316,8 @@ print(f"same token ids on {min(300, len(val_texts))} validation reviews: {encode
 print("the first ten merges:", " ".join("".join(m) for m in package_bpe.merge_strings()[:10]))
 
 # %% [markdown]
-# `Ġ` is how GPT-2 prints a space byte: the merges above are word starts such as " t" and " a"
-# and pieces such as "he" and "in". Encoding applies the learned merges in the order they were
+# `Ġ` is how GPT-2 prints a space byte, so a merge starting with `Ġ` is the start of a word.
+# Encoding applies the learned merges in the order they were
 # learned, and decoding concatenates the bytes of each token — so decoding undoes encoding for
 # every string:
 
@@ -354,13 +355,21 @@ display(plots.markdown_table(
      for r in vocab_rows],
     ["vocabulary", "bytes per token", "output layer's share of the FLOPs"], align="rrr",
 ))  # fmt: skip
+gains = [b["bytes_per_token"] - a["bytes_per_token"] for a, b in pairwise(vocab_rows)]
+shrinking = all(later < earlier for earlier, later in pairwise(gains))
+print(
+    "bytes per token gained by each larger size: "
+    + ", ".join(f"{gain:+.2f}" for gain in gains)
+    + (" (each step buys less)" if shrinking else " (the gains do not shrink steadily here)")
+)
 
 # %% [markdown]
-# Doubling the vocabulary buys fewer extra bytes per token each time, while the output layer's
-# share of the compute keeps rising; in the table above the step to the largest size buys the
-# least. The budget's vocabulary sits where the table says the trade is still worth it on this
-# machine. Now the real tokenizer, trained on the pre-training split only (never on validation or
-# test text), and a check that **every** review decodes back to itself exactly:
+# Read the two columns together: each larger vocabulary packs more bytes into a token (the line
+# under the table says whether each step buys less than the one before), while the output
+# layer's share of every training step's compute grows. Where the gain in bytes stops paying for
+# that share is a judgement per machine and budget; exercise 1 measures it end to end, in bits
+# per byte after training. Now the real tokenizer, trained on the pre-training split only (never
+# on validation or test text), and a check that **every** review decodes back to itself exactly:
 
 # %%
 started = time.perf_counter()
@@ -424,9 +433,9 @@ print(f"ours vs gpt.CausalSelfAttention (scaled_dot_product_attention): {differe
 # residual connection, with a LayerNorm (层归一化) before each: it rescales each position's vector
 # to mean 0 and variance 1 (then applies a learned scale and shift), so that the input to each
 # sub-layer stays in a stable range however deep the stack. GPT-2 puts the norms **before** the
-# sub-layers ("pre-LN"), which keeps the residual path a clean sum and trains stably without the
-# warm-up tricks the original post-LN transformer needed. Written with our attention function,
-# and checked against the package's `gpt.Block`:
+# sub-layers ("pre-LN"), so the residual path from the embeddings to the final LayerNorm is a
+# plain sum of what the blocks add. Written with our attention function, and checked against the
+# package's `gpt.Block`:
 
 
 # %%
@@ -488,8 +497,8 @@ print(f"loss with labels: transformers {reference_loss:.6f}, ours {our_loss:.6f}
 # %%
 torch.manual_seed(0)
 model = gpt.GPT(BUDGET.model)
-total = gpt.count_parameters(model)
-non_embedding = gpt.count_parameters(model, include_embeddings=False)
+total = count_parameters(model)  # the tied output matrix is the token embedding: counted once
+non_embedding = gpt.non_embedding_parameters(model)
 parts = {
     "token embedding (= output layer)": model.wte.weight.numel(),
     "position embedding": model.wpe.weight.numel(),
@@ -550,9 +559,9 @@ display(plots.markdown_table(
 ))  # fmt: skip
 
 # %% [markdown]
-# The bigram model already knows a lot: that " the" is followed by a noun or adjective, that
-# "n't" follows "does". Our transformer has to beat it with a context of up to
-# `context_length` tokens instead of one.
+# The table prints how far a single token of context gets the bigram model below the unigram.
+# Our transformer has to beat it, with a context of up to `context_length` tokens instead of
+# one.
 #
 # ## What the budget buys: compute accounting
 #
@@ -750,11 +759,10 @@ for temperature in (0.5, 0.8, 1.1):
     print(textwrap.fill(f"T = {temperature}: {text}", 100, subsequent_indent="    "))
 
 # %% [markdown]
-# Read the samples with the numbers above in mind. A model of a few million parameters trained for
-# minutes learns the surface of movie reviews — their words, their punctuation, phrases such as
-# "the acting was" — long before it learns to stay on one topic; low temperatures repeat
-# themselves, high ones wander. Whether it has also learned something *useful*, such as which
-# words go with praise and which with disappointment, is the question of chapter 9.
+# Read the samples with the bits per byte above in mind, and compare the temperatures: whether the
+# low one repeats itself, whether the high one drifts into rarer tokens, whether any sample stays
+# on one subject. Whether the model has also learned something *useful*, such as which words go
+# with praise and which with disappointment, is the question of chapter 9.
 #
 # ## Saving the model for chapter 9
 #

@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from tutorial_lib import gpt
+from tutorial_lib.models import count_parameters
 
 VOCAB = 97
 
@@ -53,12 +54,11 @@ def test_logits_equal_gpt2lmheadmodel_after_import():
 def test_parameter_count_equals_gpt2lmheadmodel_with_the_tied_matrix_once():
     hf = hf_gpt2()
     model = gpt.from_hf_gpt2(hf)
-    assert gpt.count_parameters(model) == sum(p.numel() for p in hf.parameters())
+    assert count_parameters(model) == sum(p.numel() for p in hf.parameters())
     assert model.lm_head.weight is model.wte.weight
-    embeddings = model.wte.weight.numel() + model.wpe.weight.numel()
-    assert gpt.count_parameters(model, include_embeddings=False) == (
-        gpt.count_parameters(model) - embeddings
-    )
+    blocks_and_final_norm = sum(p.numel() for p in [*model.blocks.parameters(),
+                                                    *model.ln_f.parameters()])  # fmt: skip
+    assert gpt.non_embedding_parameters(model) == blocks_and_final_norm
 
 
 def test_lm_loss_on_shifted_targets_equals_transformers_loss_with_labels():

@@ -225,16 +225,12 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def count_parameters(model: GPT, *, include_embeddings: bool = True) -> int:
-    """Return the number of distinct parameters (the tied output matrix counted once).
-
-    Without ``include_embeddings`` the token and position embeddings are left out — the count
-    Kaplan et al. (2020) and Hoffmann et al. (2022) call *non-embedding* parameters.
-    """
-    total = sum(parameter.numel() for parameter in model.parameters())  # shared ones once
-    if include_embeddings:
-        return total
-    return total - model.wte.weight.numel() - model.wpe.weight.numel()
+def non_embedding_parameters(model: GPT) -> int:
+    """Return the parameters outside the token and position embeddings — what Kaplan et al.
+    (2020) count as a model's size. (``models.count_parameters`` gives the total; the tied
+    output matrix is the token embedding, counted once.)"""
+    embeddings = model.wte.weight.numel() + model.wpe.weight.numel()
+    return sum(parameter.numel() for parameter in model.parameters()) - embeddings
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -421,11 +417,11 @@ __all__ = [
     "KVCache",
     "MLP",
     "config_from_hf",
-    "count_parameters",
     "from_hf_gpt2",
     "generate",
     "lm_loss",
     "next_token",
+    "non_embedding_parameters",
     "top_k_filter",
     "top_p_filter",
 ]
