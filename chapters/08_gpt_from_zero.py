@@ -93,82 +93,45 @@ from tutorial_lib.models import count_parameters
 
 @dataclass(frozen=True)
 class Budget:
-    vocab_size: int  # the tokenizer the model is trained with
+    pretraining: lm.PretrainingRun  # tokenizer size, model, recipe (package: chapter 9 reuses it)
     vocab_sizes_compared: tuple[int, ...]  # sizes whose bytes per token are measured
     vocab_study_reviews: int  # reviews each compared tokenizer learns from and is measured on
     bpe_demo_reviews: int  # reviews the hand-written BPE learns from
     bpe_demo_merges: int
-    use_unlabelled: bool  # add the train/unsup reviews when the copy has them
-    model: gpt.GPTConfig
-    pretrain: lm.PretrainConfig
-    sample_pretrain: lm.PretrainConfig  # the recipe when the data is the bundled sample
-    val_batches: int  # validation batches per evaluation during training (all at the end)
     new_tokens: int  # tokens generated in the key/value-cache measurement
 
 
+# The pre-training runs live in the package (lm.PRETRAINING_RUNS, with the measurements that
+# chose them), so that chapter 9, opened alone, can repeat exactly this run.
 BUDGETS = {
     "smoke": Budget(
-        vocab_size=300,
+        pretraining=lm.PRETRAINING_RUNS["smoke"],
         vocab_sizes_compared=(280, 300, 340),
         vocab_study_reviews=60,
         bpe_demo_reviews=30,
         bpe_demo_merges=20,
-        use_unlabelled=False,
-        model=gpt.GPTConfig(vocab_size=300, context_length=32, n_layer=1, n_head=2, n_embd=32),
-        pretrain=lm.PretrainConfig(
-            batch_size=8, learning_rate=3e-3, steps=20, eval_every=10, warmup_steps=2
-        ),
-        sample_pretrain=lm.PretrainConfig(
-            batch_size=8, learning_rate=3e-3, steps=20, eval_every=10, warmup_steps=2
-        ),
-        val_batches=4,
         new_tokens=20,
     ),
-    # cpu: the run sees ~2-3 M tokens, fewer than the labelled training reviews alone hold
-    # (~8.5 M), so the 50,000 unlabelled reviews would cost tokenizing time and add nothing.
-    # Batch and rate from short runs on this machine (200-step runs, validation nats/token):
-    # lr 1e-3 / 2e-3 / 6e-3 at batch 16: 6.00 / 5.87 / 6.35; batch 8, 400 steps, 2e-3: 5.71
-    # on the same tokens in about the same time. bf16 autocast ran 13x slower here, and
-    # torch.compile no faster (5,447 vs 5,710 tokens/s after a 48 s compile).
     "cpu": Budget(
-        vocab_size=4096,
+        pretraining=lm.PRETRAINING_RUNS["cpu"],
         vocab_sizes_compared=(1024, 2048, 4096, 8192),
         vocab_study_reviews=2_000,
         bpe_demo_reviews=200,
         bpe_demo_merges=200,
-        use_unlabelled=False,
-        model=gpt.GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=128),
-        pretrain=lm.PretrainConfig(
-            batch_size=8, learning_rate=2e-3, steps=1_100, eval_every=100, warmup_steps=50
-        ),
-        sample_pretrain=lm.PretrainConfig(
-            batch_size=8, learning_rate=2e-3, steps=150, eval_every=50, warmup_steps=10
-        ),
-        val_batches=20,
         new_tokens=200,
     ),
     "gpu": Budget(
-        vocab_size=16_384,
+        pretraining=lm.PRETRAINING_RUNS["gpu"],
         vocab_sizes_compared=(4096, 8192, 16_384, 32_768),
         vocab_study_reviews=5_000,
         bpe_demo_reviews=200,
         bpe_demo_merges=200,
-        use_unlabelled=True,
-        model=gpt.GPTConfig(
-            vocab_size=16_384, context_length=512, n_layer=12, n_head=8, n_embd=512
-        ),
-        pretrain=lm.PretrainConfig(
-            batch_size=32, learning_rate=6e-4, steps=6_000, eval_every=500, warmup_steps=300
-        ),
-        sample_pretrain=lm.PretrainConfig(
-            batch_size=16, learning_rate=6e-4, steps=300, eval_every=100, warmup_steps=30
-        ),
-        val_batches=50,
         new_tokens=200,
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
+MODEL, VOCAB_SIZE = BUDGET.pretraining.model, BUDGET.pretraining.vocab_size
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %% [markdown]
@@ -191,7 +154,7 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 
 # %%
 imdb = data.load_imdb()
-unlabelled = imdb.unlabelled if BUDGET.use_unlabelled else []
+unlabelled = imdb.unlabelled if BUDGET.pretraining.use_unlabelled else []
 documents = [lm.clean_review(text) for text in imdb.train.texts + unlabelled]
 train_texts, val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
 print(
@@ -204,14 +167,14 @@ test_texts = {lm.clean_review(text) for text in imdb.test.texts}
 shared = sum(text in test_texts for text in documents)
 print(f"pre-training reviews whose exact text is also a test review: {shared}")
 if imdb.source.is_sample:
-    PRETRAIN = BUDGET.sample_pretrain
+    PRETRAIN = BUDGET.pretraining.sample_recipe
     runtime.notice(
         f"The bundled sample holds {len(documents):,} reviews, too few for the "
-        f"{BUDGET.pretrain.steps:,}-step recipe of this profile: pre-training runs "
+        f"{BUDGET.pretraining.recipe.steps:,}-step recipe of this profile: pre-training runs "
         f"{PRETRAIN.steps:,} steps instead. The figures below only show that the code runs."
     )
 else:
-    PRETRAIN = BUDGET.pretrain
+    PRETRAIN = BUDGET.pretraining.recipe
 
 # %% [markdown]
 # The reviews come as separate files, so none of the pre-training reviews *is* a test review;
@@ -344,7 +307,7 @@ vocab_rows = []
 for size in BUDGET.vocab_sizes_compared:
     candidate = bpe.train_tokenizer(study_train, size)
     tokens = sum(len(e.ids) for e in candidate.encode_batch(study_val))
-    shape = dataclasses.replace(BUDGET.model, vocab_size=size)
+    shape = dataclasses.replace(MODEL, vocab_size=size)
     per_token = lm.training_flops_per_token(gpt.GPT(shape))
     head = 3 * 2 * shape.n_embd * size  # the output layer's multiply-adds, ×3 for training
     vocab_rows.append(
@@ -373,7 +336,7 @@ print(
 
 # %%
 started = time.perf_counter()
-tokenizer = bpe.train_tokenizer(train_texts, BUDGET.vocab_size)
+tokenizer = bpe.train_tokenizer(train_texts, VOCAB_SIZE)
 tokenizer_seconds = time.perf_counter() - started
 train_tokens = lm.encode_documents(tokenizer, train_texts, check_round_trip=True)
 val_tokens = lm.encode_documents(tokenizer, val_texts, check_round_trip=True)
@@ -419,10 +382,10 @@ def causal_self_attention(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, n_he
     return proj(y)
 
 
-attention = gpt.CausalSelfAttention(BUDGET.model).eval()
-x = torch.randn(2, 16, BUDGET.model.n_embd)
+attention = gpt.CausalSelfAttention(MODEL).eval()
+x = torch.randn(2, 16, MODEL.n_embd)
 with torch.no_grad():
-    difference = causal_self_attention(x, attention.qkv, attention.proj, BUDGET.model.n_head)
+    difference = causal_self_attention(x, attention.qkv, attention.proj, MODEL.n_head)
     difference = (difference - attention(x)).abs().max().item()
 print(f"ours vs gpt.CausalSelfAttention (scaled_dot_product_attention): {difference:.1e}")
 
@@ -446,9 +409,9 @@ def block_forward(x: torch.Tensor, block: gpt.Block, n_head: int) -> torch.Tenso
     return x + block.mlp.proj(hidden)
 
 
-block = gpt.Block(BUDGET.model).eval()
+block = gpt.Block(MODEL).eval()
 with torch.no_grad():
-    difference = (block_forward(x, block, BUDGET.model.n_head) - block(x)).abs().max().item()
+    difference = (block_forward(x, block, MODEL.n_head) - block(x)).abs().max().item()
 print(f"ours vs gpt.Block: {difference:.1e}")
 
 # %% [markdown]
@@ -468,11 +431,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 torch.manual_seed(0)
 reference = GPT2LMHeadModel(
     GPT2Config(
-        vocab_size=BUDGET.model.vocab_size,
-        n_positions=BUDGET.model.context_length,
-        n_embd=BUDGET.model.n_embd,
-        n_layer=BUDGET.model.n_layer,
-        n_head=BUDGET.model.n_head,
+        vocab_size=MODEL.vocab_size,
+        n_positions=MODEL.context_length,
+        n_embd=MODEL.n_embd,
+        n_layer=MODEL.n_layer,
+        n_head=MODEL.n_head,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -482,7 +445,7 @@ reference = GPT2LMHeadModel(
 ).eval()
 reference.loss_type = "ForCausalLM"  # the next-token loss, named: transformers need not guess
 imported = gpt.from_hf_gpt2(reference).eval()
-context = BUDGET.model.context_length
+context = MODEL.context_length
 batch = train_tokens[: 2 * context].view(2, context)  # two windows of real text
 with torch.no_grad():
     gap = (imported(batch) - reference(batch).logits).abs().max().item()
@@ -496,7 +459,7 @@ print(f"loss with labels: transformers {reference_loss:.6f}, ours {our_loss:.6f}
 
 # %%
 torch.manual_seed(0)
-model = gpt.GPT(BUDGET.model)
+model = gpt.GPT(MODEL)
 total = count_parameters(model)  # the tied output matrix is the token embedding: counted once
 non_embedding = gpt.non_embedding_parameters(model)
 parts = {
@@ -513,8 +476,8 @@ print(f"{total:,} parameters, {non_embedding:,} of them outside the embeddings")
 with torch.no_grad():
     first_loss = gpt.lm_loss(model(batch[:, :-1]), batch[:, 1:]).item()
 print(
-    f"loss before training {first_loss:.3f} nats; a uniform guess over {BUDGET.vocab_size:,} "
-    f"tokens scores ln {BUDGET.vocab_size:,} = {math.log(BUDGET.vocab_size):.3f}"
+    f"loss before training {first_loss:.3f} nats; a uniform guess over {VOCAB_SIZE:,} "
+    f"tokens scores ln {VOCAB_SIZE:,} = {math.log(VOCAB_SIZE):.3f}"
 )
 
 # %% [markdown]
@@ -536,8 +499,8 @@ print(
 # fair bar.
 
 # %%
-unigram = lm.unigram_nats(train_tokens, val_tokens, BUDGET.vocab_size)
-bigram_by_k = {k: lm.bigram_nats(train_tokens, val_tokens, BUDGET.vocab_size, k)
+unigram = lm.unigram_nats(train_tokens, val_tokens, VOCAB_SIZE)
+bigram_by_k = {k: lm.bigram_nats(train_tokens, val_tokens, VOCAB_SIZE, k)
                for k in (0.003, 0.01, 0.03, 0.1, 0.3)}  # fmt: skip
 best_k = min(bigram_by_k, key=bigram_by_k.get)
 bigram = bigram_by_k[best_k]
@@ -548,7 +511,7 @@ def in_bits_per_byte(nats_per_token: float) -> float:
 
 
 baseline_rows = [
-    ("uniform over the vocabulary", math.log(BUDGET.vocab_size)),
+    ("uniform over the vocabulary", math.log(VOCAB_SIZE)),
     ("unigram (add-1)", unigram),
     (f"bigram (add-k, k = {best_k:g})", bigram),
 ]
@@ -575,7 +538,7 @@ display(plots.markdown_table(
 
 # %%
 flops_per_token = lm.training_flops_per_token(model)
-tokens_per_step = PRETRAIN.batch_size * BUDGET.model.context_length
+tokens_per_step = PRETRAIN.batch_size * MODEL.context_length
 planned_tokens = PRETRAIN.steps * tokens_per_step
 matrices = sum(p.numel() for name, p in model.named_parameters()
                if p.ndim == 2 and name != "wpe.weight")  # fmt: skip
@@ -601,14 +564,19 @@ print(f"planned: {PRETRAIN.steps:,} steps × {tokens_per_step:,} tokens = {plann
 
 # %%
 torch.manual_seed(0)
-model = gpt.GPT(BUDGET.model)
+model = gpt.GPT(MODEL)
 started = time.perf_counter()
 history = lm.pretrain(
-    model, train_tokens, val_tokens, PRETRAIN, generator=generator, val_batches=BUDGET.val_batches
+    model,
+    train_tokens,
+    val_tokens,
+    PRETRAIN,
+    generator=generator,
+    val_batches=BUDGET.pretraining.val_batches,
 )
 pretrain_seconds = time.perf_counter() - started
 val_chunks = torch.utils.data.DataLoader(
-    lm.TokenChunks(val_tokens, BUDGET.model.context_length), batch_size=PRETRAIN.batch_size
+    lm.TokenChunks(val_tokens, MODEL.context_length), batch_size=PRETRAIN.batch_size
 )
 final = train.evaluate(model, val_chunks, gpt.lm_loss)
 val_nats = final["loss"]
@@ -726,7 +694,7 @@ print("likely next tokens:", [tokenizer.decode([i]) for i in last_logits.topk(8)
 # in the logits would throw off — and we time them at `new_tokens` tokens:
 
 # %%
-new_tokens = min(BUDGET.new_tokens, BUDGET.model.context_length - prompt.shape[1])
+new_tokens = min(BUDGET.new_tokens, MODEL.context_length - prompt.shape[1])
 timings, outputs = {}, {}
 for use_cache in (True, False):
     started = time.perf_counter()
@@ -800,14 +768,14 @@ record_path = results.write_result_record(
             "val_bytes_per_token": val_bytes / len(val_tokens),
         },
         "tokenizer": {
-            "vocab_size": BUDGET.vocab_size,
+            "vocab_size": VOCAB_SIZE,
             "seconds": tokenizer_seconds,
             "hand_written_bpe_equals_tokenizers": same,
             "vocab_study": vocab_rows,
         },
         "model": {
             "name": "GPT (GPT-2 architecture)",
-            "config": lm.config_summary(BUDGET.model),
+            "config": lm.config_summary(MODEL),
             "parameters": total,
             "non_embedding_parameters": non_embedding,
             "max_logit_difference_vs_transformers": gap,

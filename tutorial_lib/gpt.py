@@ -191,6 +191,17 @@ class GPT(nn.Module):
         """Return the logits ``(batch, time, vocab_size)`` of ``input_ids`` ``(batch, time)``.
 
         Raises:
+            ValueError: as :meth:`hidden_states`.
+        """
+        return self.lm_head(self.hidden_states(input_ids, cache))
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Return the final, normalised hidden states ``(batch, time, n_embd)`` of
+        ``input_ids``: what the output layer reads, and what a classifier head reads in
+        chapter 9. Position t has seen tokens 0 … t only, so padding to the right of a text
+        changes none of its positions.
+
+        Raises:
             ValueError: if the sequence (with what the cache holds) is longer than
                 ``config.context_length``, or ``input_ids`` is not 2-D.
         """
@@ -209,7 +220,7 @@ class GPT(nn.Module):
         x = self.drop(self.wte(input_ids) + self.wpe(positions))
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
-        return self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
 
     def new_cache(self) -> KVCache:
         """Return an empty :class:`KVCache` for this model."""

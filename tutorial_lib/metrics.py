@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,21 @@ def accuracy(
 ) -> float:
     """Return the fraction of predictions equal to the true labels."""
     return float(accuracy_score(to_numpy(y_true), to_numpy(y_pred)))
+
+
+def standard_error(accuracy_value: float, count: int) -> float:
+    """Return the binomial standard error sqrt(a (1 - a) / n) of an accuracy ``a`` measured
+    on ``count`` independent examples: two of them apart is where a difference starts to mean
+    something.
+
+    Raises:
+        ValueError: if ``count`` is not positive or ``accuracy_value`` is outside [0, 1].
+    """
+    if count < 1:
+        raise ValueError(f"an accuracy needs at least one example, not {count}")
+    if not 0.0 <= accuracy_value <= 1.0:
+        raise ValueError(f"an accuracy lies in [0, 1], not {accuracy_value}")
+    return math.sqrt(accuracy_value * (1.0 - accuracy_value) / count)
 
 
 def macro_f1(
