@@ -86,9 +86,10 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tutorial_lib import data, launch, plots, results, runtime, train
-from tutorial_lib.distributed import fsdp_unit_names
+from tutorial_lib import data, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters
+from tutorial_lib.training import launch
+from tutorial_lib.training.strategy import fsdp_unit_names
 
 
 @dataclass(frozen=True)
@@ -252,13 +253,12 @@ print(
 # `fit` initialises the process group, wraps the model in DDP, gives each process its share of
 # the training set through a `DistributedSampler`, averages gradients, evaluates on the *whole*
 # validation set with every process holding the same numbers, and lets only rank 0 print and
-# write checkpoints. Here is the loop body — the same lines run on one CPU and on 32 GPUs; the
-# placement decisions live in a `Strategy` object:
+# write checkpoints. Each optimiser step of `fit` is one call of `train.train_step` on a group of
+# `accumulation_steps` batches; here it is — the same lines run on one CPU and on 32 GPUs, and the
+# placement decisions live in the `Strategy` object it is given:
 
 # %%
-source = inspect.getsource(train.fit)
-body_start = source.index("        for step, batch in enumerate(batches):")
-print(source[body_start : source.index("            size, right = _count_targets", body_start)])
+print(inspect.getsource(train.train_step))
 
 # %% [markdown]
 # `strategy.sync_gradients` is DDP's `no_sync` on every micro-step but the last of an optimiser
