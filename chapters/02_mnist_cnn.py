@@ -376,6 +376,37 @@ print(
 )
 
 # %% [markdown]
+# Each optimiser step of `fit` is one call of `train.train_step`: the forward pass, the loss, the
+# backward pass and the optimiser's step of our `training_step`, plus what `fit`'s options need —
+# several micro-batches per step (gradient accumulation), autocast and a gradient scaler (mixed
+# precision), clipping, the scheduler, and the averaging between processes of chapter 7, all
+# asked of the `Strategy` it is given:
+
+# %%
+print(inspect.getsource(train.train_step))
+
+# %% [markdown]
+# Given one batch and none of those options, it is our step; checked on one batch from the same
+# starting weights:
+
+# %%
+runtime.seed_everything(0)
+our_model, package_model = MnistCNN().to(device), MnistCNN().to(device)
+package_model.load_state_dict(our_model.state_dict())
+our_sgd = torch.optim.SGD(our_model.parameters(), lr=0.05, momentum=0.9)
+package_sgd = torch.optim.SGD(package_model.parameters(), lr=0.05, momentum=0.9)
+images, labels = next(iter(manual_loader()))
+our_loss, _ = training_step(our_model, images.to(device), labels.to(device), our_sgd)
+full_precision = train.Strategy.from_environment(device, mixed_precision=False)
+package_step = train.train_step(package_model, [(images, labels)], package_sgd, full_precision)
+step_difference = max(
+    (ours - package).abs().max().item()
+    for ours, package in zip(our_model.parameters(), package_model.parameters(), strict=True)
+)
+print(f"loss: our step {our_loss:.6f}, train.train_step {package_step.loss:.6f}")
+print(f"largest difference between the weights after the two steps: {step_difference:.1e}")
+
+# %% [markdown]
 # For the real run we train with AdamW (its update rule is written out below) and a one-cycle
 # learning-rate schedule (warm up, then anneal; its formula follows the training), which gets this
 # network to its accuracy in a few epochs. The best epoch by validation accuracy is saved and

@@ -70,6 +70,7 @@ import os
 import pprint
 import runpy
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,10 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tutorial_lib import data, launch, plots, results, runtime, train
-from tutorial_lib.distributed import fsdp_unit_names
+from tutorial_lib import data, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters
+from tutorial_lib.training import launch
+from tutorial_lib.training.strategy import fsdp_unit_names
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,21 @@ BUDGETS = {
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
 BUDGET, device, generator = run.budget, run.device, run.generator
-SCRIPTS = run.scratch_dir("scaling-out")  # the scripts this chapter launches
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
+
+# %% [markdown]
+# The scripts this chapter launches are files beside it, in `chapters/scripts/`, which the page
+# prints before running each one. A notebook opened on its own (on Colab) fetches them first.
+
+# %%
+SCRIPTS = Path("scripts").resolve()  # the book and the tests run this notebook from chapters/
+SCRIPT_NAMES = ("allreduce_by_hand.py", "train_mnist.py", "fsdp_bert.py")
+REPOSITORY_FILES = "https://raw.githubusercontent.com/from-zero-dl/pytorch-from-zero/main"
+if not all((SCRIPTS / name).is_file() for name in SCRIPT_NAMES):
+    SCRIPTS = run.scratch_dir("scaling-out-scripts")
+    for name in SCRIPT_NAMES:
+        urllib.request.urlretrieve(f"{REPOSITORY_FILES}/chapters/scripts/{name}", SCRIPTS / name)
+print(f"scripts: {', '.join(SCRIPT_NAMES)} in {SCRIPTS.name}/")
 
 # %% [markdown]
 # ## Data parallelism from zero
@@ -154,65 +169,16 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # processes and hands every process the result; divide by $N$ and every process holds the same
 # averaged gradient, takes the same optimiser step, and the copies stay identical.
 #
-# A notebook is one process, so we write a script and launch two copies of it with `torchrun`.
-# The script below computes the averaged gradient three ways: by hand with
+# A notebook is one process, so we launch two copies of a script with `torchrun`. The script
+# below computes the averaged gradient three ways: by hand with
 # `torch.distributed.all_reduce`, with `DistributedDataParallel`, and in one process over the
 # whole batch.
 
 # %%
-ALLREDUCE_SCRIPT = """
-import json
-
-import torch
-import torch.distributed as dist
-from torch import nn
-
-dist.init_process_group("gloo")  # torchrun has set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
-rank, world_size = dist.get_rank(), dist.get_world_size()
-
-torch.manual_seed(0)  # the same initial weights and the same global batch in every process
-model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 3))
-inputs, targets = torch.randn(16, 20), torch.randint(0, 3, (16,))
-share = slice(rank * 16 // world_size, (rank + 1) * 16 // world_size)  # this process's examples
-
-
-def gradients():
-    return [parameter.grad.clone() for parameter in model.parameters()]
-
-
-# 1. By hand: the gradient of my share, then the average over all processes.
-nn.functional.cross_entropy(model(inputs[share]), targets[share]).backward()
-for parameter in model.parameters():
-    dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-    parameter.grad /= world_size
-by_hand = gradients()
-
-# 2. DistributedDataParallel does the same during backward (in buckets, overlapped).
-model.zero_grad()
-ddp_model = nn.parallel.DistributedDataParallel(model)
-nn.functional.cross_entropy(ddp_model(inputs[share]), targets[share]).backward()
-by_ddp = gradients()
-
-# 3. One process, the whole batch.
-model.zero_grad()
-nn.functional.cross_entropy(model(inputs), targets).backward()
-whole_batch = gradients()
-
-
-def largest_difference(first, second):
-    return max((a - b).abs().max().item() for a, b in zip(first, second))
-
-
-if rank == 0:
-    print("RESULT " + json.dumps({
-        "world_size": world_size,
-        "hand_vs_ddp": largest_difference(by_hand, by_ddp),
-        "hand_vs_whole_batch": largest_difference(by_hand, whole_batch),
-    }))
-dist.destroy_process_group()
-"""
 allreduce_script = SCRIPTS / "allreduce_by_hand.py"
-allreduce_script.write_text(ALLREDUCE_SCRIPT)
+print(allreduce_script.read_text())
+
+# %%
 started = time.perf_counter()
 by_hand = launch.result_lines(launch.torchrun(allreduce_script, nproc_per_node=2))[-1]
 print(f"{by_hand['world_size']} processes, {time.perf_counter() - started:.1f} s with start-up")
@@ -252,13 +218,12 @@ print(
 # `fit` initialises the process group, wraps the model in DDP, gives each process its share of
 # the training set through a `DistributedSampler`, averages gradients, evaluates on the *whole*
 # validation set with every process holding the same numbers, and lets only rank 0 print and
-# write checkpoints. Here is the loop body — the same lines run on one CPU and on 32 GPUs; the
-# placement decisions live in a `Strategy` object:
+# write checkpoints. Each optimiser step of `fit` is one call of `train.train_step` on a group of
+# `accumulation_steps` batches; here it is — the same lines run on one CPU and on 32 GPUs, and the
+# placement decisions live in the `Strategy` object it is given:
 
 # %%
-source = inspect.getsource(train.fit)
-body_start = source.index("        for step, batch in enumerate(batches):")
-print(source[body_start : source.index("            size, right = _count_targets", body_start)])
+print(inspect.getsource(train.train_step))
 
 # %% [markdown]
 # `strategy.sync_gradients` is DDP's `no_sync` on every micro-step but the last of an optimiser
@@ -276,49 +241,10 @@ print(source[body_start : source.index("            size, right = _count_targets
 # half the cores each.
 
 # %%
-TRAIN_SCRIPT = '''
-"""Train chapter 2's CNN on MNIST with train.fit; runs unchanged under python and torchrun."""
-import argparse
-import json
-
-import torch
-from torch.utils.data import DataLoader
-
-from tutorial_lib import data, runtime, train
-from tutorial_lib.models import MnistCNN
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--batch-size", type=int, default=64)  # per process
-parser.add_argument("--train-size", type=int, default=12_000)
-parser.add_argument("--val-size", type=int, default=2_000)
-parser.add_argument("--epochs", type=int, default=1)
-parser.add_argument("--lr", type=float, default=0.05)
-parser.add_argument("--device", default=None)  # default: the GPU of LOCAL_RANK, else the CPU
-args = parser.parse_args()
-
-generator = runtime.seed_everything(0)
-splits = data.budget_splits(data.load_mnist(verbose=False), args.train_size, args.val_size,
-                            test_size=1, verbose=False)
-transform = data.mnist_transform()
-train_loader = DataLoader(splits.train.with_transform(transform), batch_size=args.batch_size,
-                          shuffle=True, generator=generator)
-val_loader = DataLoader(splits.val.with_transform(transform), batch_size=256)
-model = MnistCNN()
-optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-strategy = train.Strategy.from_environment(args.device)  # 1 process, or its place in the job
-history = train.fit(model, train_loader, val_loader, optimizer, epochs=args.epochs,
-                    strategy=strategy)
-if strategy.is_main:
-    last = history.records[-1]
-    print("RESULT " + json.dumps({
-        "strategy": strategy.describe(), "train_examples": len(splits.train),
-        "seconds": sum(history["seconds"]), "samples_per_second": last["samples_per_second"],
-        "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"],
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }))
-'''
 train_script = SCRIPTS / "train_mnist.py"
-train_script.write_text(TRAIN_SCRIPT)
+print(train_script.read_text())
+
+# %%
 global_batch = 64
 common = [
     "--train-size",
@@ -587,52 +513,10 @@ print(f"sharded model states per GPU over {GPUS} GPUs: {sharded_gb:.1f} GB")
 # unsharded process that trains on the whole batch.
 
 # %%
-FSDP_SCRIPT = """
-import json
-
-import torch
-from torch.distributed.fsdp import FSDPModule
-from transformers import BertConfig, BertForSequenceClassification
-
-from tutorial_lib import train
-
-strategy = train.Strategy.from_environment("cpu", parallel="fsdp")  # reads torchrun's variables
-config = BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
-                    intermediate_size=128, vocab_size=1000,
-                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-torch.manual_seed(0)  # the same initial weights and the same global batch in every process
-model = BertForSequenceClassification(config)
-reference = BertForSequenceClassification(config)
-reference.load_state_dict(model.state_dict())
-full_size = sum(parameter.numel() for parameter in model.parameters())
-inputs, labels = torch.randint(0, config.vocab_size, (8, 16)), torch.randint(0, 2, (8,))
-share = slice(4 * strategy.rank, 4 * (strategy.rank + 1))  # this process's half of the batch
-
-
-def one_step(network, optimizer, rows):
-    logits = network(input_ids=inputs[rows]).logits
-    torch.nn.functional.cross_entropy(logits, labels[rows]).backward()
-    optimizer.step()
-
-
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-model = strategy.wrap(model, optimizer)  # shards in place; the optimiser follows the shards
-units = [name or "(root)" for name, module in model.named_modules()
-         if isinstance(module, FSDPModule)]
-held = sum(parameter.to_local().numel() for parameter in model.parameters())
-one_step(model, optimizer, share)
-gathered = strategy.model_state_dict(model)  # every rank takes part in the gathering
-one_step(reference, torch.optim.AdamW(reference.parameters(), lr=1e-3), slice(0, 8))
-difference = max((gathered[name] - parameter).abs().max().item()
-                 for name, parameter in reference.named_parameters())
-held_per_rank = strategy.gather_object(held)
-if strategy.is_main:
-    print("RESULT " + json.dumps({"strategy": strategy.describe(), "units": units,
-                                  "parameters": full_size, "held_per_rank": held_per_rank,
-                                  "largest_difference": difference}))
-"""
 fsdp_script = SCRIPTS / "fsdp_bert.py"
-fsdp_script.write_text(FSDP_SCRIPT)
+print(fsdp_script.read_text())
+
+# %%
 started = time.perf_counter()
 fsdp_run = launch.result_lines(launch.torchrun(fsdp_script, nproc_per_node=2))[-1]
 print(f"{fsdp_run['strategy']}, {time.perf_counter() - started:.1f} s with start-up")

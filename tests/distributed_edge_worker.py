@@ -22,7 +22,7 @@ from distributed_worker import blobs, build_model
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
 from tutorial_lib import train
-from tutorial_lib.distributed import Strategy
+from tutorial_lib.training.strategy import Strategy
 
 TRAIN_PICKS = range(16)
 VAL_PICKS = list(range(48, 64))

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tutorial_lib import checkpoints, train
-from tutorial_lib.distributed import Strategy
+from tutorial_lib import train
+from tutorial_lib.training import checkpoints
+from tutorial_lib.training.strategy import Strategy
 
 
 def blobs(n: int, seed: int) -> TensorDataset:
@@ -130,7 +131,7 @@ if __name__ == "__main__":
     settings = json.loads(sys.argv[1])
     _record_checkpoint_writes(Path(settings["out"]), int(os.environ.get("RANK", "0")))
     finished = run(settings)
-    if finished["rank"] == 0:  # the line tutorial_lib.launch.measure_scaling reads
+    if finished["rank"] == 0:  # the line tutorial_lib.training.launch.measure_scaling reads
         last = finished["history"][-1]
         print(
             "RESULT "

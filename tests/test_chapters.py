@@ -100,3 +100,24 @@ def test_no_markdown_heading_hides_inside_a_code_cell(source: Path):
             for match in MARKDOWN_HEADING_AS_COMMENT.finditer(cell.source)
         ]
         assert not hidden, f"{source.name} ({kind}): code cells carry markdown headings {hidden}"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_files_fetched_from_the_repository_come_from_the_configured_one(source: Path):
+    """A notebook opened on its own (Colab) fetches the scripts it launches from the repository
+    that the install cell installs from, on the branch the book is built from."""
+    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
+    owner_and_name = config["repository"]["url"].removeprefix("https://github.com/")
+    expected = (
+        f"https://raw.githubusercontent.com/{owner_and_name}/{config['repository']['branch']}"
+    )
+    fetched = re.findall(r"https://raw\.githubusercontent\.com/[^\"'\s]+", source.read_text())
+    assert all(url.rstrip("/") == expected for url in fetched), fetched
+
+
+def test_every_script_a_chapter_launches_is_a_file_in_chapters_scripts():
+    text = (REPO_ROOT / "chapters" / "07_scaling_out.py").read_text(encoding="utf-8")
+    named = set(re.findall(r'SCRIPTS / "([\w.]+)"', text))
+    (listed,) = re.findall(r"SCRIPT_NAMES = \(([^)]*)\)", text)
+    assert named and named == set(re.findall(r'"([\w.]+)"', listed))
+    assert all((REPO_ROOT / "chapters" / "scripts" / name).is_file() for name in named)

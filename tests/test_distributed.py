@@ -18,7 +18,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from tutorial_lib import launch, train
+from tutorial_lib import train
+from tutorial_lib.training import launch
 
 WORKER = Path(distributed_worker.__file__)
 TIMEOUT_SECONDS = 120

@@ -11,8 +11,9 @@ import torch
 from distributed_worker import blobs, build_model
 from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 
-from tutorial_lib import launch, train
-from tutorial_lib.distributed import Strategy
+from tutorial_lib import train
+from tutorial_lib.training import launch
+from tutorial_lib.training.strategy import Strategy
 
 WORKER = Path(distributed_edge_worker.__file__)
 TIMEOUT_SECONDS = 120

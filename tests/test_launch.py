@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tutorial_lib import launch
+from tutorial_lib.training import launch
 
 SLEEPER = """
     import os, sys, time, pathlib

@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import tutorial_lib
-from tutorial_lib import bpe, checkpoints, data, gpt, lm, train
+from tutorial_lib import bpe, data, gpt, lm, train
 from tutorial_lib.data.imdb import read_imdb, read_imdb_sample
+from tutorial_lib.training import checkpoints
 
 SAMPLE = Path(tutorial_lib.__file__).parent / "samples" / "imdb_sample.jsonl.gz"
 

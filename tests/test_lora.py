@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from tutorial_lib.checkpoints import CheckpointError
 from tutorial_lib.lora import (
     LoRALinear,
     adapter_state_dict,
@@ -19,6 +18,7 @@ from tutorial_lib.lora import (
     lora_layers,
     save_adapter,
 )
+from tutorial_lib.training.checkpoints import CheckpointError
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")

@@ -83,7 +83,7 @@ def _lower_bound(requirement: str) -> tuple[int, ...]:
 
 def test_the_lower_bounds_are_the_versions_the_code_needs():
     torch = next(r for r in PROJECT["dependencies"] if _names([r]) == {"torch"})
-    # torch.amp.GradScaler(device), which tutorial_lib.distributed builds, arrived in torch 2.3.
+    # torch.amp.GradScaler(device), which training.strategy builds, arrived in torch 2.3.
     assert _lower_bound(torch) >= (2, 3)
     python = _lower_bound(PROJECT["requires-python"])
     assert python >= (3, 11), "tomllib and datetime.UTC arrived in Python 3.11"

@@ -17,8 +17,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tutorial_lib.distributed import _autocast_dtype, fsdp_unit_names
 from tutorial_lib.models import MnistCNN
+from tutorial_lib.training.strategy import _autocast_dtype, fsdp_unit_names
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tutorial_lib import checkpoints, metrics, plots, results, train
+from tutorial_lib import metrics, plots, results, train
+from tutorial_lib.training import checkpoints, loop
 
 
 def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
@@ -518,11 +519,11 @@ def test_a_schedule_sized_for_one_process_is_announced_under_torchrun(capsys):
     optimizer = torch.optim.SGD(small_model().parameters(), lr=0.1)
     one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=16)
     two_processes = train.Strategy(torch.device("cpu"), world_size=2)  # as under torchrun
-    train._check_schedule(
+    loop._check_schedule(
         one_cycle, epochs=2, steps=4, accumulation_steps=1, strategy=two_processes, say=print
     )
     assert "plans 16 steps but each of the 2 processes takes 8" in capsys.readouterr().out
-    train._check_schedule(
+    loop._check_schedule(
         one_cycle, epochs=2, steps=8, accumulation_steps=1, strategy=two_processes, say=print
     )
     assert capsys.readouterr().out == ""
@@ -564,3 +565,128 @@ def test_fit_hands_back_the_best_epochs_weights(tmp_path, kept_on):
     if kept_on == "disk":
         on_disk = checkpoints.load_checkpoint(tmp_path / "best.pt")["model"]
         assert all(torch.equal(on_disk[name], best[name]) for name in best)
+
+
+# --- the loop's contract (issue #25) ---------------------------------------------------------
+
+
+def test_everything_after_epochs_is_keyword_only():
+    import inspect
+
+    parameters = list(inspect.signature(train.fit).parameters.values())
+    names = [parameter.name for parameter in parameters]
+    after_epochs = parameters[names.index("epochs") + 1 :]
+    assert after_epochs and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in after_epochs)
+    model, (train_loader, val_loader) = small_model(), loaders()
+    with pytest.raises(TypeError):
+        train.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters()), 1, None)
+
+
+@pytest.mark.parametrize("given", [{"device": "cpu"}, {"mixed_precision": False}])
+def test_a_strategy_with_device_or_mixed_precision_is_refused(given):
+    model, (train_loader, val_loader) = small_model(), loaders()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="either a strategy or device/mixed_precision"):
+        train.fit(
+            model,
+            train_loader,
+            val_loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=1,
+            strategy=train.Strategy.from_environment("cpu"),
+            verbose=False,
+            **given,
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_every_monitor_declares_its_direction():
+    assert train.MONITORS == {
+        "val_accuracy": "max",
+        "val_loss": "min",
+        "train_accuracy": "max",
+        "train_loss": "min",
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "restored"),
+    [
+        ({"restore_best": True}, True),  # no patience, no folder: a copy in memory
+        ({"patience": 10, "restore_best": False}, False),
+        ({}, False),  # the default keeps the last epoch when nothing asks for the best
+    ],
+)
+def test_restore_best_is_an_explicit_choice(options, restored):
+    model = small_model()
+    train_loader, _ = loaders()
+    validation = _SnapshotValidation(model, best_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train.fit(model, train_loader, validation, optimizer, epochs=4, monitor="val_loss",
+              verbose=False, **options)  # fmt: skip
+    best, last = validation.snapshots[1], validation.snapshots[-1]  # epochs 2 and 4
+    assert not torch.equal(best["2.weight"], last["2.weight"]), "it trained on after epoch 2"
+    expected = best if restored else last
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_restore_best_on_a_validation_metric_needs_a_val_loader():
+    model, (train_loader, _) = small_model(), loaders()
+    with pytest.raises(ValueError, match="restore_best=True on 'val_accuracy' needs a val_loader"):
+        train.fit(
+            model,
+            train_loader,
+            None,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=1,
+            restore_best=True,
+            verbose=False,
+        )
+
+
+def test_train_step_is_the_hand_written_step():
+    """One plain step: forward, loss, zero_grad, backward, step (chapter 2's training_step)."""
+    points, labels = blobs(32).tensors
+    ours, theirs = small_model(), small_model()
+    our_optimizer = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
+    logits = ours(points)
+    loss = nn.functional.cross_entropy(logits, labels)
+    our_optimizer.zero_grad()
+    loss.backward()
+    our_optimizer.step()
+    strategy = train.Strategy.from_environment("cpu")
+    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    result = train.train_step(theirs, [(points, labels)], optimizer, strategy)
+    assert result.loss == pytest.approx(loss.item()) and result.targets == 32
+    assert result.correct == int((logits.argmax(dim=1) == labels).sum())
+    for mine, package in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(mine, package)
+    assert all(parameter.grad is None for parameter in theirs.parameters()), "grads cleared"
+
+
+def test_train_step_on_micro_batches_is_one_step_on_their_union():
+    points, labels = blobs(48).tensors
+    whole, accumulated = small_model(), small_model()
+    strategy = train.Strategy.from_environment("cpu")
+    whole_sgd = torch.optim.SGD(whole.parameters(), lr=0.1)
+    train.train_step(whole, [(points, labels)], whole_sgd, strategy)
+    micro_batches = [(points[i : i + 16], labels[i : i + 16]) for i in (0, 16, 32)]
+    result = train.train_step(
+        accumulated, micro_batches, torch.optim.SGD(accumulated.parameters(), lr=0.1), strategy
+    )
+    assert result.targets == 48
+    for a, b in zip(whole.parameters(), accumulated.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_train_step_refuses_a_loss_that_is_not_a_number():
+    model = small_model()
+    points, labels = blobs(8).tensors
+    with pytest.raises(FloatingPointError, match="the loss became nan"):
+        train.train_step(
+            model,
+            [(points * float("nan"), labels)],
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            train.Strategy.from_environment("cpu"),
+        )

@@ -9,7 +9,8 @@ from test_train import blobs, loaders, small_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tutorial_lib import checkpoints, lora, train
+from tutorial_lib import lora, train
+from tutorial_lib.training import checkpoints
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:

@@ -13,11 +13,12 @@ Organised by concern, not by chapter:
   ``bpe``: byte-level BPE by hand and with ``tokenizers``; ``lm``: the language-model corpus,
   baselines, compute accounting and pre-training; ``gpt_adapt``: chapter 9's classifier on
   that GPT and prompting it;
-- ``train``: the one training loop; ``run_state``: what it carries from epoch to epoch;
-  ``checkpoints``: its checkpoint files and random states; ``optim``: the one optimiser
-  grouping; ``metrics``;
-- ``distributed``: where the loop runs (one device, DDP or FSDP2 under ``torchrun``);
-  ``launch``: starting a script under ``torchrun`` from a notebook or a test;
+- ``train``: the one training loop, a façade over ``training``, whose modules import one way:
+  ``loop`` (``fit``, ``train_step``, ``evaluate``) → ``state`` (what a run carries from epoch
+  to epoch) → ``strategy`` (where it runs: one device, DDP or FSDP2 under ``torchrun``) →
+  ``batches`` (the batch helpers); beside them ``checkpoints`` (files and random states) and
+  ``launch`` (starting a script under ``torchrun`` from a notebook or a test);
+- ``optim``: the one optimiser grouping; ``metrics``;
 - ``plots``: figures; ``results``: result records; ``files``: atomic writes.
 """
 

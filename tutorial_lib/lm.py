@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tutorial_lib import bpe, checkpoints, optim, train
+from tutorial_lib import bpe, optim, train
 from tutorial_lib.gpt import GPT, GPTConfig, lm_loss
 from tutorial_lib.results import results_dir
-from tutorial_lib.run_state import History
+from tutorial_lib.training import checkpoints
+from tutorial_lib.training.state import History
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 """Hoffmann et al. (2022, Table 3): a compute-optimal model sees about 20 tokens per parameter."""

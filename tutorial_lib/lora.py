@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import CheckpointError, read_torch_file
 from .files import atomic_write
+from .training.checkpoints import CheckpointError, read_torch_file
 
 
 class LoRALinear(nn.Module):

