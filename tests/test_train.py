@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tutorial_lib import metrics, plots, results, train
+from tutorial_lib import lora, metrics, plots, results, train
 from tutorial_lib.training import checkpoints, loop
 
 
@@ -542,7 +542,9 @@ class _SnapshotValidation:
         return 1
 
     def __iter__(self):
-        self.snapshots.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        state = self.model.state_dict()
+        tensors = {k: v.detach().clone() for k, v in state.items() if torch.is_tensor(v)}
+        self.snapshots.append(tensors)
         epoch = len(self.snapshots)
         labels = self.labels if epoch == self.best_epoch else 1 - self.labels
         yield self.points, labels
@@ -690,3 +692,19 @@ def test_train_step_refuses_a_loss_that_is_not_a_number():
             torch.optim.SGD(model.parameters(), lr=0.1),
             train.Strategy.from_environment("cpu"),
         )
+
+
+def test_best_weights_in_memory_keep_a_modules_extra_state():
+    # LoRA layers carry extra state (their merged flag): a state_dict entry that is no tensor
+    model = small_model()
+    lora.inject_lora(model, ["2"], rank=2, alpha=4)
+    assert any(not isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    train_loader, _ = loaders()
+    validation = _SnapshotValidation(model, best_epoch=1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    train.fit(model, train_loader, validation, optimizer, epochs=3, monitor="val_loss",
+              restore_best=True, verbose=False)  # fmt: skip
+    best = validation.snapshots[0]
+    kept = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    assert kept.keys() == best.keys()
+    assert all(torch.equal(value, best[name]) for name, value in kept.items())

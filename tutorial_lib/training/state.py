@@ -10,6 +10,7 @@ asks of it: :meth:`~RunState.resume` from ``last.pt``, :meth:`~RunState.track` a
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,7 +118,14 @@ class RunState:
             return
         weights = self.strategy.model_state_dict(self.model)  # collective under FSDP2
         if self.keep_best == "memory":
-            self.best_weights = {key: t.detach().to("cpu", copy=True) for key, t in weights.items()}
+            # tensors copied to the CPU; anything else (a module's extra state, e.g. LoRA's
+            # merged flag) deep-copied, so later training cannot change the kept copy
+            self.best_weights = {
+                key: t.detach().to("cpu", copy=True)
+                if isinstance(t, torch.Tensor)
+                else copy.deepcopy(t)
+                for key, t in weights.items()
+            }
             return
         if self.strategy.is_main:
             checkpoints.save_checkpoint(
