@@ -204,8 +204,14 @@ def test_prompts_hold_demonstrations_then_the_review(tokenizer):
     assert tokenizer.decode(shots) == (
         f"Awful.{template} terrible\n\nLovely.{template} great\n\nA fine film.{template}"
     )
+    template_length = len(tokenizer.encode(template).ids)
     cut = gpt_adapt.encode_prompt(tokenizer, "word " * 100, template, 10)
-    assert len(cut) == 10 + len(tokenizer.encode(template).ids)
+    assert len(cut) == 10 + template_length
+    demo = gpt_adapt.encode_prompt(
+        tokenizer, "word " * 100, template, 10, [("film " * 100, " great")], 6
+    )
+    word_and_separator = len(tokenizer.encode(" great").ids) + len(tokenizer.encode("\n\n").ids)
+    assert len(demo) == 6 + template_length + word_and_separator + 10 + template_length
 
 
 def test_standard_error_is_the_binomial_one():

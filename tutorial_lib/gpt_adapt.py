@@ -62,7 +62,7 @@ class GPTClassifier(nn.Module):
     GPT's output layer is kept (it is tied to the token embedding) but unused.
     """
 
-    def __init__(self, backbone: GPT, num_classes: int = 2, pooling: Pooling = "last") -> None:
+    def __init__(self, backbone: GPT, *, num_classes: int = 2, pooling: Pooling = "last") -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -281,31 +281,37 @@ def encode_prompt(
     template: str,
     review_tokens: int,
     demonstrations: Sequence[tuple[str, str]] = (),
+    demonstration_tokens: int | None = None,
     separator: str = "\n\n",
 ) -> list[int]:
     """Return the ids of a cloze prompt: each demonstration (review, label word) as
     review + template + word + separator, then the review + template, whose next token the
-    model is asked for. Every review is cleaned and cut to ``review_tokens`` tokens (its head
-    and tail) before the template, so a prompt has a known length.
+    model is asked for. Every review is cleaned and cut (its head and tail) before the
+    template: the one to classify to ``review_tokens`` tokens, each demonstration to
+    ``demonstration_tokens`` (default: ``review_tokens``), so a prompt has a known length.
 
     Raises:
-        ValueError: if ``review_tokens`` < 1 or the template is empty.
+        ValueError: if a token count is < 1 or the template is empty.
     """
-    if review_tokens < 1:
-        raise ValueError(f"review_tokens must be at least 1, not {review_tokens}")
+    demonstration_tokens = demonstration_tokens or review_tokens
+    if min(review_tokens, demonstration_tokens) < 1:
+        raise ValueError(
+            f"review_tokens ({review_tokens}) and demonstration_tokens "
+            f"({demonstration_tokens}) must be at least 1"
+        )
     if not template:
         raise ValueError("the template is what the model completes; it cannot be empty")
 
     def part(text: str) -> list[int]:
         return tokenizer.encode(text).ids
 
-    def cut(text: str) -> list[int]:
-        return truncate(part(clean_review(text)), review_tokens, "head+tail")
+    def cut(text: str, tokens: int) -> list[int]:
+        return truncate(part(clean_review(text)), tokens, "head+tail")
 
     ids: list[int] = []
     for text, word in demonstrations:
-        ids += cut(text) + part(template) + part(word) + part(separator)
-    return ids + cut(review) + part(template)
+        ids += cut(text, demonstration_tokens) + part(template) + part(word) + part(separator)
+    return ids + cut(review, review_tokens) + part(template)
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from tutorial_lib.runtime import (
     get_device,
     get_profile,
     package_version,
+    project_root,
 )
 
 PUBLISHED_DIR = Path("results") / "published"
@@ -88,6 +89,27 @@ def read_result_record(chapter: str, profile: str | None = None) -> dict[str, An
             f"{path} is not a result record: it holds a JSON {type(record).__name__}, not an "
             f"object; delete it and run the chapter {chapter} again"
         )
+    return record
+
+
+def read_published_record(chapter: str, profile: str) -> dict[str, Any] | None:
+    """Return the published record of ``chapter`` under ``profile`` (``results/published/``
+    of this checkout, measured by ``benchmarks/run_chapter.py --publish``), or ``None`` when
+    there is none — e.g. in a notebook opened alone, away from a checkout.
+
+    Raises:
+        ValueError: naming the file, if it is not a JSON object.
+    """
+    root = project_root()
+    path = (root or Path.cwd()) / PUBLISHED_DIR / f"{chapter}.{profile}.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a published record: invalid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a published record: not a JSON object")
     return record
 
 
