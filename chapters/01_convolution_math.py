@@ -639,7 +639,10 @@ record_path = results.write_result_record(
             "multiply_adds": sum(macs.values()),
             "receptive_field": conv.receptive_field_of(model),
         },
-        "data": {"source": mnist.source.kind, "location": mnist.source.location},
+        "data": {
+            "source": mnist.source.kind,
+            "location": runtime.display_path(mnist.source.location),
+        },
     },
 )
 print(f"wrote {runtime.display_path(record_path)}")

@@ -998,7 +998,7 @@ record_path = results.write_result_record(
     {
         "data": {
             "source": mnist.source.kind,
-            "location": mnist.source.location,
+            "location": runtime.display_path(mnist.source.location),
             "budget_adjustments": list(splits.adjustments),
             "train": len(train_set),
             "validation": len(val_set),

@@ -1036,7 +1036,7 @@ record_path = results.write_result_record(
     {
         "data": {
             "source": cifar.source.kind,
-            "location": cifar.source.location,
+            "location": runtime.display_path(cifar.source.location),
             "budget_adjustments": list(splits.adjustments),
             **splits.sizes(),
         },

@@ -919,7 +919,7 @@ record_path = results.write_result_record(
     {
         "data": {
             "source": imdb.source.kind,
-            "location": imdb.source.location,
+            "location": runtime.display_path(imdb.source.location),
             "budget_adjustments": list(splits.adjustments),
             "train": len(train_set),
             "validation": len(val_set),

@@ -904,7 +904,7 @@ record_path = results.write_result_record(
     {
         "data": {
             "source": imdb.source.kind,
-            "location": imdb.source.location,
+            "location": runtime.display_path(imdb.source.location),
             "budget_adjustments": list(splits.adjustments),
             "train": len(splits.train),
             "validation": len(splits.val),

@@ -133,3 +133,32 @@ def test_a_malformed_result_record_is_named(tmp_path, monkeypatch, content):
     with pytest.raises(ValueError, match="is not a result record") as caught:
         results.read_result_record("02_mnist_cnn", "cpu")
     assert str(path) in str(caught.value)
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_no_published_record_holds_a_machine_path():
+    # the measuring machine's folders mean nothing to a reader: records store the display form
+    # ($TUTORIAL_DATA_DIR/..., paths inside the checkout), written by runtime.display_path
+    published = sorted((REPO_ROOT / results.PUBLISHED_DIR).glob("*.json"))
+    assert published, "no published record found"
+    for path in published:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record.pop("benchmark", None)  # the command that measured it, quoted as run
+        absolute = [s for s in _strings(record) if s.startswith(("/", "~")) or ":\\" in s]
+        assert not absolute, f"{path.name} holds machine paths: {absolute}"
+
+
+def test_a_published_record_is_read_from_the_checkout():
+    record = results.read_published_record("02_mnist_cnn", "cpu")
+    assert record is not None and record["chapter"] == "02_mnist_cnn"
+    assert results.read_published_record("02_mnist_cnn", "no-such-profile") is None
