@@ -11,7 +11,8 @@ Organised by concern, not by chapter:
   vocabularies and batches for the text chapters; ``lora``: chapter 6's LoRA, written out;
 - ``gpt``: chapter 8's GPT, its import from ``transformers`` and generation with a KV cache;
   ``bpe``: byte-level BPE by hand and with ``tokenizers``; ``lm``: the language-model corpus,
-  baselines, compute accounting and pre-training;
+  baselines, compute accounting and pre-training; ``compress``: chapter 10's measuring helper,
+  quantization, distillation and pruning;
 - ``train``: the one training loop; ``run_state``: what it carries from epoch to epoch;
   ``checkpoints``: its checkpoint files and random states; ``optim``: the one optimiser
   grouping; ``metrics``;

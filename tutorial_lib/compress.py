@@ -228,8 +228,9 @@ def sqnr_db(original: torch.Tensor, approximation: torch.Tensor) -> float:
     """
     if original.shape != approximation.shape:
         raise ValueError(f"shapes differ: {tuple(original.shape)} vs {tuple(approximation.shape)}")
-    signal = original.double().pow(2).sum()
-    noise = (original.double() - approximation.double()).pow(2).sum()
+    original, approximation = original.detach().double(), approximation.detach().double()
+    signal = original.pow(2).sum()
+    noise = (original - approximation).pow(2).sum()
     return math.inf if noise == 0 else float(10 * torch.log10(signal / noise))
 
 
