@@ -68,6 +68,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 import copy
 import inspect
 import math
+import os
 import pprint
 import textwrap
 import time
@@ -926,6 +927,12 @@ print(
     f"{len(test_reviews):,} test reviews ({imdb.source.kind}), CPU, "
     f"{torch.get_num_threads()} threads; latency: median, warm-up excluded"
 )
+if hasattr(os, "getloadavg"):  # other work on the machine slows every row, unevenly
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    print(
+        f"load average over the last minute: {load:.1f} on {cpus} CPUs (this run included)"
+        + ("; more work than CPUs: read the latencies as upper bounds" if load > cpus else "")
+    )
 display(table(final_rows))
 
 # %% mystnb={"image": {"alt": "Test accuracy against latency per review at batch 1, per model"}}
