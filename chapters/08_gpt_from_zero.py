@@ -840,14 +840,15 @@ print(f"wrote {runtime.display_path(record_path)}")
 #    which compile). Is it faster on your machine?
 # 5. Write greedy decoding with the cache by hand: run the prompt once with `model.new_cache()`,
 #    then loop feeding one token. Check that it gives `gpt.generate(..., temperature=0)`'s tokens.
-# 6. If your run ended above the bigram's line, train four times longer (`steps=4_400` in the cpu
-#    budget). After how many tokens, and how many minutes on your machine, does the transformer
+# 6. If your run ended above the bigram's line, train four times longer (`steps=9_600` in
+#    `lm.PRETRAINING_RUNS["cpu"].recipe`). After how many tokens, and how many minutes on your machine, does the transformer
 #    cross it?
 #
 # ```{admonition} Solutions
 # :class: dropdown
 #
-# 1. Set `vocab_size` both in the budget and in `model=gpt.GPTConfig(vocab_size=...)`. A smaller
+# 1. Replace `BUDGET.pretraining` by `dataclasses.replace(run, vocab_size=v, model=...)` with
+#    `v` in the model's `GPTConfig` too (the run checks that they agree). A smaller
 #    vocabulary makes each step cheaper (a smaller output layer) but each token carries fewer
 #    bytes, so compare `val_bpb`; the vocabulary table above predicts the trade.
 # 2. Copy `gpt.GPT.__init__` without the loop over `proj.weight`. The effect grows with depth;
