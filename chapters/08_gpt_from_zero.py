@@ -841,8 +841,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 # 5. Write greedy decoding with the cache by hand: run the prompt once with `model.new_cache()`,
 #    then loop feeding one token. Check that it gives `gpt.generate(..., temperature=0)`'s tokens.
 # 6. If your run ended above the bigram's line, train four times longer (`steps=9_600` in
-#    `lm.PRETRAINING_RUNS["cpu"].recipe`). After how many tokens, and how many minutes on your machine, does the transformer
-#    cross it?
+#    `lm.PRETRAINING_RUNS["cpu"].recipe`). After how many tokens, and how many minutes on your
+#    machine, does the transformer cross it?
 #
 # ```{admonition} Solutions
 # :class: dropdown
