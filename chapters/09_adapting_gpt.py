@@ -74,7 +74,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
-from transformers import get_linear_schedule_with_warmup
 
 from tutorial_lib import (
     data,
@@ -322,10 +321,9 @@ def fine_tune(classifier, train_set, learning_rate):
     loader = gpt_adapt.review_loader(
         train_set, eot, BUDGET.batch_size, shuffle=True, generator=generator
     )
-    groups = optim.param_groups(classifier, learning_rate, weight_decay=0.01, verbose=False)
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
-    steps = EPOCHS * len(loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
+    optimizer, scheduler = optim.adamw_with_linear_warmup(  # chapter 4's recipe
+        classifier, learning_rate, EPOCHS * len(loader), verbose=False
+    )
     started = time.perf_counter()
     history = train.fit(
         classifier,
