@@ -51,6 +51,8 @@ import importlib.util
 import subprocess
 import sys
 
+# Colab installs tutorial_lib from the book's repository; reading a fork? Put its address here.
+REPOSITORY = "https://github.com/from-zero-dl/pytorch-from-zero"
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
         [
@@ -59,7 +61,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
             "pip",
             "install",
             "-q",
-            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+            f"git+{REPOSITORY}",
         ],
         check=True,
     )
@@ -265,8 +267,8 @@ if (teacher_dir / "model.pt").is_file():
         teacher_info = None
 if teacher_info is not None:
     print(
-        f"loaded chapter 4's classifier from {runtime.display_path(teacher_dir)}: "
-        f"{teacher_info['train_reviews']:,} training reviews, max_length "
+        f"loaded chapter 4's classifier from {runtime.display_path(teacher_dir)}\n"
+        f"  fine-tuned on {teacher_info['train_reviews']:,} training reviews, max_length "
         f"{teacher_info['max_length']}"
     )
 else:
