@@ -52,6 +52,8 @@ import importlib.util
 import subprocess
 import sys
 
+# Colab installs tutorial_lib from the book's repository; reading a fork? Put its address here.
+REPOSITORY = "https://github.com/from-zero-dl/pytorch-from-zero"
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
         [
@@ -60,7 +62,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
             "pip",
             "install",
             "-q",
-            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+            f"git+{REPOSITORY}",
         ],
         check=True,
     )

@@ -49,6 +49,8 @@ import importlib.util
 import subprocess
 import sys
 
+# Colab installs tutorial_lib from the book's repository; reading a fork? Put its address here.
+REPOSITORY = "https://github.com/from-zero-dl/pytorch-from-zero"
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
     subprocess.run(
         [
@@ -57,7 +59,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
             "pip",
             "install",
             "-q",
-            "git+https://github.com/from-zero-dl/pytorch-from-zero",
+            f"git+{REPOSITORY}",
         ],
         check=True,
     )
@@ -152,7 +154,7 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # %%
 SCRIPTS = Path("scripts").resolve()  # the book and the tests run this notebook from chapters/
 SCRIPT_NAMES = ("allreduce_by_hand.py", "train_mnist.py", "fsdp_bert.py")
-REPOSITORY_FILES = "https://raw.githubusercontent.com/from-zero-dl/pytorch-from-zero/main"
+REPOSITORY_FILES = REPOSITORY.replace("github.com", "raw.githubusercontent.com") + "/main"
 if not all((SCRIPTS / name).is_file() for name in SCRIPT_NAMES):
     SCRIPTS = run.scratch_dir("scaling-out-scripts")
     for name in SCRIPT_NAMES:

@@ -69,8 +69,13 @@ def test_chapter_has_the_shared_structure(source: Path):
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
 def test_colab_install_cell_names_the_configured_repository(source: Path):
     config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
-    installs = re.findall(r"git\+(https://[^\"']+)", source.read_text(encoding="utf-8"))
-    assert installs == [config["repository"]["url"]]
+    text = source.read_text(encoding="utf-8")
+    addresses = re.findall(r'^REPOSITORY = "([^"]+)"$', text, flags=re.M)
+    assert addresses == [config["repository"]["url"]], (
+        "the install cell names the repository once, in REPOSITORY, as _config.yml does"
+    )
+    assert 'f"git+{REPOSITORY}"' in text
+    assert text.count("github.com/") == 1, "every other address derives from REPOSITORY"
 
 
 def test_toc_lists_every_chapter_notebook():
