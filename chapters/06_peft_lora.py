@@ -88,7 +88,7 @@ import peft
 import torch
 from IPython.display import Markdown, display
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers import DataCollatorWithPadding
 from transformers.utils import logging as hf_logging
 
 from tutorial_lib import data, lora, optim, results, runtime, train, weights
@@ -444,11 +444,11 @@ def build(method: str, rank: int | None = None) -> torch.nn.Module:
 
 def train_variant(model: torch.nn.Module, learning_rate: float) -> dict:
     train_loader.generator.manual_seed(0)  # every run sees the reviews in the same order
-    groups = optim.param_groups(model, lr=learning_rate, weight_decay=0.01, verbose=False)
-    optimizer = torch.optim.AdamW(groups)
     # optimiser steps of this process: right under torchrun too, where each sees 1/N of the data
     total_steps = BUDGET.epochs * train.optimizer_steps_per_epoch(train_loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
+    optimizer, scheduler = optim.adamw_with_linear_warmup(  # chapter 4's recipe
+        model, learning_rate, total_steps, verbose=False
+    )
     started = time.perf_counter()
     history = train.fit(
         model,
@@ -828,9 +828,8 @@ def lora_recipe(
         )
 
     recipe_train = recipe_loader(train_reviews, shuffle=True)
-    optimizer = torch.optim.AdamW(optim.param_groups(model, lr=learning_rate, weight_decay=0.01))
     total_steps = epochs * len(recipe_train)
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
+    optimizer, scheduler = optim.adamw_with_linear_warmup(model, learning_rate, total_steps)
     history = train.fit(
         model,
         recipe_train,

@@ -82,9 +82,10 @@ def adamw_with_linear_warmup(
     verbose: bool = True,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """Return ``(optimizer, scheduler)`` for fine-tuning a pre-trained transformer (chapter 4's
-    recipe, reused by chapter 10): AdamW over :func:`param_groups` (no decay on biases and
-    norms), a linear warm-up over the first ``warmup_fraction`` of ``total_steps`` (at least
-    one step), then a linear decay to zero. The scheduler steps once per optimiser step.
+    recipe, reused by chapters 6, 9 and 10): AdamW over :func:`param_groups` (no decay on
+    biases and norms), a linear warm-up over the first ``warmup_fraction`` of ``total_steps``
+    (at least one step), then a linear decay to zero. The scheduler steps once per optimiser
+    step.
 
     Raises:
         ValueError: if ``total_steps < 1`` or ``warmup_fraction`` is outside [0, 1), or as
