@@ -572,6 +572,13 @@ def test_fit_hands_back_the_best_epochs_weights(tmp_path, kept_on):
 # --- the loop's contract (issue #25) ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("measure", [train.evaluate, train.predict])
+def test_evaluate_and_predict_refuse_a_strategy_with_a_device(measure):
+    model, (_, val_loader) = small_model(), loaders()
+    with pytest.raises(ValueError, match=f"give {measure.__name__} either a strategy or device"):
+        measure(model, val_loader, device="cpu", strategy=train.Strategy.from_environment("cpu"))
+
+
 def test_everything_after_epochs_is_keyword_only():
     import inspect
 

@@ -125,9 +125,9 @@ def predict(
     every logit in memory: for a language model's large vocabulary use :func:`evaluate`.
 
     Raises:
-        ValueError: if ``loader`` yields no batch.
+        ValueError: if ``loader`` yields no batch, or for both ``strategy`` and ``device``.
     """
-    strategy = strategy or Strategy.from_environment(device)
+    strategy = _one_strategy(strategy, device, caller="predict")
     model.eval()
     shard = strategy.shard_loader(loader, training=False)
     all_logits, all_targets = [], []
@@ -165,9 +165,9 @@ def evaluate(
     dropped).
 
     Raises:
-        ValueError: if ``loader`` yields no batch.
+        ValueError: if ``loader`` yields no batch, or for both ``strategy`` and ``device``.
     """
-    strategy = strategy or Strategy.from_environment(device)
+    strategy = _one_strategy(strategy, device, caller="evaluate")
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.eval()
     shard = strategy.shard_loader(loader, training=False)
@@ -341,7 +341,10 @@ def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
 
 
 def _one_strategy(
-    strategy: Strategy | None, device: torch.device | None, mixed_precision: MixedPrecision
+    strategy: Strategy | None,
+    device: torch.device | None,
+    mixed_precision: MixedPrecision = None,
+    caller: str = "fit",
 ) -> Strategy:
     """The run's strategy: the one given, or the environment's for ``device`` and
     ``mixed_precision``. Both at once would leave the two silently ignored: refused."""
@@ -349,7 +352,7 @@ def _one_strategy(
         return Strategy.from_environment(device, mixed_precision)
     if device is not None or mixed_precision is not None:
         raise ValueError(
-            "give fit either a strategy or device/mixed_precision, not both (the strategy "
+            f"give {caller} either a strategy or device/mixed_precision, not both (the strategy "
             "already fixes them): Strategy.from_environment(device, mixed_precision) builds one"
         )
     return strategy
