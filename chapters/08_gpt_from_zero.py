@@ -842,9 +842,9 @@ print(f"wrote {runtime.display_path(record_path)}")
 #    which compile). Is it faster on your machine?
 # 5. Write greedy decoding with the cache by hand: run the prompt once with `model.new_cache()`,
 #    then loop feeding one token. Check that it gives `gpt.generate(..., temperature=0)`'s tokens.
-# 6. If your run ended above the bigram's line, train four times longer (`steps=9_600` in
-#    `lm.PRETRAINING_RUNS["cpu"].recipe`). After how many tokens, and how many minutes on your
-#    machine, does the transformer cross it?
+# 6. Train four times longer (`steps=12_800` in `lm.PRETRAINING_RUNS["cpu"].recipe`). After how
+#    many tokens, and how many minutes on your machine, does the transformer cross the bigram's
+#    line, and how far below it does it end?
 #
 # ```{admonition} Solutions
 # :class: dropdown
