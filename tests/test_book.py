@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chapter_times import readme_chapter_times
 from conftest import REPO_ROOT
 
 
@@ -112,6 +113,39 @@ def test_book_pages_and_bibliography_render(built_book: Path):
     assert "Dumoulin" in references
 
 
+TIME_DRIFT_FACTOR = 1.5
+TIME_DRIFT_SLACK_S = 30
+"""How far a chapter's time in this build may stray from the README's before the README is
+stale: a factor of 1.5 either way, plus 30 s for the kernel start and the machine's noise."""
+
+
+def _readme_duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def test_readme_fresh_clone_times_are_those_of_this_build(built_book: Path):
+    """This build is the README's fresh clone (empty data and caches, offline, cpu profile):
+    the chapter times myst-nb measured (written by book/_ext/execution_times.py) must match the
+    README's column."""
+    times = json.loads((built_book / "execution_times.json").read_text(encoding="utf-8"))
+    readme = readme_chapter_times()
+    measured, drifted = {}, []
+    for notebook in sorted((REPO_ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        number = int(notebook.name[:2])
+        seconds = times[f"chapters/{notebook.stem}"]["seconds"]
+        measured[number] = _readme_duration(seconds)
+        stated = readme[number]["fresh_clone"]
+        low = (stated or 0) / TIME_DRIFT_FACTOR - TIME_DRIFT_SLACK_S
+        if stated is None or not low <= seconds <= stated * TIME_DRIFT_FACTOR + TIME_DRIFT_SLACK_S:
+            drifted.append(f"chapter {number}: README {stated} s, this build {seconds:.0f} s")
+    total = _readme_duration(sum(entry["seconds"] for entry in times.values()))
+    assert not drifted, (
+        f"README.md's fresh-clone times are stale: {drifted}. This build: {measured}, "
+        f"{total} in all"
+    )
+
+
 # --- The results page -------------------------------------------------------------------------
 
 
@@ -194,15 +228,15 @@ def test_results_tables_render_every_figure_with_its_unit():
     ]
 
 
-def test_results_page_prefers_the_benchmark_wall_time_and_reads_the_best_strategy():
+def test_results_page_prefers_the_benchmark_wall_time_and_reads_the_best_method():
     record = _record(
         benchmark={
             "command": "python benchmarks/run_chapter.py x --profile cpu",
             "wall_seconds": 250.0,
         },
         metrics={
-            "best_strategy": "full fine-tuning",
-            "strategies": {"full fine-tuning": {"test_accuracy": 0.697}},
+            "best_method": "full fine-tuning",
+            "methods": {"full fine-tuning": {"test_accuracy": 0.697}},
         },
     )
     assert published_results.wall_seconds(record) == 250.0

@@ -124,19 +124,19 @@ def offline_backbone(request, monkeypatch):
     return resolved
 
 
-@pytest.mark.parametrize("strategy", ["linear probe", "fine-tune", "from scratch"])
-def test_transfer_strategies_have_a_ten_class_head(strategy, offline_backbone):
+@pytest.mark.parametrize("method", ["linear probe", "fine-tune", "from scratch"])
+def test_transfer_methods_have_a_ten_class_head(method, offline_backbone):
     from tutorial_lib.models import classifier_head, image_classifier_for
 
     model, source = image_classifier_for(
-        strategy, num_classes=10, architecture=offline_backbone, verbose=False
+        method, num_classes=10, architecture=offline_backbone, verbose=False
     )
     assert source.model == offline_backbone
     assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
     head = classifier_head(model)
     trainable = count_parameters(model, trainable_only=True)
     everything = count_parameters(model)
-    assert trainable == (count_parameters(head) if strategy == "linear probe" else everything)
+    assert trainable == (count_parameters(head) if method == "linear probe" else everything)
     features = {"resnet18": 512, "efficientnet_lite0": 1280}[offline_backbone]
     assert head.out_features == 10 and head.in_features == features
 
@@ -171,10 +171,10 @@ def test_pooled_features_are_what_the_head_classifies(offline_backbone):
         torch.testing.assert_close(classifier_head(model)(features), model(images))
 
 
-def test_unknown_strategy_and_headless_model_are_refused():
+def test_unknown_transfer_method_and_headless_model_are_refused():
     from tutorial_lib.models import classifier_head, image_classifier_for
 
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="unknown transfer method"):
         image_classifier_for("distillation")
     with pytest.raises(TypeError, match="no `fc`"):
         classifier_head(torch.nn.Conv2d(1, 1, 1))

@@ -55,7 +55,7 @@ class MnistCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-TRANSFER_STRATEGIES = ("linear probe", "fine-tune", "from scratch")
+TRANSFER_METHODS = ("linear probe", "fine-tune", "from scratch")
 
 
 def classifier_head(model: nn.Module) -> nn.Module:
@@ -125,10 +125,10 @@ class PooledFeatures(nn.Module):
 
 
 def image_classifier_for(
-    strategy: str, num_classes: int = 10, architecture: str | None = None, verbose: bool = True
+    method: str, num_classes: int = 10, architecture: str | None = None, verbose: bool = True
 ):
     """Return ``(model, weights_source)``: an ImageNet backbone with a fresh ``num_classes`` head,
-    prepared for one transfer-learning strategy.
+    prepared for one transfer-learning method.
 
     - ``"linear probe"``: pretrained backbone, frozen; only the new head trains.
     - ``"fine-tune"``: pretrained backbone and new head, everything trains (pair it with
@@ -141,19 +141,19 @@ def image_classifier_for(
     else random initialisation (``weights_source.pretrained`` is then false); it says which.
 
     Raises:
-        ValueError: for an unknown strategy or architecture.
+        ValueError: for an unknown method or architecture.
     """
     from tutorial_lib.weights import load_image_backbone
 
-    if strategy not in TRANSFER_STRATEGIES:
+    if method not in TRANSFER_METHODS:
         raise ValueError(
-            f"unknown strategy {strategy!r}; use one of {', '.join(TRANSFER_STRATEGIES)}"
+            f"unknown transfer method {method!r}; use one of {', '.join(TRANSFER_METHODS)}"
         )
-    pretrained = strategy != "from scratch"
+    pretrained = method != "from scratch"
     model, source = load_image_backbone(
         pretrained=pretrained, architecture=None if pretrained else architecture, verbose=verbose
     )
-    if strategy == "linear probe":
+    if method == "linear probe":
         freeze(model)
     replace_head(model, num_classes)
     return model, source

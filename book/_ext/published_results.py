@@ -172,15 +172,15 @@ def model_summary(record: dict[str, Any]) -> str:
 
 
 def headline_accuracy(record: dict[str, Any]) -> str:
-    """The record's test accuracy, or that of its best strategy (chapter 3's ``best_strategy``
-    among ``strategies``, chapter 6's ``best_lora`` among ``methods``), or ``—``."""
+    """The record's test accuracy, or that of its best method (chapter 3's ``best_method``,
+    chapter 6's ``best_lora``, among ``methods``), or ``—``."""
     metrics = record.get("metrics") or {}
     if isinstance(metrics.get("test_accuracy"), (int, float)):
         return format_value(("test_accuracy",), float(metrics["test_accuracy"]))
-    strategies = metrics.get("strategies") or metrics.get("methods")
-    best = metrics.get("best_strategy") or metrics.get("best_lora")
-    if isinstance(strategies, dict) and isinstance(strategies.get(best), dict):
-        for key, value in strategies[best].items():
+    methods = metrics.get("methods")
+    best = metrics.get("best_method") or metrics.get("best_lora")
+    if isinstance(methods, dict) and isinstance(methods.get(best), dict):
+        for key, value in methods[best].items():
             if "test_accuracy" in key and isinstance(value, (int, float)):
                 return f"{format_value((key,), float(value))} ({best})"
     return "—"
