@@ -682,7 +682,7 @@ print(
 # model reads all of it, without truncation.
 
 
-# %% mystnb={"image": {"alt": "Bar chart: reviews per second of bag of n-grams, TextCNN and BERT"}}
+# %%
 def reviews_per_second(predict, texts: list[str], batch_size: int = 32) -> float:
     started = time.perf_counter()
     with torch.no_grad():
@@ -732,6 +732,11 @@ with torch.no_grad():
         predict(speed_texts[:32])  # warm-up: the first call pays one-off costs
 speeds = {name: reviews_per_second(predict, speed_texts) for name, predict in predictors.items()}
 
+# %% [markdown]
+# Size and speed are measured here for all three models; BERT's accuracy and training time are
+# read from chapter 4's result record, when there is one.
+
+# %%
 bert_record = results.read_result_record("04_imdb_bert")
 if bert_record is None:
     print(
@@ -807,6 +812,11 @@ if bert_record:
             )
             + " on these budgets"
         )
+
+# %% [markdown]
+# The two small models were trained with recipes of their own; side by side:
+
+# %%
 recipe_rows = [
     ["vocabulary", f"{len(ngram_vocabulary):,} words and bigrams", f"{len(vocabulary):,} words"],
     ["embedding size", bag.embedding.embedding_dim, model.embedding.embedding_dim],
@@ -821,6 +831,7 @@ recipe_rows = [
 ]
 display(plots.markdown_table(recipe_rows, ["", "bag of n-grams", "TextCNN"], align="lll"))
 
+# %% mystnb={"image": {"alt": "Bar chart: reviews per second of bag of n-grams, TextCNN and BERT"}}
 fig = plots.bar_chart(
     list(speeds),
     list(speeds.values()),
