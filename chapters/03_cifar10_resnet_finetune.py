@@ -443,6 +443,12 @@ def train_linear_probe(
     return head, history
 
 
+# %% [markdown]
+# To price each size, a few full training steps are timed at it (forward, backward, AdamW), from
+# random weights: the speed depends on the shapes, not on the values.
+
+
+# %%
 def synchronize() -> None:
     """Wait for the GPU: CUDA and MPS run kernels asynchronously, so a clock read without this
     measures only how fast Python queued the work."""
@@ -472,6 +478,11 @@ def train_images_per_second(size: int, steps: int = 3) -> float:
     return steps * BUDGET.batch_size / (time.perf_counter() - started)
 
 
+# %% [markdown]
+# The study itself, at each size of the budget; the measured speed also projects what
+# fine-tuning at that size would cost on this machine.
+
+# %%
 study_train = data.subset(train_images, BUDGET.size_study_images, seed=2)
 size_study = {}
 for size in BUDGET.size_study:
@@ -500,6 +511,8 @@ rows = [
 ]
 headers = ["pixels", "probe val accuracy", "training images/s", "fine-tuning time"]
 display(plots.markdown_table(rows, headers, align="rrrr"))
+
+# %%
 affordable = [
     size
     for size, row in size_study.items()
