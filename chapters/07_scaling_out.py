@@ -588,6 +588,11 @@ def median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+# %% [markdown]
+# With these helpers, one small BERT is measured twice, as it is and with activation
+# checkpointing: the bytes saved for backward, and the time of a forward and a training step.
+
+# %%
 torch.manual_seed(0)
 bert = BertForSequenceClassification(bert_config(BUDGET.bert_layers, BUDGET.bert_hidden)).train()
 bert.config.use_cache = False  # an encoder keeps no cache; transformers warns when it is on
@@ -697,6 +702,11 @@ def scaling_efficiency(
     return compute / (compute + communication_seconds - hidden)
 
 
+# %% [markdown]
+# Three settings for chapter 4's `gpu` model, bert-base, from one node with NVLink to four nodes
+# on Ethernet:
+
+# %%
 bert_base_gradient_bytes = 4 * model_sizes["bert-base (chapter 4, gpu)"]  # DDP reduces fp32 grads
 STEP_COMPUTE_SECONDS = 0.05  # assumption: one bert-base step (32 x 128 tokens) on one GPU
 scenarios = {
