@@ -515,7 +515,8 @@ with tempfile.TemporaryDirectory() as folder:
 full_row = central[("small", "pre-trained")]
 full_runs = len(full_row["seed_test_accuracies"])
 full_label = "full fine-tuning" + (f" (mean of {full_runs} runs)" if full_runs > 1 else "")
-model_bytes = sum(t.numel() * t.element_size() for t in pretrained_state.values())
+# parameters(), not the state dict: the tied output matrix is the token embedding, stored once
+model_bytes = sum(p.numel() * p.element_size() for p in pretrained.parameters())
 display(plots.markdown_table(
     [(full_label, f"{full_row['trainable']:,}", f"{full_row['trainable'] / total:.1%}",
       f"{model_bytes / 1e6:.1f} MB", pm(full_row)),
