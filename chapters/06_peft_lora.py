@@ -580,7 +580,7 @@ gap_error = 100 * math.hypot(
       for run in (full_run, chosen[best_lora]))
 )  # fmt: skip
 print(
-    f"its test accuracy minus full fine-tuning's: {-gap:+.1f} ± {gap_error:.1f} points, "
+    f"its test accuracy minus full fine-tuning's: {-gap:+.1f} ± {gap_error:.1f} points,\n    "
     + (
         "not distinguishable at this test size (within two standard errors)"
         if abs(gap) <= 2 * gap_error
