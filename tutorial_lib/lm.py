@@ -312,8 +312,9 @@ PRETRAINING_RUNS: dict[str, PretrainingRun] = {
     # there, and torch.compile no faster (5,447 vs 5,710 tokens/s after a 48 s compile).
     # 1,100 steps ended at 2.075 bits/byte, above the bigram's 1.922, in 4.7 min of training
     # at ~8,000 tokens/s on an idle machine; 2,400 steps at 1.937 (445-586 s of training at
-    # 11,000-8,400 tokens/s on two idle 2-core machines), still falling; 3,200 steps keep the
-    # chapter within its 15 minutes on the slower of the two.
+    # 11,000-8,400 tokens/s on two idle 2-core machines), still falling. 3,200 steps: 1.887,
+    # below the bigram after 4.5 M tokens; chapter 14.8 min measured with another job beside
+    # it, about 11 min estimated idle from the 2,400-step speeds (not yet measured idle).
     "cpu": PretrainingRun(
         vocab_size=4096,
         model=GPTConfig(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=128),
