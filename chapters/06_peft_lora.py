@@ -51,26 +51,16 @@
 # `peft` is not a dependency of `tutorial_lib`; it is in the book's `requirements.txt`, and the
 # Colab cell installs it.
 
-# %%
+# %% tags=["hide-cell"]
 import importlib.util
 import subprocess
 import sys
 
-# Colab installs tutorial_lib from the book's repository; reading a fork? Put its address here.
+# On Colab, install tutorial_lib from the book's repository (reading a fork? use its address).
 REPOSITORY = "https://github.com/from-zero-dl/pytorch-from-zero"
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            f"git+{REPOSITORY}",
-            "peft>=0.21,<0.22",
-        ],
-        check=True,
-    )
+    packages = [f"git+{REPOSITORY}", "peft>=0.21,<0.22"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
 
 # %%
 import copy

@@ -46,25 +46,15 @@
 # %% [markdown]
 # ## Setup
 
-# %%
+# %% tags=["hide-cell"]
 import importlib.util
 import subprocess
 import sys
 
-# Colab installs tutorial_lib from the book's repository; reading a fork? Put its address here.
+# On Colab, install tutorial_lib from the book's repository (reading a fork? use its address).
 REPOSITORY = "https://github.com/from-zero-dl/pytorch-from-zero"
 if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            f"git+{REPOSITORY}",
-        ],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 # %%
 import copy

@@ -76,6 +76,11 @@ def test_colab_install_cell_names_the_configured_repository(source: Path):
     )
     assert 'f"git+{REPOSITORY}"' in text
     assert text.count("github.com/") == 1, "every other address derives from REPOSITORY"
+    (install,) = [c for c in jupytext.read(source).cells if "REPOSITORY = " in c.source]
+    assert "hide-cell" in install.metadata.get("tags", []), (
+        "the install cell matters only on Colab: tag it hide-cell so the page folds it away"
+    )
+    assert len(install.source.splitlines()) <= 10, "the install cell stays a few lines"
 
 
 def test_toc_lists_every_chapter_notebook():
