@@ -62,7 +62,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 # %%
-import inspect
 import pprint
 import textwrap
 import time
@@ -112,7 +111,7 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # and what you read is its actual source:
 
 # %%
-print(inspect.getsource(conv.cross_correlate2d_loops))
+plots.show_source(conv.cross_correlate2d_loops)
 
 # %% [markdown]
 # If that is really what `nn.Conv2d` does, it must give the same numbers as the layer. Let us
@@ -353,7 +352,7 @@ print(
     tuple(columns.shape),
     "= (N, C_in * k * k, number of positions)",
 )
-print(inspect.getsource(conv.cross_correlate2d_im2col))
+plots.show_source(conv.cross_correlate2d_im2col)
 
 # %% [markdown]
 # The price is memory: each input pixel is copied into up to $k^2$ columns. The gain is that the

@@ -220,7 +220,7 @@ plt.show()
 # source:
 
 # %%
-print(inspect.getsource(MnistCNN))
+plots.show_source(MnistCNN)
 
 # %% [markdown]
 # Following one batch through the layers shows what each does to the shape: the convolutions
@@ -375,7 +375,7 @@ print(
 # asked of the `Strategy` it is given:
 
 # %%
-print(inspect.getsource(train.train_step))
+plots.show_source(train.train_step)
 
 # %% [markdown]
 # Given one batch and none of those options, it is our step; checked on one batch from the same

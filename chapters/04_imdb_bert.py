@@ -63,7 +63,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import copy
 import dataclasses
-import inspect
 import math
 import pprint
 import textwrap
@@ -564,7 +563,7 @@ print({key: tuple(value.shape) for key, value in batch.items()})
 # The source series writes this by hand. `BertPooledClassifier` is that model:
 
 # %%
-print(inspect.getsource(BertPooledClassifier))
+plots.show_source(BertPooledClassifier)
 
 # %% [markdown]
 # Its `nn.Dropout(0.1)` (and BERT's own, inside every layer) is **dropout** (随机失活)
@@ -596,7 +595,7 @@ print("evaluation mode:", dropout_demo.eval()(ones).tolist())
 # warm-up rule:
 
 # %%
-print(inspect.getsource(optim.adamw_with_linear_warmup))
+plots.show_source(optim.adamw_with_linear_warmup)
 
 
 # %%

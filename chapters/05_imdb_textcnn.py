@@ -58,7 +58,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPOSITORY}"], check=True)
 
 # %%
-import inspect
 import math
 import pprint
 import textwrap
@@ -173,8 +172,7 @@ print(textwrap.fill(textwrap.shorten(train_reviews.texts[0], 400, placeholder=" 
 # keeping `!` and `?`, which carry sentiment:
 
 # %%
-print(inspect.getsource(normalize))
-print(inspect.getsource(tokenize))
+display(plots.show_source(normalize, tokenize))
 example = "This movie was NOT good.<br /><br />I didn't laugh once!"
 print(tokenize(example))
 
@@ -276,7 +274,7 @@ print("one batch of token ids:", tuple(next(iter(train_loader))[0].shape))
 # worth is measured twice below: on the trained model, and by training without it.
 
 # %%
-print(inspect.getsource(TextCNN))
+plots.show_source(TextCNN)
 
 # %%
 model = TextCNN(len(vocabulary), embedding_dim=128, num_filters=100, widths=(3, 4, 5))

@@ -64,7 +64,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import copy
-import inspect
 import math
 import pprint
 import shutil
@@ -82,7 +81,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.utils import logging as hf_logging
 
-from tutorial_lib import data, lora, metrics, optim, results, runtime, train, weights
+from tutorial_lib import data, lora, metrics, optim, plots, results, runtime, train, weights
 from tutorial_lib.models import count_parameters
 from tutorial_lib.text import TokenizedTexts
 
@@ -273,7 +272,7 @@ display(
 # `tutorial_lib.lora.LoRALinear` wraps a frozen `nn.Linear`. This is its code:
 
 # %%
-print(inspect.getsource(lora.LoRALinear))
+plots.show_source(lora.LoRALinear)
 
 # %% [markdown]
 # Wrapped around the query projection of the model's first attention layer, it must start equal

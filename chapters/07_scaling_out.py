@@ -56,7 +56,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import contextlib
-import inspect
 import io
 import os
 import pprint
@@ -168,7 +167,7 @@ print(f"scripts: {', '.join(SCRIPT_NAMES)} in {SCRIPTS.name}/")
 
 # %%
 allreduce_script = SCRIPTS / "allreduce_by_hand.py"
-print(allreduce_script.read_text())
+plots.show_source(allreduce_script)
 
 # %%
 started = time.perf_counter()
@@ -215,7 +214,7 @@ print(
 # placement decisions live in the `Strategy` object it is given:
 
 # %%
-print(inspect.getsource(train.train_step))
+plots.show_source(train.train_step)
 
 # %% [markdown]
 # `strategy.sync_gradients` is DDP's `no_sync` on every micro-step but the last of an optimiser
@@ -234,7 +233,7 @@ print(inspect.getsource(train.train_step))
 
 # %%
 train_script = SCRIPTS / "train_mnist.py"
-print(train_script.read_text())
+plots.show_source(train_script)
 
 # %%
 global_batch = 64
@@ -506,7 +505,7 @@ print(f"sharded model states per GPU over {GPUS} GPUs: {sharded_gb:.1f} GB")
 
 # %%
 fsdp_script = SCRIPTS / "fsdp_bert.py"
-print(fsdp_script.read_text())
+plots.show_source(fsdp_script)
 
 # %%
 started = time.perf_counter()

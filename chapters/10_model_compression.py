@@ -58,7 +58,6 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import copy
-import inspect
 import math
 import os
 import pprint
@@ -319,7 +318,7 @@ print(f"teacher: {count_parameters(teacher):,} parameters")
 # - **throughput**: reviews per second at each batch size.
 
 # %%
-print(inspect.getsource(compress.measure_classifier))
+plots.show_source(compress.measure_classifier)
 
 
 # %%
@@ -377,7 +376,7 @@ display(table([teacher_row]))
 # precision is worth about 6 dB.
 
 # %%
-print(inspect.getsource(compress.quantize_symmetric))
+plots.show_source(compress.quantize_symmetric)
 
 # %%
 sqnr_rows, per_tensor_all, per_channel_all = [], [], []
@@ -415,7 +414,7 @@ print(
 # the float bias added. We check it against the float layer on MiniLM's real hidden states:
 
 # %%
-print(inspect.getsource(compress.Int8Linear.forward))
+plots.show_source(compress.Int8Linear.forward)
 
 # %%
 probe = tokenizer.pad(
@@ -562,7 +561,7 @@ print(f"{len(gpt_val_texts):,} validation reviews, {len(gpt_val_tokens):,} token
 # embedding (tied) and stays float, like MiniLM's embeddings.
 
 # %%
-print(inspect.getsource(compress.group_quantize))
+plots.show_source(compress.group_quantize)
 
 # %%
 width = gpt_model.config.n_embd
@@ -651,7 +650,7 @@ print(
 # that gradient, checked against the formulas written out:
 
 # %%
-print(inspect.getsource(compress.distillation_loss))
+plots.show_source(compress.distillation_loss)
 
 # %%
 check = torch.Generator().manual_seed(0)
@@ -782,7 +781,7 @@ print(
 # and makes the zeros permanent:
 
 # %%
-print(inspect.getsource(compress.global_magnitude_prune))
+plots.show_source(compress.global_magnitude_prune)
 
 # %%
 sparse_reviews = data.subset(test_reviews, BUDGET.sparsity_eval_size, seed=3)

@@ -131,3 +131,12 @@ def test_every_script_a_chapter_launches_is_a_file_in_chapters_scripts():
     (listed,) = re.findall(r"SCRIPT_NAMES = \(([^)]*)\)", text)
     assert named and named == set(re.findall(r'"([\w.]+)"', listed))
     assert all((REPO_ROOT / "chapters" / "scripts" / name).is_file() for name in named)
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_package_code_is_shown_highlighted_not_printed(source: Path):
+    """Printed source is grey monospace in the book and in Colab; plots.show_source gives the
+    same code as a highlighted Python block."""
+    text = source.read_text(encoding="utf-8")
+    printed = re.findall(r"print\((?:inspect\.getsource\(|\w+\.read_text\(\)\)).*", text)
+    assert not printed, f"{source.name}: show these with plots.show_source: {printed}"

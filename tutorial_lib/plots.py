@@ -6,7 +6,11 @@ tests can inspect it.
 
 from __future__ import annotations
 
+import inspect
+import re
+import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -231,3 +235,44 @@ def markdown_table(
 
     rule = "| " + " | ".join("---:" if a == "r" else ":---" for a in align) + " |"
     return MarkdownTable("\n".join([line(headers), rule, *(line(row) for row in rows)]))
+
+
+class SourceListing(Markdown):
+    """Python source as a highlighted code block in a notebook and in the book, and as the
+    plain code elsewhere (a script, a terminal)."""
+
+    def __init__(self, code: str) -> None:
+        # a fence longer than any run of backticks inside the code, so nothing can close it early
+        longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+        fence = "`" * max(3, longest + 1)
+        super().__init__(f"{fence}python\n{code}\n{fence}")
+        self.code = code
+
+    def __repr__(self) -> str:
+        return self.code
+
+
+def show_source(*objects: object) -> SourceListing:
+    """Return the source of each function, class or method in ``objects`` (a
+    :class:`~pathlib.Path` stands for the whole file, e.g. a script under ``chapters/scripts``),
+    dedented and separated by blank lines, as one listing to display from a cell.
+
+    Raises:
+        ValueError: if no object is given.
+        TypeError: for an object without Python source (a built-in, an instance).
+        FileNotFoundError: for a path that does not exist.
+    """
+    if not objects:
+        raise ValueError("show_source needs at least one function, class, method or path")
+    sources = []
+    for item in objects:
+        if isinstance(item, Path):
+            sources.append(item.read_text(encoding="utf-8").rstrip())
+            continue
+        try:
+            sources.append(textwrap.dedent(inspect.getsource(item)).rstrip())
+        except TypeError as error:
+            raise TypeError(
+                f"show_source shows functions, classes, methods and paths, not {item!r}: {error}"
+            ) from None
+    return SourceListing("\n\n\n".join(sources))
