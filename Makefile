@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 INSTALLED := $(VENV)/.installed
 
-.PHONY: book test unit lint
+.PHONY: book test unit lint sync
 
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,10 @@ unit: $(INSTALLED)
 # Lint and format check of the package, tests and chapters (ruff, config in pyproject.toml).
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# After editing a chapter (either file of the pair): re-pair every chapter with jupytext and
+# strip outputs from the notebooks, which are committed without them (tests/test_chapters.py).
+sync: $(INSTALLED)
+	$(VENV)/bin/jupytext --sync chapters/[0-9][0-9]_*.py
+	$(VENV)/bin/jupyter nbconvert --log-level=WARN --ClearOutputPreprocessor.enabled=True \
+		--inplace chapters/[0-9][0-9]_*.ipynb

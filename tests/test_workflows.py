@@ -126,3 +126,15 @@ def test_every_file_a_cache_key_hashes_exists():
     ]
     assert not missing, f"hashFiles() patterns that match no file: {missing}"
     assert _hashed_patterns("k: ${{ hashFiles('a.txt', 'b/**') }}") == ["a.txt", "b/**"]
+
+
+def test_pre_commit_hooks_are_make_targets_that_need_no_network():
+    """The hooks call the Makefile's own targets from .venv (a `repo: local`), so a commit is
+    checked with exactly the tools and versions that CI uses."""
+    config = yaml.safe_load((REPO_ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    targets = set(re.findall(r"^(\w+):", (REPO_ROOT / "Makefile").read_text(), flags=re.M))
+    hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
+    assert all(repo["repo"] == "local" for repo in config["repos"])
+    assert {hook["entry"] for hook in hooks} == {"make sync", "make lint"}
+    assert all(hook["entry"].split()[1] in targets for hook in hooks)
+    assert all(hook["language"] == "system" for hook in hooks)
