@@ -77,6 +77,7 @@ from tutorial_lib import conv, data, plots, results, runtime
 from tutorial_lib.models import MnistCNN, count_parameters
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     timing_batch: int  # images in the loops / im2col / F.conv2d timing

@@ -79,6 +79,7 @@ from tutorial_lib import data, metrics, optim, plots, results, runtime, train
 from tutorial_lib.models import MnistCNN, count_parameters, freeze
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     train_size: int | None  # training images after the validation split (None: all of them)

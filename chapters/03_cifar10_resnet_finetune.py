@@ -88,6 +88,7 @@ from tutorial_lib.models import (
 from tutorial_lib.optim import param_groups
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     train_size: int | None  # training images after the validation split (None: all)

@@ -82,6 +82,7 @@ from tutorial_lib.models import BertPooledClassifier, count_parameters, freeze
 from tutorial_lib.text import TokenizedTexts, encode_for_bert, normalize_whitespace
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     model_name: str  # Hugging Face checkpoint

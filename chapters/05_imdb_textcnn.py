@@ -75,6 +75,7 @@ from tutorial_lib.models import BagOfNgrams, TextCNN, conv1d_as_conv2d, count_pa
 from tutorial_lib.text import Vocabulary, encode_texts, normalize, tokenize, truncate, with_bigrams
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     train_size: int | None  # training reviews after the validation split (None: all)

@@ -85,6 +85,7 @@ from tutorial_lib import data, lora, metrics, optim, plots, results, runtime, tr
 from tutorial_lib.models import count_parameters
 from tutorial_lib.text import TokenizedTexts
 
+# %%
 # transformers 5 warns, from inside peft, that a method peft calls is deprecated: noise with
 # nothing for the reader to do, printed with the build machine's paths
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -84,6 +84,7 @@ from tutorial_lib.training import launch
 from tutorial_lib.training.strategy import fsdp_unit_names
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     train_size: int  # MNIST training images for the 1- vs. 2-process runs

@@ -90,6 +90,7 @@ from tutorial_lib.models import TextCNN, count_parameters
 from tutorial_lib.text import TokenizedTexts, Vocabulary, encode_for_bert, encode_texts, tokenize
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     model_name: str  # the checkpoint chapter 4 fine-tunes under this profile
