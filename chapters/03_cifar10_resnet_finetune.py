@@ -130,7 +130,9 @@ BUDGETS = {
         train_size=11_000,
         val_size=1_000,
         test_size=None,
-        image_size=64,
+        # 96 px: its probe features were 11 points better than 64 px's, and in the channels_last
+        # layout (below) a 96-px step costs what a 64-px step cost in the default one
+        image_size=96,
         batch_size=64,
         check_images=500,
         size_study=(32, 64, 96, 128),
@@ -388,6 +390,7 @@ def pooled_features(
     classifier: nn.Module, images: data.ImageDataset, size: int, batch_size: int = 250
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen pooled features ``(N, D)`` and labels of ``images`` at ``size`` pixels."""
+    classifier.to(memory_format=torch.channels_last)  # the faster layout, measured below
     loader = DataLoader(
         images.with_transform(data.cifar10_transforms(False, size=size, mean=mean, std=std)),
         batch_size=batch_size,
@@ -449,12 +452,14 @@ def synchronize() -> None:
         torch.mps.synchronize()
 
 
-def train_images_per_second(size: int, steps: int = 3) -> float:
-    """Measured speed of full training steps (forward, backward, AdamW) at ``size`` pixels."""
+def train_images_per_second(size: int, steps: int = 3, channels_last: bool = True) -> float:
+    """Measured speed of full training steps (forward, backward, AdamW) at ``size`` pixels,
+    in the channels_last memory layout that the chapter trains in, or in the default one."""
     model, _ = image_classifier_for(
         "from scratch", architecture=weights_source.model, verbose=False
     )
-    model.to(device).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.randn(BUDGET.batch_size, 3, size, size, device=device)
     labels = torch.randint(0, 10, (BUDGET.batch_size,), device=device)
@@ -544,7 +549,28 @@ for smaller, larger in zip(studied[:-1], studied[1:], strict=True):
 # input size at the largest step that fits it on the reference machine (two CPU cores for the
 # `cpu` profile); the line above says which sizes fit on *this* machine, at the speed just
 # measured. On a faster machine, raise `image_size` in the budget to the largest that fits.
+
+# %% [markdown]
+# ### Memory layout: a free speed-up
 #
+# A batch of images is a tensor `(N, C, H, W)`, stored by default with each channel's whole
+# image contiguous ("NCHW"). Convolution libraries on CPUs (oneDNN) and on GPUs compute faster
+# when the channels of one pixel are adjacent instead ("NHWC", PyTorch's `channels_last`): a
+# filter then reads one contiguous vector per pixel. The tensor's shape and every result stay
+# the same, only the order in memory changes; `model.to(memory_format=torch.channels_last)`
+# switches the weights, and convolutions then produce (and keep) that layout. The speeds above
+# were measured in it; the same step in the default layout, at the size this profile trains at:
+
+# %%
+default_speed = train_images_per_second(IMAGE_SIZE, channels_last=False)
+channels_last_speed = train_images_per_second(IMAGE_SIZE)
+layout_speedup = channels_last_speed / default_speed
+print(
+    f"{IMAGE_SIZE} px training steps: {default_speed:.0f} images/s in the default layout, "
+    f"{channels_last_speed:.0f} in channels_last ({layout_speedup:.2f}x)"
+)
+
+# %% [markdown]
 # ### Augmentation, for training only
 #
 # With a few thousand images, a network this size memorises the training set within a few epochs.
@@ -658,6 +684,7 @@ print(
 
 # %%
 def train_method(method: str, model: nn.Module, epochs: int, backbone_lr: float, head_lr: float):
+    model.to(memory_format=torch.channels_last)  # the faster layout (see the size study)
     groups = param_groups(
         model,
         lr=backbone_lr,
@@ -1050,6 +1077,8 @@ record_path = results.write_result_record(
             "pretrained": PRETRAINED,
             "parameters": count_parameters(models["from scratch"]),
             "input_pixels": IMAGE_SIZE,
+            "memory_format": "channels_last",
+            "channels_last_speedup": layout_speedup,
             "normalisation": {"mean": list(mean), "std": list(std)},
         },
         "metrics": {
