@@ -84,6 +84,7 @@ from tutorial_lib import bpe, data, gpt, lm, plots, results, runtime, train
 from tutorial_lib.models import count_parameters
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     pretraining: lm.PretrainingRun  # tokenizer size, model, recipe (package: chapter 9 reuses it)

@@ -83,6 +83,7 @@ from tutorial_lib import (
 from tutorial_lib.models import count_parameters
 
 
+# %%
 @dataclass(frozen=True)
 class Budget:
     label_budgets: tuple[int, int]  # labelled training reviews: a few hundred, a few thousand
