@@ -33,6 +33,7 @@
 #   integers, checked against the float layer;
 # - the library path: dynamic int8 quantization of MiniLM's `Linear` layers, why the embeddings
 #   stay float, and what the deprecation warning of `torch.ao.quantization` means;
+# - bfloat16 weights as the other way to halve precision, and why its speed depends on the CPU;
 # - weight-only 4-bit quantization in groups (the idea of GGUF's Q4 formats) on a GPT:
 #   bits per byte against bits per weight;
 # - Hinton's distillation loss, written out and checked, and MiniLM distilled into TextCNN;
@@ -505,6 +506,40 @@ print(
 # lookup costs almost no compute, so keeping it float costs size but not speed; quantizing it
 # too (`torch.ao`'s embedding quantization, or torchao's) is exercise 1.
 #
+# ## Half precision without integers: bfloat16
+#
+# bfloat16 keeps float32's 8 exponent bits and cuts the mantissa to 7, so it covers the same
+# range with about 3 significant digits: no scales, no calibration, just half the bytes. Whether
+# it is also *faster* depends on the CPU. Recent x86 CPUs multiply bf16 matrices natively
+# (AVX-512-BF16 instructions, and Intel's AMX tile units), and PyTorch's oneDNN kernels use them;
+# elsewhere bf16 is emulated and slower than float32. So first ask the CPU, then measure the
+# teacher with all its weights cast to bf16 (LayerNorm and softmax included; the logits are
+# cast back to float32 for the accuracy):
+
+# %%
+native_bf16 = runtime.cpu_has_native_bf16()  # also in the environment line at the top
+print(
+    f"this CPU: {torch.backends.cpu.get_cpu_capability()}; native bf16 matrix products "
+    f"(AVX-512-BF16 or AMX): {'yes' if native_bf16 else 'no, emulated: expect it slower'}"
+)
+bf16_teacher = copy.deepcopy(teacher).to(torch.bfloat16)
+bf16_classify = bert_classify(bf16_teacher)
+bf16_row = measure("MiniLM bf16", bf16_teacher, lambda texts: bf16_classify(texts).float())
+display(table([teacher_row, int8_row, bf16_row]))
+bf16_speedup32 = bf16_row.throughput_batch32 / teacher_row.throughput_batch32
+print(
+    f"bf16 vs float: {bf16_speedup32:.2f}x the throughput at batch 32, "
+    f"{bf16_row.throughput_batch1 / teacher_row.throughput_batch1:.2f}x at batch 1; "
+    f"accuracy {100 * (bf16_row.accuracy - teacher_row.accuracy):+.1f} points"
+)
+
+# %% [markdown]
+# Read the two reduced rows together: int8 stores the linear layers in a quarter of their
+# bytes but computes its matrix products through integer kernels plus a quantize step per input;
+# bf16 halves every tensor, embeddings included, and on a CPU with native bf16 runs the products
+# on the same units that make it worthwhile. Which one wins is a property of the hardware, which
+# is why the printed line above says what this CPU has.
+#
 # ## Weight-only 4-bit in groups, on a GPT
 #
 # Large language models are served with **weight-only** quantization: weights stored in 4 bits,
@@ -910,6 +945,7 @@ print(
 final_rows = [
     teacher_row,
     int8_row,
+    bf16_row,
     distilled_layers_row or dropped_row,
     layer_int8_row,
     gold_row,
@@ -990,6 +1026,8 @@ record_path = results.write_result_record(
                 for name, bpw, bpb in gpt_rows
             ],
             "int8_speedup_batch32": speedup32,
+            "bf16_speedup_batch32": bf16_speedup32,
+            "native_bf16": native_bf16,
             "distilled_minus_gold": difference,
             "distilled_minus_gold_se": difference_se,
         },
@@ -1008,6 +1046,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 #   rescales once.
 # - `quantize_dynamic` (deprecated in favour of torchao, and still working in torch 2.14.1)
 #   makes MiniLM's linear layers int8; the float embeddings then hold most of the size.
+# - bf16 halves every tensor without scales; it is fast only where the CPU multiplies bf16
+#   natively (AVX-512-BF16, AMX), so ask the CPU before measuring.
 # - Weight-only 4-bit with one fp16 scale per group of 32 costs 4.5 bits per weight; smaller
 #   groups buy precision for a fraction of a bit.
 # - Distillation trains a student on the teacher's softened probabilities, with the $T^2$ that

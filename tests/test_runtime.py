@@ -98,6 +98,15 @@ def test_environment_report_names_versions_device_profile_and_data(monkeypatch, 
     assert "SMOKE PROFILE" in capsys.readouterr().out
 
 
+def test_environment_report_says_whether_the_cpu_multiplies_bf16_natively(monkeypatch):
+    monkeypatch.setattr(runtime, "get_device", lambda: torch.device("cpu"))
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert runtime.cpu_has_native_bf16() is native
+        assert ("native bf16" in runtime.environment_report()) is native
+
+
 def test_cuda_only_note_explains_the_skip(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.cuda_only_note("224-pixel fine-tuning") is False

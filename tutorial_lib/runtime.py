@@ -237,6 +237,14 @@ def package_version(package: str) -> str:
         return "not installed"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Return whether this CPU multiplies bfloat16 matrices natively (AVX-512-BF16 or AMX
+    tiles), so that bf16 can be faster than float32 there; elsewhere PyTorch emulates bf16 on
+    the CPU, more slowly than float32. False on non-x86 CPUs."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, x86 only
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
 def environment_report() -> str:
     """Return a two-line description of the run: the versions, then the device, the profile and
     the data directory (each line fits the book's 100-column code cells)."""
@@ -250,7 +258,8 @@ def environment_report() -> str:
         f"Python {platform.python_version()} | torch {torch.__version__} | "
         f"torchvision {package_version('torchvision')} | "
         f"transformers {package_version('transformers')}\n"
-        f"device {device.type} ({device_name}, {torch.get_num_threads()} threads) | "
+        f"device {device.type} ({device_name}, {torch.get_num_threads()} threads"
+        f"{', native bf16' if cpu_has_native_bf16() else ''}) | "
         f"profile {get_profile()} | data {display_path(data_dir())}"
     )
 
