@@ -113,10 +113,12 @@ def test_book_pages_and_bibliography_render(built_book: Path):
     assert "Dumoulin" in references
 
 
-TIME_DRIFT_FACTOR = 1.5
+TIME_DRIFT_FACTOR = 2.0
 TIME_DRIFT_SLACK_S = 30
 """How far a chapter's time in this build may stray from the README's before the README is
-stale: a factor of 1.5 either way, plus 30 s for the kernel start and the machine's noise."""
+stale: a factor of 2 either way, plus 30 s for the kernel start and the machine's noise. Two
+2-core machines built the same book in 7 min 9 s and 13 min 28 s (2026-12-02), so a tighter
+factor would fail on the machine rather than on a chapter that changed."""
 
 
 def _readme_duration(seconds: float) -> str:
