@@ -13,10 +13,7 @@ the chapter's accuracy holds with it, which its benchmark run has to show.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,19 +21,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tutorial_lib import gpt, models, runtime, train, weights
+from tutorial_lib.compress import median_seconds
 from tutorial_lib.plots import markdown_table
-
-
-def median_seconds(step: Callable[[], object], steps: int, warmup: int = 2) -> float:
-    """Return the median wall time of ``steps`` calls of ``step`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_step(model: nn.Module, batch, precision: str | bool, loss_fn=None):
@@ -138,7 +124,7 @@ def main() -> int:
         if name not in CASES:
             parser.error(f"unknown model {name!r}; choose from {', '.join(CASES)}")
         for case, precision, step in CASES[name](args):
-            seconds = median_seconds(step, args.steps)
+            seconds = median_seconds(step, args.steps, warmup=2)
             label = "bf16 autocast" if precision else "fp32"
             # every row is compared with the plain fp32 step of the same model and shape
             reference = case.replace("channels_last", "contiguous")
