@@ -476,10 +476,19 @@ def test_an_unreadable_last_pt_names_the_file_and_what_to_do(tmp_path, spoil):
     assert "weights_only" not in message and caught.value.__cause__ is None
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_asking_for_mixed_precision_on_a_cpu_means_native_bf16_only(monkeypatch, native):
+    monkeypatch.setattr("tutorial_lib.training.strategy.cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    asked = train.Strategy.from_environment(cpu, mixed_precision=True)
+    assert asked.autocast_dtype == (torch.bfloat16 if native else None)
+    assert not asked.scaler.is_enabled(), "bf16 needs no gradient scaler"
+    assert train.Strategy.from_environment(cpu).autocast_dtype is None, "automatic: off on CPU"
+
+
 def test_mixed_precision_is_a_choice_that_predict_follows():
     cpu = torch.device("cpu")
     assert train.Strategy.from_environment(cpu).autocast_dtype is None, "off on the CPU by default"
-    assert train.Strategy.from_environment(cpu, mixed_precision=True).autocast_dtype is None
     bf16 = train.Strategy.from_environment(cpu, mixed_precision="bf16")
     assert bf16.autocast_dtype == torch.bfloat16 and not bf16.scaler.is_enabled()
     with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):

@@ -32,7 +32,7 @@ from torch.utils.data import (
     SubsetRandomSampler,
 )
 
-from tutorial_lib.runtime import get_device
+from tutorial_lib.runtime import cpu_has_native_bf16, get_device
 from tutorial_lib.training.batches import to_device
 
 Parallel = Literal["ddp", "fsdp"]
@@ -49,17 +49,26 @@ def launched_by_torchrun() -> bool:
 
 
 def _autocast_dtype(device: torch.device, mixed_precision: MixedPrecision) -> torch.dtype | None:
-    """Resolve the mixed-precision choice: ``None`` (automatic) and ``True`` mean bf16 on a CUDA
-    device that computes it natively (compute capability 8.0 and later: A100, H100, RTX 30xx),
-    fp16 with a gradient scaler on an older one (T4, V100), and off on the CPU;
-    ``"bf16"``/``"fp16"`` force a type; ``False`` switches it off.
+    """Resolve the mixed-precision choice.
+
+    - ``None`` (automatic): on a CUDA device, bf16 where it computes bf16 natively (compute
+      capability 8.0 and later: A100, H100, RTX 30xx) and fp16 with a gradient scaler on an
+      older one (T4, V100); off on the CPU, where it pays for some models and costs others
+      (``benchmarks/cpu_speed_levers.py`` measured MiniLM and TextCNN faster in bf16, a tiny GPT
+      and EfficientNet in ``channels_last`` slower).
+    - ``True``: the same on CUDA, and on a CPU that multiplies bf16 natively (AVX-512-BF16 or
+      AMX, :func:`tutorial_lib.runtime.cpu_has_native_bf16`) bf16 too; off on other CPUs, where
+      bf16 is emulated and slower than float32. Chapters pass it for the models that measured
+      faster in bf16.
+    - ``"bf16"``/``"fp16"`` force a type; ``False`` switches it off.
 
     ``torch.cuda.is_bf16_supported()`` alone also answers yes where bf16 is only emulated
     (``including_emulation=True`` is its default), and emulated bf16 is slower than fp32; so only
     native support counts here."""
     if mixed_precision is None or mixed_precision is True:
         if device.type != "cuda":
-            return None
+            native_cpu = device.type == "cpu" and cpu_has_native_bf16()
+            return torch.bfloat16 if mixed_precision is True and native_cpu else None
         native = torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if native else torch.float16
     if mixed_precision is False:
