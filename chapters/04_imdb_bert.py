@@ -39,7 +39,8 @@
 # - `AutoModelForSequenceClassification` and the same classifier written by hand on BERT's pooled
 #   output;
 # - fine-tuning with the shared `fit`: AdamW with weight decay, linear warm-up and decay, gradient
-#   clipping, mixed precision where the hardware computes it natively; training the head only vs. the whole network;
+#   clipping, mixed precision where the hardware computes it natively; training the head only
+#   vs. the whole network;
 # - evaluation with accuracy, F1 and a confusion matrix, the most confident mistakes, and
 #   predictions on sentences of your own.
 #

@@ -174,6 +174,24 @@ def test_distillation_gradient_is_the_softened_difference():
     torch.testing.assert_close(student.grad, expected)
 
 
+def test_unlabelled_examples_teach_through_the_soft_term_only():
+    generator = torch.Generator().manual_seed(2)
+    student = torch.randn(6, 2, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(6, 2, generator=generator, dtype=torch.float64) * 3
+    labels = torch.tensor([0, 1, compress.UNLABELLED, 1, compress.UNLABELLED, 0])
+    temperature, alpha = 2.0, 0.8
+    labelled = labels != compress.UNLABELLED
+    soft_only = _direct_distillation_loss(student, teacher, labels.clamp(min=0), temperature, 1.0)
+    hard_on_labelled = _direct_distillation_loss(
+        student[labelled], teacher[labelled], labels[labelled], temperature, 0.0
+    )
+    got = compress.distillation_loss(student, teacher, labels, temperature, alpha)
+    torch.testing.assert_close(got, alpha * soft_only + (1 - alpha) * hard_on_labelled)
+    nothing_labelled = torch.full((6,), compress.UNLABELLED)
+    got = compress.distillation_loss(student, teacher, nothing_labelled, temperature, alpha)
+    torch.testing.assert_close(got, alpha * soft_only)  # not NaN: no mean over zero examples
+
+
 def test_distillation_loss_rejects_bad_arguments():
     logits = torch.zeros(2, 2)
     labels = torch.zeros(2, dtype=torch.long)

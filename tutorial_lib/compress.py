@@ -373,6 +373,11 @@ def quantize_linear_weights_(
 # --- distillation --------------------------------------------------------------------------
 
 
+UNLABELLED = -100
+"""The label of an example the student learns from the teacher alone (a review whose label is
+not known, or not used); ``F.cross_entropy``'s default ``ignore_index``."""
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -384,7 +389,9 @@ def distillation_loss(
     ``α · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE(s, labels)``.
 
     The ``T²`` keeps the soft term's gradient on the scale of the hard one when ``T``
-    changes (the softened gradients shrink as ``1/T²``).
+    changes (the softened gradients shrink as ``1/T²``). Examples labelled
+    :data:`UNLABELLED` take part in the soft term only; the hard term is the mean over the
+    labelled examples of the batch, and zero when it has none.
 
     Raises:
         ValueError: if ``temperature <= 0``, ``alpha`` is outside [0, 1], or the logits'
@@ -405,7 +412,13 @@ def distillation_loss(
         reduction="batchmean",
         log_target=True,
     )
-    hard = F.cross_entropy(student_logits, labels)
+    labelled = labels != UNLABELLED
+    # a batch of unlabelled examples only: cross_entropy's mean over no example would be NaN
+    hard = (
+        F.cross_entropy(student_logits, labels, ignore_index=UNLABELLED)
+        if labelled.any()
+        else student_logits.sum() * 0.0
+    )
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
@@ -424,8 +437,9 @@ def distill(
     device: torch.device | None = None,
 ) -> list[float]:
     """Train ``student`` on ``inputs`` (a tensor of examples) against stored
-    ``teacher_logits`` and ``labels`` with :func:`distillation_loss`, in shuffled batches;
-    return the mean loss of each epoch. One step: student logits, loss, backward, step.
+    ``teacher_logits`` and ``labels`` (:data:`UNLABELLED` where the teacher alone teaches) with
+    :func:`distillation_loss`, in shuffled batches; return the mean loss of each epoch. One
+    step: student logits, loss, backward, step.
 
     Raises:
         ValueError: if the three tensors differ in length or ``epochs``/``batch_size`` < 1.
@@ -527,6 +541,7 @@ __all__ = [
     "GroupQuantized",
     "Int8Linear",
     "Measurement",
+    "UNLABELLED",
     "accuracy_standard_error",
     "bits_per_weight",
     "dequantize",
