@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -307,6 +307,7 @@ def accuracy_on(model: nn.Module, loader: DataLoader) -> float:
     return correct / len(loader.dataset)
 
 
+# %%
 manual_set = data.subset(train_images, BUDGET.manual_train_size, seed=2).with_transform(transform)
 
 
@@ -463,7 +464,7 @@ plt.show()
 # schedulers:
 
 
-# %% mystnb={"image": {"alt": "Learning rate per step: one-cycle and linear warm-up schedules"}}
+# %%
 def one_cycle_lr(
     step: int,
     total: int,
@@ -495,6 +496,7 @@ def scheduler_rates(make_scheduler, steps: int, lr: float) -> list[float]:
     return rates
 
 
+# %% mystnb={"image": {"alt": "Learning rate per step: one-cycle and linear warm-up schedules"}}
 total_steps, warmup_steps = 200, 20
 library_rates = {
     "one-cycle": scheduler_rates(
@@ -742,6 +744,7 @@ def adamw_update(theta, grad, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_de
     return theta - lr * m_hat / (v_hat.sqrt() + eps)
 
 
+# %%
 torch.manual_seed(0)
 start = torch.randn(5)
 gradients = [torch.randn(5) for _ in range(3)]
@@ -772,6 +775,8 @@ for name, (make_library, by_hand) in rules.items():
     rows.append([name, f"{difference:.1e}", f"{moved:.3f}"])
 headers = ["optimiser", "largest difference after 3 steps", "parameter moved by"]
 display(plots.markdown_table(rows, headers, align="lrr"))
+
+# %%
 first_m, first_v = (1 - 0.9) * gradients[0], (1 - 0.999) * gradients[0] ** 2
 uncorrected_step = 0.1 * first_m / (first_v.sqrt() + 1e-8)  # lr 0.1, as above
 corrected_step = 0.1 * (first_m / (1 - 0.9)) / ((first_v / (1 - 0.999)).sqrt() + 1e-8)
@@ -794,7 +799,7 @@ print(
 # choice? Each optimiser below trains a fresh network with the same seed on the same
 # stratified subset, for the same number of epochs, and is scored on the validation set.
 
-# %% mystnb={"image": {"alt": "Bar chart: validation accuracy of each optimiser, same budget"}}
+# %%
 compare_loader = DataLoader(
     data.subset(train_images, BUDGET.compare_train_size, seed=1).with_transform(transform),
     batch_size=BATCH_SIZE,
@@ -822,6 +827,8 @@ for name, make_optimizer in optimizers.items():
         verbose=False,
     )
     comparison[name] = compare_history.records[-1]
+
+# %% mystnb={"image": {"alt": "Bar chart: validation accuracy of each optimiser, same budget"}}
 print(f"{len(compare_loader.dataset):,} training images, {BUDGET.compare_epochs} epoch(s) each")
 rows = [
     [name, f"{record['train_loss']:.4f}", f"{100 * record['val_accuracy']:.2f}%"]

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -400,6 +400,7 @@ def pooled_features(
     return train.predict(PooledFeatures(classifier), loader, device)
 
 
+# %%
 class _Standardise(nn.Module):
     """Subtract the training features' mean (per feature) and divide by their overall std (one
     number: a per-feature std would blow up the features that hardly vary)."""
@@ -834,7 +835,7 @@ histories["from scratch"], seconds["from scratch"] = train_method(
 #
 # Each method's best epoch (by validation accuracy) is scored once on the test set:
 
-# %% mystnb={"image": {"alt": "Accuracy of linear probe, fine-tuning and training from scratch"}}
+# %%
 test_results = dict(probe_results)
 for method, model in models.items():
     test_results[method] = train.predict(model, test_loader, device)
@@ -873,6 +874,7 @@ display(plots.markdown_table(rows, headers, align="lrrrrr"))
 gain = summary["fine-tune"]["test_accuracy"] - summary["from scratch"]["test_accuracy"]
 print(f"fine-tuning minus from scratch: {100 * gain:+.1f} points")
 
+# %% mystnb={"image": {"alt": "Accuracy of linear probe, fine-tuning and training from scratch"}}
 fig, ax = plt.subplots(figsize=(7, 4), facecolor="white")
 for method in ("fine-tune", "from scratch"):
     history = histories[method]

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -433,6 +433,7 @@ def build(method: str, rank: int | None = None) -> torch.nn.Module:
     return model
 
 
+# %%
 def train_variant(model: torch.nn.Module, learning_rate: float) -> dict:
     train_loader.generator.manual_seed(0)  # every run sees the reviews in the same order
     # optimiser steps of this process: right under torchrun too, where each sees 1/N of the data
@@ -555,6 +556,7 @@ ax.title.set_fontsize(10)
 ax.grid(alpha=0.3)
 plt.show()
 
+# %%
 best_lora = max(
     (label for label in chosen if label.startswith("LoRA")),
     key=lambda label: chosen[label]["val_accuracy"],
@@ -639,23 +641,14 @@ ax.set(
 )
 ax.legend(fontsize=8, ncol=2)
 plt.show()
-display(
-    Markdown(
-        "| matrix | "
-        + " | ".join(f"energy in top {rank}" for rank in BUDGET.ranks)
-        + " |\n"
-        + "|---|"
-        + "---:|" * len(BUDGET.ranks)
-        + "\n"
-        + "\n".join(
-            f"| {name} | " + " | ".join(f"{100 * share:.0f}%" for share in shares) + " |"
-            for name, *shares in energy_rows
-        )
-        + "\n| random matrix | "
-        + " | ".join(f"{100 * random_energy[rank - 1]:.0f}%" for rank in BUDGET.ranks)
-        + " |"
-    )
-)
+
+# %%
+display(plots.markdown_table(
+    [[name, *(f"{100 * share:.0f}%" for share in shares)] for name, *shares in energy_rows]
+    + [["random matrix", *(f"{100 * random_energy[rank - 1]:.0f}%" for rank in BUDGET.ranks)]],
+    ["matrix", *(f"energy in top {rank}" for rank in BUDGET.ranks)],
+    align="l" + "r" * len(BUDGET.ranks),
+))  # fmt: skip
 
 # %% [markdown]
 # Compare each row with the random matrix: the fine-tuning update puts a far larger share of its
@@ -698,6 +691,7 @@ pretrained.save_pretrained(work_dir / "full-model")
 hf_logging.enable_progress_bar()
 
 
+# %%
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
@@ -856,6 +850,7 @@ def lora_recipe(
     }
 
 
+# %%
 recipe_result = None
 if runtime.cuda_only_note("bert-base-uncased with LoRA on the 25,000 training reviews"):
     recipe_result = lora_recipe(

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -250,6 +250,7 @@ on_cpu = ["--device", "cpu"]  # the comparison is about this machine's cores, GP
 cores = os.cpu_count() or 1
 
 
+# %%
 def run_in_this_process(script: Path, *args: str, threads: int) -> str:
     """Run ``python script args`` inside this kernel with ``threads`` CPU threads (no second torch
     start-up) and return what it printed."""
@@ -265,6 +266,7 @@ def run_in_this_process(script: Path, *args: str, threads: int) -> str:
     return captured.getvalue()
 
 
+# %%
 runs, walls = {}, {}
 for threads in sorted({1, cores}):
     started = time.perf_counter()
@@ -434,6 +436,7 @@ def meta_parameters(build) -> int:
         return count_parameters(build())
 
 
+# %%
 model_sizes = {
     "MnistCNN (chapter 2)": count_parameters(MnistCNN()),
     "ResNet-18 (chapter 3)": meta_parameters(lambda: resnet18(num_classes=10)),
@@ -602,6 +605,8 @@ for repeat in range(1 + BUDGET.timing_repeats):
 forward_seconds, plain_seconds, checkpointed_seconds = (
     median(timings[kind]) for kind in ("forward", "plain", "checkpointed")
 )
+
+# %%
 checkpointing_ratio = checkpointed_seconds / plain_seconds
 print(
     f"BERT with {BUDGET.bert_layers} layers, hidden size {BUDGET.bert_hidden}, "
@@ -718,6 +723,8 @@ print(
     f"bert-base: {bert_base_gradient_bytes / 1e6:.0f} MB of fp32 gradients per step; "
     f"compute per step assumed {1000 * STEP_COMPUTE_SECONDS:.0f} ms"
 )
+
+# %%
 communication_table = {}
 for setting, seconds in scenarios.items():
     row = {
@@ -777,7 +784,7 @@ print(
 # the first steps {cite:p}`goyal2017accurate`. The rule is about the global batch, so we can test it
 # in one process (the distributed runs above showed that the global batch is all that matters).
 
-# %% mystnb={"image": {"alt": "Validation accuracy per epoch: base batch vs 8x batch, lr scalings"}}
+# %%
 mnist = data.load_mnist()
 splits = data.budget_splits(mnist, BUDGET.large_batch_train_size, BUDGET.val_size, test_size=1)
 transform = data.mnist_transform()
@@ -788,6 +795,7 @@ val_loader = DataLoader(large_batch_val, batch_size=256)
 BASE_BATCH, BASE_LR, FACTOR = 32, 0.01, 8
 
 
+# %%
 def large_batch_run(batch_size: int, lr: float, warmup_steps: int = 0) -> train.History:
     runtime.seed_everything(0)
     loader = DataLoader(
@@ -812,6 +820,7 @@ def large_batch_run(batch_size: int, lr: float, warmup_steps: int = 0) -> train.
     )
 
 
+# %%
 large_steps_per_epoch = len(large_batch_train) // (BASE_BATCH * FACTOR) + 1
 large_batch_runs = {
     f"batch {BASE_BATCH}, lr {BASE_LR}": large_batch_run(BASE_BATCH, BASE_LR),
@@ -825,6 +834,8 @@ large_batch_runs = {
         BASE_BATCH * FACTOR, BASE_LR * FACTOR, warmup_steps=large_steps_per_epoch
     ),
 }
+
+# %% mystnb={"image": {"alt": "Validation accuracy per epoch: base batch vs 8x batch, lr scalings"}}
 fig, axis = plt.subplots(figsize=(7, 4), facecolor="white")
 for name, history in large_batch_runs.items():
     axis.plot(history["epoch"], [100 * a for a in history["val_accuracy"]], marker="o", label=name)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -411,6 +411,7 @@ def mean_of_runs(runs: list[dict]) -> dict:
     }
 
 
+# %%
 central = {}
 for budget_name, train_set in (("small", sets["small"]), ("large", sets["large"])):
     for start in ("pre-trained", "random"):
@@ -424,6 +425,8 @@ for budget_name, train_set in (("small", sets["small"]), ("large", sets["large"]
 for start in ("pre-trained", "random"):
     seeds = ", ".join(f"{100 * a:.1f}" for a in central[("small", start)]["seed_test_accuracies"])
     print(f"{len(sets['small']):,} labels, {start}, test % per seed: {seeds}")
+
+# %%
 rows = []
 for budget_name, train_set in (("small", sets["small"]), ("large", sets["large"])):
     ours, scratch = central[(budget_name, "pre-trained")], central[(budget_name, "random")]
@@ -439,6 +442,8 @@ display(plots.markdown_table(
     rows, ["labelled reviews", "pre-trained %", "random init %", "gap (points)", "time"],
     align="rrrrr",
 ))  # fmt: skip
+
+# %%
 for budget_name, train_set in (("small", sets["small"]), ("large", sets["large"])):
     ours, scratch = central[(budget_name, "pre-trained")], central[(budget_name, "random")]
     gap = ours["test_accuracy"] - scratch["test_accuracy"]

@@ -766,6 +766,7 @@ labelled_count = len(train_reviews)
 student_labels = gold_labels.clone()
 student_labels[labelled_count:] = compress.UNLABELLED  # what the students may see
 
+# %%
 student_tokens = [tokenize(text) for text in student_texts]
 # one vocabulary for the three students, from all their text (words need no labels)
 vocabulary = Vocabulary.build(student_tokens, min_freq=2, max_size=30_000)
@@ -804,6 +805,7 @@ def train_student(alpha: float, reviews: int) -> TextCNN:
     return student.to(cpu).eval()
 
 
+# %%
 students = {
     "TextCNN, gold labels": train_student(alpha=0.0, reviews=labelled_count),
     "TextCNN, distilled": train_student(alpha=BUDGET.alpha, reviews=labelled_count),
@@ -896,6 +898,7 @@ dropped_row = measure(
 )
 
 
+# %%
 class PackedBert(nn.Module):
     """A BERT classifier called on one tensor (N, 2, L) of ids and attention masks."""
 
@@ -907,6 +910,7 @@ class PackedBert(nn.Module):
         return self.model(input_ids=packed[:, 0], attention_mask=packed[:, 1]).logits
 
 
+# %%
 distilled_layers_row = None
 if BUDGET.layer_distill_size > 0:
     runtime.seed_everything(0)
