@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -518,6 +518,7 @@ wp_val = DataLoader(
 )
 
 
+# %%
 def initialise(embedding: torch.nn.Embedding, how: str) -> None:
     with torch.no_grad():
         if how == "bert":
@@ -553,6 +554,8 @@ for name, (how, mask_padding) in embedding_runs.items():
         verbose=False,
     )
     embedding_results[name] = embedding_history["val_accuracy"]
+
+# %%
 print(
     f"validation accuracy, {len(embedding_train):,} training reviews, WordPiece tokens, "
     "[PAD] row zero:"
@@ -625,6 +628,7 @@ def ngram_loader(tokens: list[list[str]], labels: list[int], shuffle: bool) -> D
     )
 
 
+# %%
 print(
     textwrap.fill(
         f"n-gram vocabulary: {len(ngram_vocabulary):,} words and bigrams seen at least 3 times, "
@@ -703,6 +707,7 @@ def bert_predict(texts: list[str]) -> torch.Tensor:
     return bert_encoder(**encoded).last_hidden_state
 
 
+# %%
 print(
     textwrap.fill(
         f"{len(speed_texts)} test reviews cut to at most {BUDGET.speed_words} words: "
@@ -748,6 +753,8 @@ else:
     )
 bert_accuracy = bert_record["metrics"]["test_accuracy"] if bert_record else None
 bert_seconds = bert_record["training"]["seconds"] if bert_record else None
+
+# %%
 comparison_rows = {
     "bag of n-grams": (count_parameters(bag), bag_accuracy, bag_train_seconds),
     "TextCNN": (count_parameters(model), textcnn_accuracy, textcnn_train_seconds),
@@ -771,6 +778,8 @@ print(
         100,
     )
 )
+
+# %%
 if bert_record:
     print(
         textwrap.fill(
