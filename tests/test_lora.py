@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tutorial_lib.lora import (
+    LoRAEmbedding,
     LoRALinear,
     adapter_state_dict,
     copy_lora_to_peft,
@@ -149,6 +150,68 @@ def test_bad_hyperparameters_are_refused(arguments, error):
 def test_only_linear_layers_can_be_wrapped():
     with pytest.raises(TypeError, match="nn.Linear"):
         LoRALinear(nn.Conv1d(4, 4, 1), rank=1, alpha=1)
+
+
+def test_an_embedding_layer_starts_equal_to_the_base_and_updates_by_b_a_transposed():
+    torch.manual_seed(0)
+    base = nn.Embedding(20, 6, padding_idx=0)
+    layer = LoRAEmbedding(base, rank=3, alpha=6)
+    ids = torch.tensor([[0, 3, 19, 3], [7, 7, 1, 2]])
+    torch.testing.assert_close(layer(ids), base(ids), rtol=0, atol=0)  # A starts at zero
+    assert torch.count_nonzero(layer.lora_B) > 0, "B starts normal, as in peft"
+    with torch.no_grad():
+        layer.lora_A.normal_()
+    expected_table = base.weight + 2.0 * (layer.lora_B @ layer.lora_A).T
+    torch.testing.assert_close(layer.delta_weight(), expected_table - base.weight)
+    torch.testing.assert_close(layer(ids), expected_table[ids])
+    layer(ids).sum().backward()
+    assert base.weight.grad is None and layer.lora_A.grad is not None
+    assert torch.count_nonzero(layer.lora_A.grad[:, 5]) == 0, "an unused token's column stays"
+    unmerged = layer(ids).detach()
+    layer.merge()
+    layer.merge()  # a no-op: the update is added once
+    torch.testing.assert_close(layer(ids), unmerged)
+    with pytest.raises(TypeError, match="nn.Embedding"):
+        LoRAEmbedding(nn.Linear(4, 4), rank=1, alpha=1)
+
+
+def randomise_embedding_lora(model: nn.Module, seed: int = 3) -> None:
+    """A starts at zero in an embedding's LoRA: give it values so the update is not zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            if isinstance(layer, LoRAEmbedding):
+                layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=generator) * 0.5)
+
+
+def test_embedding_lora_equals_peft_unmerged_and_merged():
+    model = tiny_bert()
+    peft_base, unadapted = copy.deepcopy(model), copy.deepcopy(model)
+    targets = ["word_embeddings", "query", "value"]
+    trainable = inject_lora(model, targets, rank=4, alpha=8, modules_to_save=["classifier"])
+    assert isinstance(model.bert.embeddings.word_embeddings, LoRAEmbedding)
+    randomise_lora(model)
+    randomise_embedding_lora(model)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, modules_to_save=["classifier"]
+    )
+    peft_model = peft.get_peft_model(peft_base, config).eval()
+    assert copy_lora_to_peft(model, peft_model) == 2 * 5 + 2
+    assert trainable == peft_model.get_nb_trainable_parameters()[0]
+    batch = tiny_batch()
+    with torch.no_grad():
+        ours = model(**batch).logits
+        torch.testing.assert_close(ours, peft_model(**batch).logits)
+        assert not torch.allclose(ours, unadapted(**batch).logits)
+    for layer in lora_layers(model).values():
+        layer.merge()
+    merged_peft = peft_model.merge_and_unload().eval()
+    embeddings = "bert.embeddings.word_embeddings"
+    torch.testing.assert_close(
+        model.get_submodule(embeddings).base.weight, merged_peft.get_submodule(embeddings).weight
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, merged_peft(**batch).logits)
 
 
 def test_injection_freezes_all_but_lora_and_modules_to_save():

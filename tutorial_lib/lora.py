@@ -6,7 +6,9 @@ as ``nn.Linear`` initialises its weights (Kaiming-uniform with ``a = sqrt(5)``) 
 as in the reference implementation (microsoft/LoRA ``loralib``) and Hugging Face ``peft``, so the
 wrapped model starts exactly equal to the pretrained one. Only ``A`` and ``B`` train; for
 inference the update can be folded into ``W`` (:meth:`LoRALinear.merge`), which makes the layer
-cost nothing extra. The tests check every output against ``peft``'s ``LoraConfig``.
+cost nothing extra. An embedding table gets the same kind of update (:class:`LoRAEmbedding`,
+as ``peft``'s ``lora.Embedding``). The tests check every output against ``peft``'s
+``LoraConfig``.
 """
 
 from __future__ import annotations
@@ -23,67 +25,44 @@ from .files import atomic_write
 from .training.checkpoints import CheckpointError, read_torch_file
 
 
-class LoRALinear(nn.Module):
-    """``base(x) + (alpha / rank) * B A dropout(x)``: ``base`` frozen, ``A`` and ``B`` trainable.
+def _check_rank_and_alpha(rank: int, alpha: float) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer (1, 4, 8, ...), got {rank!r}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive (often equal to rank or twice it), got {alpha!r}")
 
-    ``lora_A`` has shape ``(rank, in_features)`` and ``lora_B`` ``(out_features, rank)``; ``B``
-    starts at zero, so the layer starts equal to ``base``. Dropout acts on the input of the
-    low-rank path only, as in ``peft``. :meth:`merge` folds the update into ``base.weight`` and
-    :meth:`unmerge` takes it out again; the ``merged`` flag makes a second call a no-op, so the
-    update is never applied twice. The flag is part of ``state_dict()`` (as the layer's extra
-    state), so weights saved after :meth:`merge` load back merged, not with the update twice.
 
-    Raises:
-        TypeError: if ``base`` is not an ``nn.Linear``.
-        ValueError: if ``rank`` is not a positive integer, ``alpha`` is not positive, or
-            ``dropout`` is not in ``[0, 1)``.
+class LoRALayer(nn.Module):
+    """What every LoRA layer shares: a frozen ``base`` with a ``weight``, the trainable
+    ``lora_A``/``lora_B``, the scaling ``alpha / rank``, and merging the update
+    (:meth:`delta_weight`, shaped like ``base.weight``) into ``base.weight`` and out again.
+
+    The ``merged`` flag makes a second :meth:`merge` a no-op, so the update is never applied
+    twice, and it is part of ``state_dict()`` (as the layer's extra state), so weights saved
+    after :meth:`merge` load back merged, not with the update twice.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    base: nn.Linear | nn.Embedding
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+
+    def __init__(self, base: nn.Linear | nn.Embedding, rank: int, alpha: float) -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer (1, 4, 8, ...), got {rank!r}")
-        if not alpha > 0:
-            raise ValueError(
-                f"alpha must be positive (often equal to rank or twice it), got {alpha!r}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_rank_and_alpha(rank, alpha)
         self.base = base
         base.requires_grad_(False)
         self.rank, self.alpha = rank, float(alpha)
         self.scaling = self.alpha / rank
-        weight = base.weight
-        self.lora_A = nn.Parameter(
-            torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device)
-        )
-        # nn.Linear's own initialisation for A; B = 0 makes the update start at exactly zero.
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.register_load_state_dict_pre_hook(_unmerged_when_no_flag_was_saved)
 
     def delta_weight(self) -> torch.Tensor:
         """Return the update ``(alpha / rank) * B @ A``, shaped like ``base.weight``."""
-        return (self.lora_B @ self.lora_A) * self.scaling
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
-        if self.merged:  # the update already sits in base.weight
-            return result
-        return (
-            result
-            + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
-        )
+        raise NotImplementedError
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update to ``base.weight`` so the forward pass is one matrix product.
+        """Add the update to ``base.weight`` so the forward pass costs what the base's does.
 
         While merged, ``A`` and ``B`` get no gradient: merge for inference, not for training.
         Does nothing if already merged."""
@@ -108,6 +87,104 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+
+
+class LoRALinear(LoRALayer):
+    """``base(x) + (alpha / rank) * B A dropout(x)``: ``base`` frozen, ``A`` and ``B`` trainable.
+
+    ``lora_A`` has shape ``(rank, in_features)`` and ``lora_B`` ``(out_features, rank)``; ``B``
+    starts at zero, so the layer starts equal to ``base``. Dropout acts on the input of the
+    low-rank path only, as in ``peft``. :meth:`merge` folds the update into ``base.weight`` and
+    :meth:`unmerge` takes it out again (see :class:`LoRALayer`).
+
+    Raises:
+        TypeError: if ``base`` is not an ``nn.Linear``.
+        ValueError: if ``rank`` is not a positive integer, ``alpha`` is not positive, or
+            ``dropout`` is not in ``[0, 1)``.
+    """
+
+    base: nn.Linear
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        super().__init__(base, rank, alpha)
+        weight = base.weight
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device)
+        )
+        # nn.Linear's own initialisation for A; B = 0 makes the update start at exactly zero.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def delta_weight(self) -> torch.Tensor:
+        """Return the update ``(alpha / rank) * B @ A``, shaped like ``base.weight``."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        if self.merged:  # the update already sits in base.weight
+            return result
+        return (
+            result
+            + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        )
+
+
+class LoRAEmbedding(LoRALayer):
+    """``base(ids) + (alpha / rank) * (A^T[ids]) B^T``: a low-rank update of an embedding table.
+
+    The update of the ``(num_embeddings, embedding_dim)`` table is ``(B A)^T`` with ``lora_A`` of
+    shape ``(rank, num_embeddings)`` and ``lora_B`` ``(embedding_dim, rank)``: a token's row
+    changes by ``rank`` numbers of its own (its column of ``A``) mixed by the shared ``B``. As in
+    ``peft``'s ``lora.Embedding``, ``A`` starts at zero and ``B`` normal, so the layer starts
+    equal to ``base`` (the roles are the reverse of :class:`LoRALinear`'s). ``peft`` applies no
+    dropout to embeddings, and neither does this layer.
+
+    :meth:`merge` adds the update to ``base.weight``. Where that table is *tied* to an output
+    layer (GPT's token embedding and LM head are one matrix), merging changes the output layer
+    too, while the unmerged layer changes only the lookup: merge such a model only when the
+    output layer is not used (a classifier) or should change with it.
+
+    Raises:
+        TypeError: if ``base`` is not an ``nn.Embedding``.
+        ValueError: if ``rank`` is not a positive integer or ``alpha`` is not positive.
+    """
+
+    base: nn.Embedding
+
+    def __init__(self, base: nn.Embedding, rank: int, alpha: float) -> None:
+        if not isinstance(base, nn.Embedding):
+            raise TypeError(f"LoRAEmbedding wraps an nn.Embedding, got {type(base).__name__}")
+        super().__init__(base, rank, alpha)
+        weight = base.weight
+        self.lora_A = nn.Parameter(
+            torch.zeros(rank, base.num_embeddings, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.empty(base.embedding_dim, rank, dtype=weight.dtype, device=weight.device)
+        )
+        nn.init.normal_(self.lora_B)  # A = 0 makes the update start at exactly zero
+
+    def delta_weight(self) -> torch.Tensor:
+        """Return the update ``(alpha / rank) * (B @ A)^T``, shaped like ``base.weight``."""
+        return (self.lora_B @ self.lora_A).T * self.scaling
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        result = self.base(ids)
+        if self.merged:  # the update already sits in base.weight
+            return result
+        base = self.base
+        rows_of_a = F.embedding(  # the columns of A for these tokens, as the base looks them up
+            ids, self.lora_A.T, base.padding_idx, base.max_norm, base.norm_type,
+            base.scale_grad_by_freq, base.sparse,
+        )  # fmt: skip
+        return result + (rows_of_a @ self.lora_B.T) * self.scaling
 
 
 def _unmerged_when_no_flag_was_saved(
@@ -152,21 +229,23 @@ def inject_lora(
 ) -> int:
     """Replace every ``nn.Linear`` of ``model`` whose name ends with one of ``target_modules``
     (e.g. ``["query", "value"]``, matched as ``peft`` matches them) by a :class:`LoRALinear`,
-    freeze everything else except the modules named by ``modules_to_save`` (e.g. a new
-    ``"classifier"``), and return the number of trainable parameters.
+    and every such ``nn.Embedding`` by a :class:`LoRAEmbedding` (``dropout`` applies to the
+    linear layers only, as in ``peft``), freeze everything else except the modules named by
+    ``modules_to_save`` (e.g. a new ``"classifier"``), and return the number of trainable
+    parameters.
 
     The model is changed in place. Unlike ``peft``, which keeps a separate trainable copy of each
     module to save (so that several adapters can share one model), the modules to save here are
     unfrozen where they are.
 
     Raises:
-        TypeError: if ``target_modules`` is a single string or a matched module is not an
-            ``nn.Linear``.
+        TypeError: if ``target_modules`` is a single string or a matched module is neither an
+            ``nn.Linear`` nor an ``nn.Embedding``.
         ValueError: if ``target_modules`` is empty, a target matches no module, the model
             already carries LoRA (a second call would freeze the first call's adapters: name
             every target in one call), or a name in ``modules_to_save`` matches nothing.
         The model is left unchanged when anything is raised (also for a bad ``rank``, ``alpha``
-        or ``dropout``, which :class:`LoRALinear` refuses).
+        or ``dropout``, which the LoRA layers refuse).
     """
     if isinstance(target_modules, str):
         raise TypeError(f"target_modules is a list of name suffixes, e.g. [{target_modules!r}]")
@@ -184,17 +263,21 @@ def inject_lora(
         )
     targets = _modules_named(model, target_modules, "target_modules")
     for name, module in targets:
-        if isinstance(module, LoRALinear) or any(
-            isinstance(m, LoRALinear) for m in module.modules()
-        ):
+        if any(isinstance(m, LoRALayer) for m in module.modules()):
             raise ValueError(f"{name} already carries LoRA; inject once per model")
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, (nn.Linear, nn.Embedding)):
             raise TypeError(
-                f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear layers only"
+                f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear and "
+                "nn.Embedding layers only"
             )
     saved = _modules_named(model, modules_to_save, "modules_to_save")
     # Build every wrapper before touching the model, so a bad rank leaves it unchanged.
-    wrappers = {name: LoRALinear(module, rank, alpha, dropout) for name, module in targets}
+    wrappers = {
+        name: LoRALinear(module, rank, alpha, dropout)
+        if isinstance(module, nn.Linear)
+        else LoRAEmbedding(module, rank, alpha)
+        for name, module in targets
+    }
     model.requires_grad_(False)
     for name, wrapper in wrappers.items():
         parent_name, _, child_name = name.rpartition(".")
@@ -206,11 +289,10 @@ def inject_lora(
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """Return the :class:`LoRALinear` layers of ``model`` by module name."""
-    return {
-        name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)
-    }
+def lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
+    """Return the LoRA layers (:class:`LoRALinear`, :class:`LoRAEmbedding`) of ``model`` by
+    module name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALayer)}
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -302,7 +384,8 @@ def copy_lora_to_peft(
     tensors were copied.
 
     ``peft`` names a wrapped layer ``base_model.model.<name>`` and keeps ``lora_A``/``lora_B``
-    as ``nn.Linear`` layers whose weights have exactly the shapes of ours. Everything is
+    as ``nn.Linear`` layers whose weights have exactly the shapes of ours; for an embedding it
+    keeps ``lora_embedding_A``/``lora_embedding_B`` as parameters of our shapes. Everything is
     checked before anything is copied, so a refused copy leaves ``peft_model`` unchanged.
 
     Raises:
@@ -317,16 +400,26 @@ def copy_lora_to_peft(
     lora_pairs, saved_pairs = [], []
     for peft_name, module in peft_model.named_modules():
         name = peft_name.removeprefix("base_model.model.")
-        if (
-            hasattr(module, "lora_A")
-            and isinstance(module.lora_A, nn.ModuleDict)
-            and adapter_name in module.lora_A
-        ):
+        linear = isinstance(getattr(module, "lora_A", None), nn.ModuleDict) and (
+            adapter_name in module.lora_A
+        )
+        embedding = isinstance(getattr(module, "lora_embedding_A", None), nn.ParameterDict) and (
+            adapter_name in module.lora_embedding_A
+        )
+        if linear or embedding:
             layer = ours.get(name)
-            if not isinstance(layer, LoRALinear):
-                raise ValueError(f"peft adapts {name}, which is not a LoRALinear in the model")
+            kind = LoRALinear if linear else LoRAEmbedding
+            if not isinstance(layer, kind):
+                raise ValueError(f"peft adapts {name}, which is not a {kind.__name__} in the model")
             _check_same_adapter(name, layer, module, adapter_name)
-            lora_pairs.append((name, layer, module))
+            if linear:
+                matrices = (module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight)
+            else:
+                matrices = (
+                    module.lora_embedding_A[adapter_name],
+                    module.lora_embedding_B[adapter_name],
+                )
+            lora_pairs.append((name, layer, matrices))
         elif (
             isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)
             and adapter_name in module.modules_to_save
@@ -357,9 +450,9 @@ def copy_lora_to_peft(
         )
     copied = 0
     with torch.no_grad():
-        for _, layer, module in lora_pairs:
-            module.lora_A[adapter_name].weight.copy_(layer.lora_A)
-            module.lora_B[adapter_name].weight.copy_(layer.lora_B)
+        for _, layer, (peft_a, peft_b) in lora_pairs:
+            peft_a.copy_(layer.lora_A)
+            peft_b.copy_(layer.lora_B)
             copied += 2
         for _, source, target in saved_pairs:
             target_state = target.state_dict()
@@ -369,7 +462,7 @@ def copy_lora_to_peft(
     return copied
 
 
-def _check_same_adapter(name: str, layer: LoRALinear, module: nn.Module, adapter_name: str) -> None:
+def _check_same_adapter(name: str, layer: LoRALayer, module: nn.Module, adapter_name: str) -> None:
     """Refuse a ``peft`` layer that would compute something else than ``layer`` with the same
     A and B (torch would only complain about sizes, or nothing at all)."""
     rank = module.r[adapter_name]
@@ -398,11 +491,13 @@ def _check_same_adapter(name: str, layer: LoRALinear, module: nn.Module, adapter
     if unsupported:
         raise ValueError(
             f"{name}: peft's adapter {adapter_name!r} uses {' and '.join(unsupported)}, which "
-            "LoRALinear does not have; build the LoraConfig without it (and unmerge)"
+            "this LoRA layer does not have; build the LoraConfig without it (and unmerge)"
         )
 
 
 __all__ = [
+    "LoRAEmbedding",
+    "LoRALayer",
     "LoRALinear",
     "adapter_state_dict",
     "copy_lora_to_peft",
