@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset
@@ -101,7 +102,10 @@ class Vocabulary:
 TRUNCATIONS = ("head", "head+tail")
 
 
-def truncate(tokens: Sequence[str], max_length: int, keep: str = "head") -> list[str]:
+Token = TypeVar("Token", str, int)
+
+
+def truncate(tokens: Sequence[Token], max_length: int, keep: str = "head") -> list[Token]:
     """Return at most ``max_length`` tokens: the first ones (``keep="head"``), or the first
     ``max_length // 2`` and the last ``max_length - max_length // 2`` (``"head+tail"``, which
     keeps the closing verdict of a long review; Sun et al. 2019 found it best for BERT on IMDB).
@@ -115,8 +119,8 @@ def truncate(tokens: Sequence[str], max_length: int, keep: str = "head") -> list
         return list(tokens)
     if keep == "head":
         return list(tokens[:max_length])
-    head = max_length // 2
-    return [*tokens[:head], *tokens[len(tokens) - (max_length - head) :]]
+    head_length = max_length // 2
+    return list(tokens[:head_length]) + list(tokens[len(tokens) - (max_length - head_length) :])
 
 
 def with_bigrams(tokens: Sequence[str]) -> list[str]:
@@ -206,8 +210,8 @@ class TokenizedTexts(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict:
-        item = {key: values[index] for key, values in self.encodings.items()}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {key: values[index] for key, values in self.encodings.items()}
         item["labels"] = self.labels[index]
         return item
 
