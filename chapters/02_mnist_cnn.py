@@ -333,7 +333,8 @@ print(
 # this same loop with the plumbing a real run needs: a progress bar and a history of loss, accuracy,
 # learning rate and speed per epoch; validation after every epoch; a learning-rate scheduler
 # stepped after every optimiser step; early stopping with the best weights restored; checkpoints
-# and resuming; gradient clipping; mixed precision on CUDA; and batches that are either
+# and resuming; gradient clipping; mixed precision (on CUDA, or on a CPU with native bf16); and
+# batches that are either
 # `(inputs, labels)` pairs or the dicts of Hugging Face tokenizers. Its signature lists them:
 
 # %%

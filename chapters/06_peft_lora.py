@@ -270,10 +270,11 @@ display(
 #
 # ## LoRA by hand
 #
-# `tutorial_lib.lora.LoRALinear` wraps a frozen `nn.Linear`. This is its code:
+# `tutorial_lib.lora.LoRALinear` wraps a frozen `nn.Linear`. This is its code, after that of
+# the base class it shares with the embedding version (scaling, merging, the `merged` flag):
 
 # %%
-plots.show_source(lora.LoRALinear)
+plots.show_source(lora.LoRALayer, lora.LoRALinear)
 
 # %% [markdown]
 # Wrapped around the query projection of the model's first attention layer, it must start equal

@@ -33,7 +33,8 @@
 #   pooling, and which layers to train;
 # - the central measurement: pre-trained against randomly initialised, at two label budgets, with
 #   standard errors that say which differences are real;
-# - chapter 6's LoRA on a model it was not written for: accuracy, trainable share, adapter size;
+# - chapter 6's LoRA on a model it was not written for, on its blocks and on its token
+#   embedding: accuracy, trainable share, adapter size;
 # - prompting without changing a weight: a cloze template, label words, contextual calibration
 #   {cite:p}`zhao2021calibrate` and few-shot demonstrations {cite:p}`brown2020language` — and
 #   what a model of this size can and cannot do with them.
@@ -507,17 +508,19 @@ plt.show()
 # more steps to get where it is going: `lora_epochs` (16 on the `cpu` budget, twice full
 # fine-tuning's 8, chosen on the validation reviews).
 #
-# The design table above hints at where that may fall short: training the top block alone lost
-# most of what full fine-tuning won, so the gain comes from the lower layers — and the lowest is
-# the **token embedding**, 4,096 rows of 128 numbers that hold a third of this model's
-# parameters. Full fine-tuning moves each sentiment word's row; LoRA on the blocks cannot. An
-# embedding table takes a low-rank update too (`lora.LoRAEmbedding`, checked against `peft`'s):
-# every token gets `rank` numbers of its own, mixed by one shared `rank × 128` matrix. So two
-# LoRA runs, the blocks alone and the blocks plus the embedding (`wte`), at the same rank:
+# Where could that fall short? If the design table shows the top block alone well behind full
+# fine-tuning, part of the gain comes from the lower layers — and the lowest is the **token
+# embedding**, the largest single table of this model (its share is printed below). Full
+# fine-tuning moves each sentiment word's row; LoRA on the blocks cannot. An embedding table
+# takes a low-rank update too (`lora.LoRAEmbedding`, checked against `peft`'s): every token gets
+# `rank` numbers of its own, mixed by one shared matrix of `rank` × width. So two LoRA runs, the
+# blocks alone and the blocks plus the embedding (`wte`), at the same rank:
 
 # %%
 BLOCK_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
 total = count_parameters(gpt_adapt.GPTClassifier(backbone(True)))
+table = pretrained.wte.weight
+print(f"token embedding {tuple(table.shape)}: {table.numel() / total:.0%} of the parameters")
 lora_rows, adapter_bytes = {}, {}
 for name, targets in (("LoRA, blocks", BLOCK_TARGETS),
                       ("LoRA, blocks + embedding", [*BLOCK_TARGETS, "wte"])):  # fmt: skip
@@ -774,8 +777,9 @@ print(f"result record: {runtime.display_path(record_path)}")
 # - The same architecture from random weights, on the same labels and budget, is the fair
 #   yardstick for pre-training; the table above measures the gap at two label budgets with its
 #   standard error.
-# - Chapter 6's LoRA adapts this GPT unchanged, training a few percent of its parameters and
-#   storing a small adapter per task.
+# - Chapter 6's LoRA adapts this GPT, training a few percent of its parameters and storing a
+#   small adapter per task; on a model this small, adapting the token embedding as well is
+#   what the table above measures the worth of.
 # - Prompting a small model asks it for what pre-training gave it; calibration removes the label
 #   words' prior; in-context learning needs far more scale than a laptop can train.
 #

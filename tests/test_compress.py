@@ -185,11 +185,13 @@ def test_unlabelled_examples_teach_through_the_soft_term_only():
     hard_on_labelled = _direct_distillation_loss(
         student[labelled], teacher[labelled], labels[labelled], temperature, 0.0
     )
+    # each example's own terms, averaged over all six: the four labelled ones' CE weighs 4/6
     got = compress.distillation_loss(student, teacher, labels, temperature, alpha)
-    torch.testing.assert_close(got, alpha * soft_only + (1 - alpha) * hard_on_labelled)
+    expected = alpha * soft_only + (1 - alpha) * hard_on_labelled * labelled.sum() / len(labels)
+    torch.testing.assert_close(got, expected)
     nothing_labelled = torch.full((6,), compress.UNLABELLED)
     got = compress.distillation_loss(student, teacher, nothing_labelled, temperature, alpha)
-    torch.testing.assert_close(got, alpha * soft_only)  # not NaN: no mean over zero examples
+    torch.testing.assert_close(got, alpha * soft_only)  # not NaN: nothing to take a mean of
 
 
 def test_distillation_loss_rejects_bad_arguments():

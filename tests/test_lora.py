@@ -173,6 +173,16 @@ def test_an_embedding_layer_starts_equal_to_the_base_and_updates_by_b_a_transpos
     torch.testing.assert_close(layer(ids), unmerged)
     with pytest.raises(TypeError, match="nn.Embedding"):
         LoRAEmbedding(nn.Linear(4, 4), rank=1, alpha=1)
+    with pytest.raises(ValueError, match="max_norm"):
+        LoRAEmbedding(nn.Embedding(5, 3, max_norm=1.0), rank=1, alpha=1)
+
+
+def test_a_bad_dropout_leaves_a_model_with_an_embedding_target_unchanged():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="dropout"):
+        inject_lora(model, ["0", "1"], rank=2, alpha=2, dropout=1.5)
+    assert not lora_layers(model)
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def randomise_embedding_lora(model: nn.Module, seed: int = 3) -> None:

@@ -390,8 +390,9 @@ def distillation_loss(
 
     The ``T²`` keeps the soft term's gradient on the scale of the hard one when ``T``
     changes (the softened gradients shrink as ``1/T²``). Examples labelled
-    :data:`UNLABELLED` take part in the soft term only; the hard term is the mean over the
-    labelled examples of the batch, and zero when it has none.
+    :data:`UNLABELLED` take part in the soft term only: the loss is a mean over examples of
+    each example's own terms, so a labelled example weighs the same whether its batch holds
+    unlabelled ones or not.
 
     Raises:
         ValueError: if ``temperature <= 0``, ``alpha`` is outside [0, 1], or the logits'
@@ -412,12 +413,9 @@ def distillation_loss(
         reduction="batchmean",
         log_target=True,
     )
-    labelled = labels != UNLABELLED
-    # a batch of unlabelled examples only: cross_entropy's mean over no example would be NaN
-    hard = (
-        F.cross_entropy(student_logits, labels, ignore_index=UNLABELLED)
-        if labelled.any()
-        else student_logits.sum() * 0.0
+    # summed over the labelled examples, divided by all: the unlabelled ones add zero
+    hard = F.cross_entropy(student_logits, labels, ignore_index=UNLABELLED, reduction="sum") / len(
+        labels
     )
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 

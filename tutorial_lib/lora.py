@@ -153,7 +153,8 @@ class LoRAEmbedding(LoRALayer):
 
     Raises:
         TypeError: if ``base`` is not an ``nn.Embedding``.
-        ValueError: if ``rank`` is not a positive integer or ``alpha`` is not positive.
+        ValueError: if ``rank`` is not a positive integer, ``alpha`` is not positive, or
+            ``base`` uses ``max_norm`` or sparse gradients.
     """
 
     base: nn.Embedding
@@ -161,6 +162,12 @@ class LoRAEmbedding(LoRALayer):
     def __init__(self, base: nn.Embedding, rank: int, alpha: float) -> None:
         if not isinstance(base, nn.Embedding):
             raise TypeError(f"LoRAEmbedding wraps an nn.Embedding, got {type(base).__name__}")
+        if base.max_norm is not None or base.sparse:
+            # F.embedding would renormalise A's columns in place, or need a sparse optimiser
+            raise ValueError(
+                "LoRAEmbedding wraps an nn.Embedding without max_norm and sparse gradients; "
+                f"got max_norm={base.max_norm}, sparse={base.sparse}"
+            )
         super().__init__(base, rank, alpha)
         weight = base.weight
         self.lora_A = nn.Parameter(
@@ -180,10 +187,10 @@ class LoRAEmbedding(LoRALayer):
         if self.merged:  # the update already sits in base.weight
             return result
         base = self.base
-        rows_of_a = F.embedding(  # the columns of A for these tokens, as the base looks them up
-            ids, self.lora_A.T, base.padding_idx, base.max_norm, base.norm_type,
-            base.scale_grad_by_freq, base.sparse,
-        )  # fmt: skip
+        # the columns of A for these tokens, looked up as the base looks up its rows
+        rows_of_a = F.embedding(
+            ids, self.lora_A.T, base.padding_idx, scale_grad_by_freq=base.scale_grad_by_freq
+        )
         return result + (rows_of_a @ self.lora_B.T) * self.scaling
 
 
@@ -261,6 +268,8 @@ def inject_lora(
             "inject once per model: a second call freezes everything it does not adapt, the "
             "first call's adapters included. Pass every target to one call on a fresh model"
         )
+    if not 0.0 <= dropout < 1.0:  # before any wrapper is built: building one freezes its base
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     targets = _modules_named(model, target_modules, "target_modules")
     for name, module in targets:
         if any(isinstance(m, LoRALayer) for m in module.modules()):

@@ -238,7 +238,8 @@ def fit(
       ``DataLoader`` (DDP, or FSDP2 with ``parallel="fsdp"``), metrics cover the whole
       validation set and only rank 0 prints and writes files. **Global batch = per-process
       batch × processes × ``accumulation_steps``**. Mixed precision (``None`` = automatic):
-      bf16 on CUDA where native, else fp16 with a gradient scaler; off on the CPU.
+      bf16 on CUDA where native, else fp16 with a gradient scaler; off on the CPU. ``True``:
+      the same on CUDA, and bf16 on a CPU that computes it natively (AVX-512-BF16, AMX).
     - ``scheduler`` steps after every optimiser step; ``grad_clip_norm`` clips before it.
     - The best epoch has the best ``monitor`` (a key of :data:`MONITORS`, whose value says
       whether lower or higher is better). ``patience``: stop after that many epochs without

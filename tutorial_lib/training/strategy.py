@@ -54,12 +54,11 @@ def _autocast_dtype(device: torch.device, mixed_precision: MixedPrecision) -> to
     - ``None`` (automatic): on a CUDA device, bf16 where it computes bf16 natively (compute
       capability 8.0 and later: A100, H100, RTX 30xx) and fp16 with a gradient scaler on an
       older one (T4, V100); off on the CPU, where it pays for some models and costs others
-      (``benchmarks/cpu_speed_levers.py`` measured MiniLM and TextCNN faster in bf16, a tiny GPT
-      and EfficientNet in ``channels_last`` slower).
+      (``benchmarks/cpu_speed_levers.py``, on an AMX CPU, measured MiniLM and TextCNN faster in
+      bf16, and a tiny GPT and EfficientNet (in ``channels_last``) slower).
     - ``True``: the same on CUDA, and on a CPU that multiplies bf16 natively (AVX-512-BF16 or
       AMX, :func:`tutorial_lib.runtime.cpu_has_native_bf16`) bf16 too; off on other CPUs, where
-      bf16 is emulated and slower than float32. Chapters pass it for the models that measured
-      faster in bf16.
+      bf16 is emulated and slower than float32. Chapter 4 passes it for MiniLM.
     - ``"bf16"``/``"fp16"`` force a type; ``False`` switches it off.
 
     ``torch.cuda.is_bf16_supported()`` alone also answers yes where bf16 is only emulated
