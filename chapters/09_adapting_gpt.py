@@ -557,7 +557,7 @@ for name, row in lora_rows.items():
         if abs(gap) <= 2 * error
         else "more than two standard errors apart"
     )
-    print(f"full minus {name}: {100 * gap:+.1f} ± {100 * error:.1f} points ({verdict})")
+    print(f"full minus {name}: {100 * gap:+.1f} ± {100 * error:.1f} points\n    ({verdict})")
 
 # %% [markdown]
 # One caution about the embedding's adapter: GPT's token embedding is *tied* to its output layer
