@@ -56,6 +56,11 @@ class LoRALayer(nn.Module):
         self.merged = False
         self.register_load_state_dict_pre_hook(_unmerged_when_no_flag_was_saved)
 
+    def _zeros(self, *shape: int) -> nn.Parameter:
+        """A new parameter of zeros, of the base weight's dtype and device."""
+        weight = self.base.weight
+        return nn.Parameter(torch.zeros(*shape, dtype=weight.dtype, device=weight.device))
+
     def delta_weight(self) -> torch.Tensor:
         """Return the update ``(alpha / rank) * B @ A``, shaped like ``base.weight``."""
         raise NotImplementedError
@@ -111,13 +116,8 @@ class LoRALinear(LoRALayer):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         super().__init__(base, rank, alpha)
-        weight = base.weight
-        self.lora_A = nn.Parameter(
-            torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device)
-        )
+        self.lora_A = self._zeros(rank, base.in_features)
+        self.lora_B = self._zeros(base.out_features, rank)
         # nn.Linear's own initialisation for A; B = 0 makes the update start at exactly zero.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -169,13 +169,8 @@ class LoRAEmbedding(LoRALayer):
                 f"got max_norm={base.max_norm}, sparse={base.sparse}"
             )
         super().__init__(base, rank, alpha)
-        weight = base.weight
-        self.lora_A = nn.Parameter(
-            torch.zeros(rank, base.num_embeddings, dtype=weight.dtype, device=weight.device)
-        )
-        self.lora_B = nn.Parameter(
-            torch.empty(base.embedding_dim, rank, dtype=weight.dtype, device=weight.device)
-        )
+        self.lora_A = self._zeros(rank, base.num_embeddings)
+        self.lora_B = self._zeros(base.embedding_dim, rank)
         nn.init.normal_(self.lora_B)  # A = 0 makes the update start at exactly zero
 
     def delta_weight(self) -> torch.Tensor:
