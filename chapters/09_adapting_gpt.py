@@ -384,6 +384,7 @@ def mean_of_runs(runs: list[dict]) -> dict:
         "trainable": runs[0]["trainable"],
         "seconds": sum(r["seconds"] for r in runs),
         "seed_test_accuracies": [r["test_accuracy"] for r in runs],
+        "seed_val_accuracies": [r["best_val_accuracy"] for r in runs],
     }
 
 
@@ -414,6 +415,9 @@ display(plots.markdown_table(
      for name, row in design.items()],
     ["classifier", "trainable parameters", "best validation %", "test % ± SE"], align="lrrr",
 ))  # fmt: skip
+for pooling in gpt_adapt.POOLINGS:  # how far one run's validation accuracy moves
+    seeds = design[f"{pooling} token, all layers"]["seed_val_accuracies"]
+    print(f"{pooling} token, best validation % per seed: {[round(100 * a, 1) for a in seeds]}")
 print(f"pooling chosen on the mean validation accuracy: {best_pooling} token")
 
 # %% [markdown]

@@ -858,11 +858,17 @@ distilled_row = student_row(
 )
 display(table([teacher_row, gold_row, distilled_same_row, distilled_row]))
 
+
 # %%
-difference = distilled_row.accuracy - gold_row.accuracy
-difference_se = math.hypot(distilled_row.accuracy_se, gold_row.accuracy_se)
-same_data_difference = distilled_same_row.accuracy - gold_row.accuracy
-same_data_se = math.hypot(distilled_same_row.accuracy_se, gold_row.accuracy_se)
+def accuracy_difference(
+    first: compress.Measurement, second: compress.Measurement
+) -> tuple[float, float]:
+    """First minus second accuracy, and the standard error of that difference."""
+    return first.accuracy - second.accuracy, math.hypot(first.accuracy_se, second.accuracy_se)
+
+
+difference, difference_se = accuracy_difference(distilled_row, gold_row)
+same_data_difference, same_data_se = accuracy_difference(distilled_same_row, gold_row)
 verdict = (
     "more than two standard errors: distillation helped"
     if difference > 2 * difference_se
@@ -912,10 +918,7 @@ for label, first, second in (
     ("distilled + transfer: TextCNN minus bag", distilled_row, bag_distilled_row),
     ("bag: distilled + transfer minus gold", bag_distilled_row, bag_gold_row),
 ):
-    gap, gap_se = (
-        first.accuracy - second.accuracy,
-        math.hypot(first.accuracy_se, second.accuracy_se),
-    )
+    gap, gap_se = accuracy_difference(first, second)
     print(f"{label}: {100 * gap:+.1f} ± {100 * gap_se:.1f} points")
 
 # %% [markdown]
@@ -1149,7 +1152,7 @@ record_path = results.write_result_record(
             "distilled_same_reviews_minus_gold": same_data_difference,
             "distilled_same_reviews_minus_gold_se": same_data_se,
             "distilled_minus_gold_se": difference_se,
-            "bag_distilled_minus_gold": bag_distilled_row.accuracy - bag_gold_row.accuracy,
+            "bag_distilled_minus_gold": accuracy_difference(bag_distilled_row, bag_gold_row)[0],
         },
         "chapter_seconds": run.seconds(),
     },
