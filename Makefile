@@ -17,9 +17,10 @@ book: $(INSTALLED)
 	TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/jupyter-book build --all --warningiserror --nitpick --keep-going .
 
 # Package tests, notebook pairing checks, every chapter under the smoke profile (nbmake) and
-# the book build under the smoke profile.
+# the book build (cpu profile on the bundled samples, tests/test_book.py). The slowest tests are
+# listed at the end, so that a CI log says where its time went.
 test: $(INSTALLED)
-	TUTORIAL_PROFILE=smoke TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/python -m pytest tests --nbmake chapters
+	TUTORIAL_PROFILE=smoke TUTORIAL_NONINTERACTIVE=1 $(VENV)/bin/python -m pytest tests --nbmake chapters --durations=25
 
 # What a contributor runs: every test but the book build and its browser check, a few minutes.
 unit: $(INSTALLED)
