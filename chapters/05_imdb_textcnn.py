@@ -852,8 +852,8 @@ plt.show()
 # bigram models competitive with far more complex ones on full-length movie reviews. TextCNN needs
 # no pre-trained checkpoint and trains in minutes on a laptop, but it earns its extra cost only
 # where it beats the floor on validation data. How the margin moves with fewer labels, and
-# whether a large teacher's labels change it, is measured in chapter 10, which trains both
-# models on a few thousand labels and distils chapter 4's MiniLM into each.
+# whether a large teacher's labels change it, is measured in {doc}`10_model_compression`, which
+# trains both models on a few thousand labels and distils chapter 4's MiniLM into each.
 #
 # BERT's row differs in still more: another tokenizer, pre-training, chapter 4's smaller training
 # set, epochs and test subset (printed under the table), and it too truncates each review, to the
