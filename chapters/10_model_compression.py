@@ -1127,13 +1127,17 @@ final_rows = [
 print(
     f"{len(test_reviews):,} test reviews ({imdb.source.kind}), CPU, "
     f"{torch.get_num_threads()} threads; latency: median, warm-up excluded"
-    + ("" if bf16_row.examples == len(test_reviews) else f"; bf16: {bf16_row.examples:,} reviews")
+    + (
+        ""
+        if bf16_row.examples == len(test_reviews)
+        else f";\nbf16 on {bf16_row.examples:,} of them"
+    )
 )
 if hasattr(os, "getloadavg"):  # other work on the machine slows every row, unevenly
     load, cpus = os.getloadavg()[0], os.cpu_count() or 1
     print(
         f"load average over the last minute: {load:.1f} on {cpus} CPUs (this run included)"
-        + ("; more work than CPUs: read the latencies as upper bounds" if load > cpus else "")
+        + (";\nmore work than CPUs: read the latencies as upper bounds" if load > cpus else "")
     )
 display(table(final_rows))
 
