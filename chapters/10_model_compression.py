@@ -796,7 +796,7 @@ agreement = (teacher_train_logits.argmax(1) == gold_labels).float().mean()
 print(
     f"{labeller_name} (the faster at batch 32) labelled {len(student_texts):,} training reviews "
     f"in {time.perf_counter() - started:.0f} s;\nit agrees with the gold label on "
-    f"{100 * agreement:.1f}% (a check only: the transfer reviews' gold labels go no further)"
+    f"{100 * agreement:.1f}%\n(a check only: the transfer reviews' gold labels go no further)"
 )
 labelled_count = len(train_reviews)
 student_labels = gold_labels.clone()
