@@ -525,50 +525,82 @@ plt.show()
 # fine-tuning moves each sentiment word's row; LoRA on the blocks cannot. An embedding table
 # takes a low-rank update too (`lora.LoRAEmbedding`, checked against `peft`'s): every token gets
 # `rank` numbers of its own, mixed by one shared matrix of `rank` × width. So two LoRA runs, the
-# blocks alone and the blocks plus the embedding (`wte`), at the same rank:
+# blocks alone and the blocks plus the embedding (`wte`), at the same rank.
+#
+# One more choice is LoRA's own: the pooling. Last-token pooling asks the attention layers to
+# carry the verdict to one position; full fine-tuning can rewire them for that, a rank-4 update
+# may not, while mean pooling reads every position as it is. So LoRA on the blocks is trained
+# with both poolings and keeps the better on the validation reviews (one run each), as full
+# fine-tuning did; the embedding run reuses that choice.
 
 # %%
 BLOCK_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
 total = count_parameters(gpt_adapt.GPTClassifier(backbone(True)))
 table = pretrained.wte.weight
 print(f"token embedding {tuple(table.shape)}: {table.numel() / total:.0%} of the parameters")
-lora_rows, adapter_bytes = {}, {}
-for name, targets in (("LoRA, blocks", BLOCK_TARGETS),
-                      ("LoRA, blocks + embedding", [*BLOCK_TARGETS, "wte"])):  # fmt: skip
-    classifier = gpt_adapt.GPTClassifier(backbone(True), pooling=best_pooling)
+
+
+def lora_run(targets: list[str], pooling: str) -> dict:
+    """LoRA at `lora_rank` on `targets`, the head trained in full; the row and adapter size."""
+    classifier = gpt_adapt.GPTClassifier(backbone(True), pooling=pooling)
     rank = BUDGET.lora_rank
     lora.inject_lora(classifier, targets, rank=rank, alpha=2 * rank, modules_to_save=["head"])
-    lora_rows[name] = fine_tune(
-        classifier, sets["small"], BUDGET.lora_learning_rate, epochs=LORA_EPOCHS
-    )
+    row = fine_tune(classifier, sets["small"], BUDGET.lora_learning_rate, epochs=LORA_EPOCHS)
     with tempfile.TemporaryDirectory() as folder:
         saved_adapter = lora.save_adapter(classifier, Path(folder) / "adapter.pt")
-        adapter_bytes[name] = saved_adapter.stat().st_size
+        return {**row, "pooling": pooling, "adapter_bytes": saved_adapter.stat().st_size}
+
+
+block_runs = {pooling: lora_run(BLOCK_TARGETS, pooling) for pooling in gpt_adapt.POOLINGS}
+lora_pooling = max(gpt_adapt.POOLINGS, key=lambda p: block_runs[p]["best_val_accuracy"])
+for pooling, row in block_runs.items():
+    print(f"LoRA on the blocks, {pooling} token: best validation "
+          f"{100 * row['best_val_accuracy']:.1f} %")  # fmt: skip
+print(f"LoRA's pooling, chosen on validation: {lora_pooling} token")
+lora_rows = {
+    "LoRA, blocks": block_runs[lora_pooling],
+    "LoRA, blocks + embedding": lora_run([*BLOCK_TARGETS, "wte"], lora_pooling),
+}
 
 # %%
 full_row = central[("small", "pre-trained")]
 full_runs = len(full_row["seed_test_accuracies"])
-full_label = "full fine-tuning" + (f" (mean of {full_runs} runs)" if full_runs > 1 else "")
+full_label = f"full fine-tuning, {best_pooling} token" + (
+    f" (mean of {full_runs} runs)" if full_runs > 1 else ""
+)
 # parameters(), not the state dict: the tied output matrix is the token embedding, stored once
 model_bytes = sum(p.numel() * p.element_size() for p in pretrained.parameters())
 rows = [(full_label, f"{full_row['trainable']:,}", f"{full_row['trainable'] / total:.1%}",
          f"{model_bytes / 1e6:.1f} MB", pm(full_row))]  # fmt: skip
+same_pooling = design[f"{lora_pooling} token, all layers"]
+if lora_pooling != best_pooling:  # full fine-tuning with LoRA's pooling, from the design table
+    rows.append((f"full fine-tuning, {lora_pooling} token (mean of {full_runs} runs)",
+                 f"{same_pooling['trainable']:,}", f"{same_pooling['trainable'] / total:.1%}",
+                 f"{model_bytes / 1e6:.1f} MB", pm(same_pooling)))  # fmt: skip
 for name, row in lora_rows.items():
-    rows.append((f"{name}, rank {BUDGET.lora_rank}", f"{row['trainable']:,}",
-                 f"{row['trainable'] / total:.1%}", f"{adapter_bytes[name] / 1e3:.0f} kB",
-                 pm(row)))  # fmt: skip
+    rows.append((f"{name}, rank {BUDGET.lora_rank}, {row['pooling']} token",
+                 f"{row['trainable']:,}", f"{row['trainable'] / total:.1%}",
+                 f"{row['adapter_bytes'] / 1e3:.0f} kB", pm(row)))  # fmt: skip
 display(plots.markdown_table(
     rows, ["method", "trainable", "share", "to store per task", "test % ± SE"], align="lrrrr"
 ))  # fmt: skip
-for name, row in lora_rows.items():
-    gap = full_row["test_accuracy"] - row["test_accuracy"]
-    error = math.hypot(full_row["standard_error"], row["standard_error"])
+
+
+def gap_line(full: dict, full_name: str, row: dict, name: str) -> str:
+    gap = full["test_accuracy"] - row["test_accuracy"]
+    error = math.hypot(full["standard_error"], row["standard_error"])
     verdict = (
         "within two standard errors: not distinguishable here"
         if abs(gap) <= 2 * error
         else "more than two standard errors apart"
     )
-    print(f"full minus {name}: {100 * gap:+.1f} ± {100 * error:.1f} points\n    ({verdict})")
+    return f"{full_name} minus {name}: {100 * gap:+.1f} ± {100 * error:.1f} points\n    ({verdict})"
+
+
+for name, row in lora_rows.items():
+    print(gap_line(full_row, f"full ({best_pooling})", row, name))
+    if lora_pooling != best_pooling:
+        print(gap_line(same_pooling, f"full ({lora_pooling})", row, name))
 
 # %% [markdown]
 # One caution about the embedding's adapter: GPT's token embedding is *tied* to its output layer
@@ -764,10 +796,8 @@ record_path = results.write_result_record(
         "design": design,
         "pooling": best_pooling,
         "central": {f"{budget} / {start}": row for (budget, start), row in central.items()},
-        "lora": {
-            name: {**row, "rank": BUDGET.lora_rank, "adapter_bytes": adapter_bytes[name]}
-            for name, row in lora_rows.items()
-        },
+        "lora": {name: {**row, "rank": BUDGET.lora_rank} for name, row in lora_rows.items()},
+        "lora_pooling_val_accuracy": {p: r["best_val_accuracy"] for p, r in block_runs.items()},
         "prompting": prompting,
         "metrics": {
             "test_accuracy": central[("large", "pre-trained")]["test_accuracy"],
