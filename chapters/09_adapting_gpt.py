@@ -34,7 +34,8 @@
 # - the central measurement: pre-trained against randomly initialised, at two label budgets, with
 #   standard errors that say which differences are real;
 # - chapter 6's LoRA on a model it was not written for, on its blocks and on its token
-#   embedding: accuracy, trainable share, adapter size;
+#   embedding: accuracy, trainable share, adapter size, and why a low-rank update may want a
+#   different pooling than full fine-tuning;
 # - prompting without changing a weight: a cloze template, label words, contextual calibration
 #   {cite:p}`zhao2021calibrate` and few-shot demonstrations {cite:p}`brown2020language` — and
 #   what a model of this size can and cannot do with them.
@@ -832,6 +833,8 @@ print(f"result record: {runtime.display_path(record_path)}")
 #    accuracies against it.
 # 3. Try other verbalizers (" excellent" / " awful") and another template, and see how much the
 #    zero-shot accuracy moves — and whether calibration makes it move less.
+# 4. Give LoRA on the blocks the pooling it did not choose, at rank 16 instead of 4, and see how
+#    much of its gap to full fine-tuning with that pooling a four times larger adapter closes.
 #
 # ```{admonition} Solutions
 # :class: dropdown
@@ -843,6 +846,10 @@ print(f"result record: {runtime.display_path(record_path)}")
 #    pre-trained and a random `backbone`; the gap usually widens as n shrinks.
 # 3. Change `verbalizer` and `template` and rerun the prompting cells; Zhao et al. (2021) found
 #    calibration reduces the variance across such choices.
+# 4. `lora_run` reads the rank from `BUDGET`: set
+#    `BUDGET = dataclasses.replace(BUDGET, lora_rank=16)` (after `import dataclasses`), call
+#    `lora_run(BLOCK_TARGETS, pooling)` with the other pooling, and compare its test accuracy with
+#    the design table's row for that pooling; the trainable parameters of the blocks grow 4×.
 # ```
 #
 # ## References
