@@ -67,7 +67,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 # %%
 import pprint
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import torch
@@ -375,6 +375,12 @@ print(
 splits = data.budget_splits(cifar, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 train_images, val_images, test_images = splits.train, splits.val, splits.test
 print(splits.describe())
+if cifar.source.is_sample:  # its figures only show that the code runs
+    BUDGET = replace(BUDGET, finetune_epochs=1, scratch_epochs=1)
+    runtime.notice(
+        "On the bundled sample, fine-tuning and training from scratch run for one epoch each, "
+        "so that the page builds in a minute or two."
+    )
 
 # %% [markdown]
 # ## How many pixels?

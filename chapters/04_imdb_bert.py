@@ -160,10 +160,16 @@ tokenizer, _, bert_source = weights.load_bert(BUDGET.model_name)  # prints which
 # %%
 imdb = data.load_imdb()
 if imdb.source.is_sample:  # a budget fitted to the sample: its figures only show that it runs
-    BUDGET = dataclasses.replace(BUDGET, train_size=min(BUDGET.train_size, 192), max_length=128)
+    BUDGET = dataclasses.replace(
+        BUDGET,
+        train_size=min(BUDGET.train_size, 128),
+        max_length=128,
+        padding_sample=min(BUDGET.padding_sample, 32),
+    )
     runtime.notice(
         f"On the bundled sample the chapter trains on at most {BUDGET.train_size} reviews cut "
-        f"to {BUDGET.max_length} tokens, so that the page builds in a minute or two."
+        f"to {BUDGET.max_length} tokens and times padding on {BUDGET.padding_sample}, so that "
+        "the page builds in a minute or two."
     )
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test

@@ -106,9 +106,12 @@ class Budget:
     sweep_rank: int  # LoRA's learning rates are tried at this rank and reused for the others
     recipe_train_size: int  # the GPU recipe's training reviews; 0 = only on CUDA, skipped here
     # On the bundled sample (a few hundred reviews) a sweep measures nothing: one epoch at one
-    # rate per method, the rates the cpu sweep chose on the full data (results page)
+    # rate per method, the rates the cpu sweep chose on the full data (results page), on
+    # fewer reviews cut shorter, so that a newcomer's book build stays within minutes
     sample_epochs: int
     sample_learning_rates: dict
+    sample_max_length: int
+    sample_train_size: int
 
 
 BUDGETS = {
@@ -125,6 +128,8 @@ BUDGETS = {
         sweep_rank=4,
         recipe_train_size=32,
         sample_epochs=1,
+        sample_max_length=48,
+        sample_train_size=160,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -150,6 +155,8 @@ BUDGETS = {
         sweep_rank=4,
         recipe_train_size=0,
         sample_epochs=1,
+        sample_max_length=64,
+        sample_train_size=160,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -175,6 +182,8 @@ BUDGETS = {
         sweep_rank=4,
         recipe_train_size=25_000,
         sample_epochs=1,
+        sample_max_length=64,
+        sample_train_size=160,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -342,17 +351,22 @@ print(
 
 # %%
 imdb = data.load_imdb()
-splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
-print(splits.describe())
 if imdb.source.is_sample:
     BUDGET = replace(
-        BUDGET, epochs=BUDGET.sample_epochs, learning_rates=BUDGET.sample_learning_rates
+        BUDGET,
+        epochs=BUDGET.sample_epochs,
+        learning_rates=BUDGET.sample_learning_rates,
+        max_length=BUDGET.sample_max_length,
+        train_size=min(BUDGET.train_size, BUDGET.sample_train_size),
     )
     runtime.notice(
-        f"On the bundled sample every method trains for {BUDGET.epochs} epoch at one learning "
-        "rate (the one the cpu sweep chose on the full data) instead of sweeping rates: the "
-        "figures below only show that the code runs."
+        f"On the bundled sample every method trains for {BUDGET.epochs} epoch on at most "
+        f"{BUDGET.train_size} reviews cut to {BUDGET.max_length} tokens, at one learning rate "
+        "(the one the cpu sweep chose on the full data) instead of sweeping rates: the figures "
+        "below only show that the code runs."
     )
+splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
+print(splits.describe())
 probe = tokenizer(
     splits.val.texts[:4],
     truncation=True,
