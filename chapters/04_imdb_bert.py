@@ -162,7 +162,7 @@ imdb = data.load_imdb()
 if imdb.source.is_sample:  # a budget fitted to the sample: its figures only show that it runs
     BUDGET = dataclasses.replace(
         BUDGET,
-        train_size=min(BUDGET.train_size, 128),
+        train_size=min(BUDGET.train_size, 96),
         max_length=128,
         padding_sample=min(BUDGET.padding_sample, 32),
     )

@@ -129,7 +129,7 @@ BUDGETS = {
         recipe_train_size=32,
         sample_epochs=1,
         sample_max_length=48,
-        sample_train_size=160,
+        sample_train_size=128,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -156,7 +156,7 @@ BUDGETS = {
         recipe_train_size=0,
         sample_epochs=1,
         sample_max_length=64,
-        sample_train_size=160,
+        sample_train_size=128,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -183,7 +183,7 @@ BUDGETS = {
         recipe_train_size=25_000,
         sample_epochs=1,
         sample_max_length=64,
-        sample_train_size=160,
+        sample_train_size=128,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -358,12 +358,13 @@ if imdb.source.is_sample:
         learning_rates=BUDGET.sample_learning_rates,
         max_length=BUDGET.sample_max_length,
         train_size=min(BUDGET.train_size, BUDGET.sample_train_size),
+        test_size=min(BUDGET.test_size, 100),
     )
     runtime.notice(
         f"On the bundled sample every method trains for {BUDGET.epochs} epoch on at most "
         f"{BUDGET.train_size} reviews cut to {BUDGET.max_length} tokens, at one learning rate "
-        "(the one the cpu sweep chose on the full data) instead of sweeping rates: the figures "
-        "below only show that the code runs."
+        "(the one the cpu sweep chose on the full data) instead of sweeping rates, and is "
+        f"tested on {BUDGET.test_size}: the figures below only show that the code runs."
     )
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 print(splits.describe())
