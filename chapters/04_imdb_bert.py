@@ -168,8 +168,8 @@ if imdb.source.is_sample:  # a budget fitted to the sample: its figures only sho
     )
     runtime.notice(
         f"On the bundled sample the chapter trains on at most {BUDGET.train_size} reviews cut "
-        f"to {BUDGET.max_length} tokens and times padding on {BUDGET.padding_sample}, so that "
-        "the page builds in a minute or two."
+        f"to {BUDGET.max_length} tokens and times padding on {BUDGET.padding_sample} reviews, so "
+        "that the page builds in a minute or two."
     )
 splits = data.budget_splits(imdb, BUDGET.train_size, BUDGET.val_size, BUDGET.test_size, seed=0)
 train_reviews, val_reviews, test_reviews = splits.train, splits.val, splits.test

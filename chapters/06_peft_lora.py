@@ -112,6 +112,7 @@ class Budget:
     sample_learning_rates: dict
     sample_max_length: int
     sample_train_size: int
+    sample_test_size: int
 
 
 BUDGETS = {
@@ -130,6 +131,7 @@ BUDGETS = {
         sample_epochs=1,
         sample_max_length=48,
         sample_train_size=128,
+        sample_test_size=100,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -157,6 +159,7 @@ BUDGETS = {
         sample_epochs=1,
         sample_max_length=64,
         sample_train_size=128,
+        sample_test_size=100,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -184,6 +187,7 @@ BUDGETS = {
         sample_epochs=1,
         sample_max_length=64,
         sample_train_size=128,
+        sample_test_size=100,
         sample_learning_rates={
             "full": (1e-4,),
             "lora": (6e-3,),
@@ -358,7 +362,7 @@ if imdb.source.is_sample:
         learning_rates=BUDGET.sample_learning_rates,
         max_length=BUDGET.sample_max_length,
         train_size=min(BUDGET.train_size, BUDGET.sample_train_size),
-        test_size=min(BUDGET.test_size, 100),
+        test_size=min(BUDGET.test_size, BUDGET.sample_test_size),
     )
     runtime.notice(
         f"On the bundled sample every method trains for {BUDGET.epochs} epoch on at most "

@@ -529,7 +529,7 @@ plt.show()
 # blocks alone and the blocks plus the embedding (`wte`), at the same rank.
 #
 # One more choice is LoRA's own: the pooling. Last-token pooling asks the attention layers to
-# carry the verdict to one position; full fine-tuning can rewire them for that, a rank-4 update
+# carry the verdict to one position; full fine-tuning can rewire them for that, a low-rank update
 # may not, while mean pooling reads every position as it is. So LoRA on the blocks is trained
 # with both poolings and keeps the better on the validation reviews (one run each), as full
 # fine-tuning did; the embedding run reuses that choice.
@@ -575,7 +575,8 @@ rows = [(full_label, f"{full_row['trainable']:,}", f"{full_row['trainable'] / to
          f"{model_bytes / 1e6:.1f} MB", pm(full_row))]  # fmt: skip
 same_pooling = design[f"{lora_pooling} token, all layers"]
 if lora_pooling != best_pooling:  # full fine-tuning with LoRA's pooling, from the design table
-    rows.append((f"full fine-tuning, {lora_pooling} token (mean of {full_runs} runs)",
+    same_runs = len(same_pooling["seed_test_accuracies"])
+    rows.append((f"full fine-tuning, {lora_pooling} token (mean of {same_runs} runs)",
                  f"{same_pooling['trainable']:,}", f"{same_pooling['trainable'] / total:.1%}",
                  f"{model_bytes / 1e6:.1f} MB", pm(same_pooling)))  # fmt: skip
 for name, row in lora_rows.items():
