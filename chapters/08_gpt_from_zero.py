@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -139,21 +139,22 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # %% [markdown]
 # ## The text: IMDB's reviews without their labels
 #
-# Pre-training needs text, not labels. We take IMDB's 25,000 training reviews, drop the labels,
-# and add the 50,000 unlabelled reviews of `aclImdb/train/unsup/` when the copy has them and the
-# budget wants them. **No test review** is ever used: chapter 9 measures on them. The HTML line
-# breaks become newlines, and 5 % of the reviews are held out, whole, for validation — holding
-# out by review rather than by token keeps a review from being half in training, half in
-# validation.
+# Pre-training needs text, not labels. We take IMDB's 25,000 training reviews (the `smoke`
+# profile, a test run, a seeded 2,000 of them), drop the labels, and add the 50,000 unlabelled
+# reviews of `aclImdb/train/unsup/` when the copy has them and the budget wants them; the
+# package's `lm.pretraining_documents` does it, so that chapters 9 and 10 read the same text.
+# **No test review** is ever used: chapter 9 measures on them. The HTML line breaks become
+# newlines, and 5 % of the reviews are held out, whole, for validation — holding out by review
+# rather than by token keeps a review from being half in training, half in validation.
 
 # %%
 imdb = data.load_imdb()
-unlabelled = imdb.unlabelled if BUDGET.pretraining.use_unlabelled else []
-documents = [lm.clean_review(text) for text in imdb.train.texts + unlabelled]
+documents = lm.pretraining_documents(imdb, BUDGET.pretraining)  # lm.clean_review on each
+unlabelled = len(imdb.unlabelled) if BUDGET.pretraining.use_unlabelled else 0
 train_texts, val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
 print(
-    f"pre-training text: {len(imdb.train.texts):,} training reviews (labels dropped)\n"
-    f"  + {len(unlabelled):,} unlabelled reviews"
+    f"pre-training text: {len(documents) - unlabelled:,} of the {len(imdb.train.texts):,} "
+    f"training reviews (labels dropped)\n  + {unlabelled:,} unlabelled reviews"
     + ("" if imdb.unlabelled else " (this copy has no train/unsup/)")
 )
 print(f"held out whole: {len(train_texts):,} reviews to train on, {len(val_texts):,} to validate")
@@ -761,7 +762,7 @@ record_path = results.write_result_record(
             "location": runtime.display_path(imdb.source.location),
             "train_reviews": len(train_texts),
             "val_reviews": len(val_texts),
-            "unlabelled_reviews_used": len(unlabelled),
+            "unlabelled_reviews_used": unlabelled,
             "train_tokens": len(train_tokens),
             "val_tokens": len(val_tokens),
             "val_bytes_per_token": val_bytes / len(val_tokens),

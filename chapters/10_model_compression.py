@@ -592,7 +592,7 @@ print(
 
 # %%
 gpt_dir = lm.pretrained_dir(run.profile)
-documents = [lm.clean_review(text) for text in imdb.train.texts]
+documents = lm.pretraining_documents(imdb, lm.PRETRAINING_RUNS[run.profile])  # chapter 8's
 gpt_train_texts, gpt_val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
 if (gpt_dir / "model.pt").is_file():
     gpt_model, gpt_tokenizer, gpt_info = lm.load_pretrained(gpt_dir)
