@@ -140,7 +140,7 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # ## The text: IMDB's reviews without their labels
 #
 # Pre-training needs text, not labels. We take IMDB's 25,000 training reviews (the `smoke`
-# profile, a test run, a seeded 2,000 of them), drop the labels, and add the 50,000 unlabelled
+# profile, a test run, a seeded subset of them), drop the labels, and add the 50,000 unlabelled
 # reviews of `aclImdb/train/unsup/` when the copy has them and the budget wants them; the
 # package's `lm.pretraining_documents` does it, so that chapters 9 and 10 read the same text.
 # **No test review** is ever used: chapter 9 measures on them. The HTML line breaks become
@@ -150,11 +150,11 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # %%
 imdb = data.load_imdb()
 documents = lm.pretraining_documents(imdb, BUDGET.pretraining)  # lm.clean_review on each
-unlabelled = len(imdb.unlabelled) if BUDGET.pretraining.use_unlabelled else 0
+unlabelled_used = len(imdb.unlabelled) if BUDGET.pretraining.use_unlabelled else 0
 train_texts, val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
 print(
-    f"pre-training text: {len(documents) - unlabelled:,} of the {len(imdb.train.texts):,} "
-    f"training reviews (labels dropped)\n  + {unlabelled:,} unlabelled reviews"
+    f"pre-training text: {len(documents) - unlabelled_used:,} of the {len(imdb.train.texts):,} "
+    f"training reviews (labels dropped)\n  + {unlabelled_used:,} unlabelled reviews"
     + ("" if imdb.unlabelled else " (this copy has no train/unsup/)")
 )
 print(f"held out whole: {len(train_texts):,} reviews to train on, {len(val_texts):,} to validate")
@@ -762,7 +762,7 @@ record_path = results.write_result_record(
             "location": runtime.display_path(imdb.source.location),
             "train_reviews": len(train_texts),
             "val_reviews": len(val_texts),
-            "unlabelled_reviews_used": unlabelled,
+            "unlabelled_reviews_used": unlabelled_used,
             "train_tokens": len(train_tokens),
             "val_tokens": len(val_tokens),
             "val_bytes_per_token": val_bytes / len(val_tokens),
