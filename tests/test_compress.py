@@ -3,6 +3,7 @@ the distillation loss and its gradient, pruning, and the measuring helper."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -78,6 +79,20 @@ def test_int8_linear_matches_the_float_layer_closely():
         compress.Int8Linear.from_float(nn.Conv1d(2, 2, 1))
 
 
+def _dynamic_int8(model: nn.Module, per_channel: bool) -> nn.Module:
+    """Chapter 10's two library configurations of torch.ao's dynamic int8 quantization."""
+    import warnings
+
+    spec = (
+        {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        if per_channel
+        else {nn.Linear}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices of torch.ao, explained in ch. 10
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
 def test_int8_linear_agrees_with_torch_ao_dynamic_quantisation():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32))
@@ -85,16 +100,27 @@ def test_int8_linear_agrees_with_torch_ao_dynamic_quantisation():
     with torch.no_grad():
         float_out = model(x)
         ours = compress.Int8Linear.from_float(model[0])(x)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation notices of torch.ao, explained in ch. 10
-        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-        with torch.no_grad():
-            library = quantized(x)
+        library = _dynamic_int8(model, per_channel=True)(x)
     # both are int8 approximations of the same layer: each close to float, close to each other
     assert compress.sqnr_db(float_out, library) > 30
     assert compress.sqnr_db(library, ours) > 30
+
+
+def test_per_channel_dynamic_int8_is_closer_when_rows_differ_in_size():
+    # chapter 10 quantizes MiniLM per channel: with rows of very different sizes, one scale per
+    # matrix leaves the small rows a few steps, and the library's per-channel config does not
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-2, 0, 32).unsqueeze(1))
+        x = torch.randn(16, 64)
+        float_out = model(x)
+        per_tensor = _dynamic_int8(copy.deepcopy(model), per_channel=False)(x)
+        per_channel = _dynamic_int8(copy.deepcopy(model), per_channel=True)(x)
+    small = slice(0, 8)  # the outputs of the eight smallest rows (weights ~0.01-0.02 of the top)
+    per_tensor_sqnr = compress.sqnr_db(float_out[:, small], per_tensor[:, small])
+    per_channel_sqnr = compress.sqnr_db(float_out[:, small], per_channel[:, small])
+    assert per_channel_sqnr > per_tensor_sqnr + 12, (per_channel_sqnr, per_tensor_sqnr)
 
 
 def test_group_quantisation_round_trip_and_bits_per_weight():
@@ -350,13 +376,10 @@ def test_measure_classifier_on_a_tiny_model():
 
 def test_state_dict_bytes_counts_packed_int8_weights():
     model = nn.Sequential(nn.Linear(256, 256))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    ratio = compress.state_dict_bytes(model) / compress.state_dict_bytes(quantized)
-    assert 3 < ratio < 4.1
+    for per_channel in (False, True):
+        quantized = _dynamic_int8(copy.deepcopy(model), per_channel)
+        ratio = compress.state_dict_bytes(model) / compress.state_dict_bytes(quantized)
+        assert 3 < ratio < 4.1, per_channel
 
 
 def test_classifier_saved_and_loaded_gives_the_same_logits(tmp_path, monkeypatch):
