@@ -824,6 +824,12 @@ record_path = results.write_result_record(
     },
 )
 print(f"result record: {runtime.display_path(record_path)}")
+run_seconds = run.seconds()
+print(
+    f"this run took {run_seconds:.0f} s: {run_seconds - pretrain_seconds:.0f} s for this chapter "
+    f"and {pretrain_seconds:.0f} s repeating chapter 8's pre-training"
+    + (" (its model was loaded)" if pretrain_seconds == 0 else "")
+)
 
 # %% [markdown]
 # ## Summary
