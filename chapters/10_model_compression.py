@@ -545,9 +545,9 @@ speedup32 = int8_row.throughput_batch32 / teacher_row.throughput_batch32
 accuracy_change = 100 * (int8_row.accuracy - teacher_row.accuracy)
 
 # %% [markdown]
-# The two int8 models hold the same int8 codes' worth of bytes and run the same integer
-# kernels, so their size and speed differ little; what the scales decide is how much of each
-# row's 255 steps its weights use. With one scale per matrix, a row whose weights are small
+# The two int8 models store one int8 code per weight (per channel adds only a scale per row)
+# and run the same integer kernels, so their size and speed differ little; what the scales
+# decide is how many of its 255 steps each row's weights use. With one scale per matrix, a row whose weights are small
 # sees only a few steps, and the accuracy lines above say what that costs on this model. The
 # rest of the chapter uses the per-channel model as its int8 teacher.
 #
