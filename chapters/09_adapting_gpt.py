@@ -182,7 +182,7 @@ pprint.pp(BUDGET, width=100)
 # %%
 imdb = data.load_imdb()
 saved = lm.pretrained_dir(run.profile)
-pretrain_seconds = 0.0
+pretrain_seconds, pretrained_here = 0.0, False
 try:
     pretrained, tokenizer, info = lm.load_pretrained(saved)
 except FileNotFoundError:
@@ -203,7 +203,7 @@ if info is None:
     pretrained, tokenizer, info = lm.pretrain_on_imdb(
         imdb, lm.PRETRAINING_RUNS[run.profile], generator=generator, verbose=False
     )
-    pretrain_seconds = time.perf_counter() - started
+    pretrain_seconds, pretrained_here = time.perf_counter() - started, True
     lm.save_pretrained(saved, pretrained, tokenizer, info)
 config = pretrained.config
 print(
@@ -792,6 +792,7 @@ print(
 # ## The result record
 
 # %%
+chapter_seconds = run.seconds()
 record_path = results.write_result_record(
     "09_adapting_gpt",
     {
@@ -820,16 +821,17 @@ record_path = results.write_result_record(
             "small_budget_gap": central[("small", "pre-trained")]["test_accuracy"]
             - central[("small", "random")]["test_accuracy"],
         },
-        "chapter_seconds": run.seconds(),
+        "chapter_seconds": chapter_seconds,
     },
 )
 print(f"result record: {runtime.display_path(record_path)}")
-run_seconds = run.seconds()
-print(
-    f"this run took {run_seconds:.0f} s: {run_seconds - pretrain_seconds:.0f} s for this chapter "
-    f"and {pretrain_seconds:.0f} s repeating chapter 8's pre-training"
-    + (" (its model was loaded)" if pretrain_seconds == 0 else "")
-)
+if pretrained_here:
+    print(
+        f"this run took {chapter_seconds:.0f} s: {chapter_seconds - pretrain_seconds:.0f} s for "
+        f"this chapter and {pretrain_seconds:.0f} s repeating chapter 8's pre-training"
+    )
+else:
+    print(f"this run took {chapter_seconds:.0f} s; chapter 8's saved model was loaded")
 
 # %% [markdown]
 # ## Summary

@@ -440,9 +440,10 @@ print(
 # error bound, half a step, never larger; the gain is largest where rows differ most in size.
 #
 # A layer that *computes* in int8 also quantizes its input. `Int8Linear` does what a dynamic
-# int8 layer does: the weights once, per channel; each input row on the fly, with its own
-# scale; an integer matrix product accumulated in int32; one float rescale by the two scales;
-# the float bias added. We check it against the float layer on MiniLM's real hidden states:
+# int8 layer does, in plain tensor operations: the weights once, per channel; each input on the
+# fly (here each row with its own scale; the library's layers below use one scale per batch);
+# an integer matrix product accumulated in int32; one float rescale by the two scales; the
+# float bias added. We check it against the float layer on MiniLM's real hidden states:
 
 # %%
 plots.show_source(compress.Int8Linear.forward)
@@ -466,14 +467,14 @@ print(
 # %% [markdown]
 # ## Quantization with the library: dynamic int8
 #
-# `torch.ao.quantization.quantize_dynamic` replaces every `nn.Linear` by a layer with int8
-# weights packed for the CPU's integer kernels (FBGEMM on x86), activations quantized on the fly
-# as above. In torch 2.14.1 it still works but warns that `torch.ao.quantization` is deprecated
-# in favour of **torchao**, PyTorch's separate quantization library (its `quantize_` with
-# `Int8DynamicActivationInt8WeightConfig` is the successor). torchao is not in this book's
-# pinned requirements — with torch 2.14.1 on a CPU, without `torch.compile`, its int8 path was
-# slower than `torch.ao`'s FBGEMM kernels when this chapter was written — so we use `torch.ao`
-# and show its warnings once.
+# `torch.ao.quantization.quantize_dynamic` replaces every `nn.Linear` by a layer with int8 weights
+# packed for the CPU's integer kernels (FBGEMM on x86), its input quantized on the fly, one scale
+# per batch. In torch 2.14.1 it still works but warns that `torch.ao.quantization` is deprecated in
+# favour of **torchao**, PyTorch's separate quantization library (its `quantize_` with
+# `Int8DynamicActivationInt8WeightConfig` is the successor). torchao is not in this book's pinned
+# requirements — with torch 2.14.1 on a CPU, without `torch.compile`, its int8 path was slower than
+# `torch.ao`'s FBGEMM kernels when this chapter was written — so we use `torch.ao` and show its
+# warnings once.
 #
 # Called with `{nn.Linear}` alone, `quantize_dynamic` uses its default configuration, which
 # gives each weight matrix **one scale** — the per-tensor scheme whose SQNR the table above
@@ -491,12 +492,11 @@ PER_TENSOR = {nn.Linear}  # quantize_dynamic's default qconfig: one weight scale
 PER_CHANNEL = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}  # one per row
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
+    # each call quantizes a copy (inplace=False); the float teacher stays as it is
     per_tensor_teacher = torch.ao.quantization.quantize_dynamic(
-        copy.deepcopy(teacher), PER_TENSOR, dtype=torch.qint8
+        teacher, PER_TENSOR, dtype=torch.qint8
     )
-    int8_teacher = torch.ao.quantization.quantize_dynamic(
-        copy.deepcopy(teacher), PER_CHANNEL, dtype=torch.qint8
-    )
+    int8_teacher = torch.ao.quantization.quantize_dynamic(teacher, PER_CHANNEL, dtype=torch.qint8)
 messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
 print(f"quantize_dynamic raised {len(caught)} warnings, {len(messages)} distinct:")
 for message in messages:
@@ -538,18 +538,19 @@ for row in (per_tensor_row, int8_row):
     print(
         f"{row.name} vs float: {row.throughput_batch32 / teacher_row.throughput_batch32:.2f}x "
         f"the throughput at batch 32, {row.throughput_batch1 / teacher_row.throughput_batch1:.2f}x"
-        f" at batch 1; accuracy {100 * (row.accuracy - teacher_row.accuracy):+.1f} points"
+        f" at batch 1;\n  accuracy {100 * (row.accuracy - teacher_row.accuracy):+.1f} points"
     )
 # per channel from here on: the int8 teacher of the tables below
 speedup32 = int8_row.throughput_batch32 / teacher_row.throughput_batch32
 accuracy_change = 100 * (int8_row.accuracy - teacher_row.accuracy)
 
 # %% [markdown]
-# The two int8 models store one int8 code per weight (per channel adds only a scale per row)
-# and run the same integer kernels, so their size and speed differ little; what the scales
-# decide is how many of its 255 steps each row's weights use. With one scale per matrix, a row whose weights are small
-# sees only a few steps, and the accuracy lines above say what that costs on this model. The
-# rest of the chapter uses the per-channel model as its int8 teacher.
+# The two int8 models store one int8 code per weight (per channel adds a scale and a zero point
+# per row) and run the same integer kernels, so their size and speed differ little. What the
+# scales decide is how many of int8's 255 levels each row's weights reach: with one scale per
+# matrix, a row of small weights uses only a few of them, and the accuracy lines above say what
+# that costs on this model. The rest of the chapter uses the per-channel model as its int8
+# teacher.
 #
 # The embeddings' share, printed above, is what int8 linear layers cannot touch: the model
 # cannot shrink by more than the share the linear layers hold. The embedding
@@ -1091,9 +1092,7 @@ if BUDGET.layer_distill_size > 0:
     )
 else:
     layer_student = layer_pruned
-layer_int8 = torch.ao.quantization.quantize_dynamic(
-    copy.deepcopy(layer_student), PER_CHANNEL, dtype=torch.qint8
-)
+layer_int8 = torch.ao.quantization.quantize_dynamic(layer_student, PER_CHANNEL, dtype=torch.qint8)
 layer_int8_row = measure(f"MiniLM layers {kept}, int8", layer_int8, bert_classify(layer_int8))
 layer_rows = [teacher_row, dropped_row, distilled_layers_row, layer_int8_row]
 display(table([row for row in layer_rows if row is not None]))
@@ -1121,8 +1120,9 @@ print(
 # %% [markdown]
 # Half the layers is close to half the encoder's work, but not half the model's size: the
 # embedding table is untouched. Size and speed now come from two different places — int8 for
-# the linear layers' bytes and arithmetic, fewer layers for the number of them — so they can
-# be combined, as the last row does.
+# the linear layers' bytes (and their arithmetic, on a CPU whose integer kernels beat its float
+# ones: the int8 lines above say whether this one's do), fewer layers for the number of them —
+# so they can be combined, as the last row does.
 #
 # ## The final table
 

@@ -240,7 +240,8 @@ class Int8Linear(nn.Module):
     product; one float rescale by ``input_scale · weight_scale``; the float bias added.
 
     Build it with :meth:`from_float`. This is what ``quantize_dynamic``'s layers do, written
-    with plain tensor operations.
+    with plain tensor operations (theirs quantize the input with one scale per batch, and the
+    weights per tensor unless given a per-channel qconfig).
     """
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
