@@ -81,3 +81,35 @@ def test_the_tokenizer_round_trips_through_its_json_file(tmp_path, reviews):
         bpe.load_tokenizer(tmp_path / "broken.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         bpe.load_tokenizer(tmp_path / "missing.json")
+
+
+def test_a_quoted_end_of_text_inside_a_text_stays_text():
+    """tokenizers matches special tokens in raw input; a review quoting `<|endoftext|>` must
+    not get a document boundary in its middle."""
+    texts = ["a review", "it said <|endoftext|> twice: <|endoftext|>", "<|endoftext|>"]
+    tokenizer = bpe.train_tokenizer(["some text to learn from, a review or two"] * 3, 300)
+    end_of_text = tokenizer.token_to_id(bpe.END_OF_TEXT)
+    encoded = bpe.encode_texts(tokenizer, texts)
+    assert encoded[0] == tokenizer.encode("a review").ids
+    for ids, text in zip(encoded, texts, strict=True):
+        assert end_of_text not in ids
+        assert tokenizer.decode(ids) == text
+    stream = lm.encode_documents(tokenizer, texts, check_round_trip=True)
+    assert (stream == end_of_text).sum() == len(texts), "one boundary per document, no more"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda text: bpe.train_tokenizer(text, 300),
+        lambda text: bpe.ByteLevelBPE.train(text, 300),
+        lambda text: lm.split_documents(text, 0.1),
+        lambda text: lm.encode_documents(bpe.train_tokenizer(["ab cd"], 260), text),
+        lambda text: bpe.encode_texts(bpe.train_tokenizer(["ab cd"], 260), text),
+    ],
+    ids=["train_tokenizer", "ByteLevelBPE.train", "split_documents", "encode_documents",
+         "encode_texts"],
+)  # fmt: skip
+def test_a_corpus_passed_as_one_string_is_refused(call):
+    with pytest.raises(TypeError, match="wrap a single text as"):
+        call("one long review, not a list of them " * 5)

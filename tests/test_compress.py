@@ -419,3 +419,71 @@ def test_adamw_with_linear_warmup_warms_up_then_decays():
     assert decays == {0.0, 0.01}
     with pytest.raises(ValueError, match="total_steps"):
         optim.adamw_with_linear_warmup(model, 1e-3, 0, verbose=False)
+
+
+# --- hardening: weights and inputs that are not ordinary numbers ----------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_quantisation_refuses_non_finite_weights_naming_the_tensor(bad: float):
+    weight = torch.randn(4, 8)
+    weight[2, 3] = bad
+    for per_channel in (False, True):
+        with pytest.raises(ValueError, match=r"the tensor holds 1 non-finite value.*\(2, 3\)"):
+            compress.quantize_symmetric(weight, per_channel=per_channel)
+    with pytest.raises(ValueError, match=r"mlp.fc.weight holds 1 non-finite"):
+        compress.group_quantize(weight, bits=4, group_size=4, name="mlp.fc.weight")
+    linear = nn.Linear(8, 4)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    with pytest.raises(ValueError, match="linear layer's weight"):
+        compress.Int8Linear.from_float(linear)
+
+
+def test_group_codes_and_scales_are_exactly_the_hand_computed_ones():
+    weight = torch.tensor([[0.7, -0.35, 0.1, 0.0, 2.0, -1.0, 0.5, 0.25]])
+    packed = compress.group_quantize(weight, bits=4, group_size=4)
+    # group 1: scale 0.7 / 7 = 0.1; group 2: scale 2.0 / 7
+    assert packed.scales.flatten().tolist() == [
+        torch.tensor(0.1).half().item(),
+        torch.tensor(2.0 / 7).half().item(),
+    ]
+    first = torch.round(torch.tensor([0.7, -0.35, 0.1, 0.0]) / packed.scales[0, 0].float())
+    second = torch.round(torch.tensor([2.0, -1.0, 0.5, 0.25]) / packed.scales[0, 1].float())
+    # the fp16 scales are a hair below 0.1 and 2/7, so -0.35 and -1.0 land past -3.5
+    assert packed.codes[0, 0].tolist() == first.int().tolist() == [7, -4, 1, 0]
+    assert packed.codes[0, 1].tolist() == second.int().tolist() == [7, -4, 2, 1]
+
+
+def test_per_channel_scales_are_each_rows_largest_over_127():
+    weight = torch.tensor([[1.0, -2.54], [0.127, 0.0], [0.0, 0.0]])
+    codes, scale = compress.quantize_symmetric(weight, per_channel=True)
+    assert scale.flatten().tolist() == pytest.approx([2.54 / 127, 0.127 / 127, 1.0])
+    assert codes.tolist() == [[50, -127], [127, 0], [0, 0]]
+
+
+def test_int8_linear_keeps_a_nan_input_row_nan_and_the_others_exact():
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 3)
+    layer = compress.Int8Linear.from_float(linear)
+    x = torch.randn(3, 6)
+    clean = layer(x)
+    x[1, 2] = math.nan
+    out = layer(x)
+    assert torch.isnan(out[1]).all()
+    assert torch.equal(out[[0, 2]], clean[[0, 2]])
+
+
+def test_quantize_linear_weights_names_the_bad_layer_and_changes_nothing():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 6))
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        model[2].weight[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"layer '2'.*non-finite.*no layer was changed"):
+        compress.quantize_linear_weights_(model, bits=4, group_size=4)
+    assert torch.equal(model[0].weight, before["0.weight"]), "the first layer was quantised"
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 6, bias=False), nn.Linear(6, 3))
+    first = model[0].weight.clone()
+    with pytest.raises(ValueError, match=r"layer '2'.*groups of 4"):
+        compress.quantize_linear_weights_(model, bits=4, group_size=4)
+    assert torch.equal(model[0].weight, first)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from tutorial_lib import gpt
 from tutorial_lib.models import count_parameters
@@ -183,6 +187,32 @@ def test_filters_equal_transformers_logits_warpers():
         assert torch.equal(gpt.top_p_filter(logits, p), TopPLogitsWarper(p)(None, logits.clone()))
 
 
+def test_sampling_probabilities_equal_transformers_warpers_in_their_order(monkeypatch):
+    """Temperature first, then top-k, then top-p (transformers' order): top-p's nucleus depends
+    on the temperature, so applying it later samples from another set of tokens."""
+    logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(3)) * 3
+    seen = []
+
+    def capture(probabilities, _count, generator=None):
+        seen.append(probabilities)
+        return probabilities.argmax(dim=-1, keepdim=True)
+
+    monkeypatch.setattr(torch, "multinomial", capture)
+    gpt.next_token(logits, temperature=0.5, top_k=20, top_p=0.8)
+    expected = logits.clone()
+    for warper in (TemperatureLogitsWarper(0.5), TopKLogitsWarper(20), TopPLogitsWarper(0.8)):
+        expected = warper(None, expected)
+    torch.testing.assert_close(seen[0], expected.softmax(dim=-1))
+
+
+def test_an_untied_head_under_a_tied_config_is_refused():
+    hf = hf_gpt2()
+    hf.lm_head.weight = torch.nn.Parameter(hf.transformer.wte.weight.detach().clone() + 1.0)
+    assert hf.config.tie_word_embeddings
+    with pytest.raises(ValueError, match="lm_head holds weights of its own"):
+        gpt.from_hf_gpt2(hf)
+
+
 def test_bad_inputs_get_clear_errors():
     model = peaked_model()
     with pytest.raises(ValueError, match="context length 24"):
@@ -195,3 +225,35 @@ def test_bad_inputs_get_clear_errors():
         gpt.GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="activation_function"):
         gpt.from_hf_gpt2(hf_gpt2(activation_function="relu"))
+
+
+def test_ids_outside_the_vocabulary_get_an_error_that_names_them():
+    model = peaked_model()
+    with pytest.raises(ValueError, match=f"input_ids holds id {VOCAB} .* vocabulary of"):
+        model(torch.tensor([[1, 2, VOCAB]]))
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.tensor([[1.0, 2.0]]))
+    model.train()
+    with pytest.raises(ValueError, match="id -3"):
+        gpt.generate(model, torch.tensor([[1, -3]]), 2)
+    assert model.training
+
+
+def test_generate_restores_training_mode_when_a_step_raises(monkeypatch):
+    model = peaked_model().train()
+    monkeypatch.setattr(gpt, "next_token", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        gpt.generate(model, torch.tensor([[1, 2]]), 3)
+    assert model.training
+
+
+def test_lm_loss_refuses_targets_not_shaped_like_the_logits():
+    logits = torch.randn(2, 3, VOCAB)
+    targets = torch.randint(0, VOCAB, (2, 3))
+    assert torch.isfinite(gpt.lm_loss(logits, targets))
+    with pytest.raises(
+        ValueError, match=r"targets shaped \(batch, time\) = \(2, 3\), got \(3, 2\)"
+    ):
+        gpt.lm_loss(logits, targets.T.contiguous())
+    with pytest.raises(ValueError, match="targets holds id"):
+        gpt.lm_loss(logits, torch.full((2, 3), VOCAB))

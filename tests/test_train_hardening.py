@@ -137,3 +137,47 @@ def test_a_text_file_as_checkpoint_is_named_not_a_raw_key_error(tmp_path):
     with pytest.raises(checkpoints.CheckpointError, match="cannot read the checkpoint") as caught:
         checkpoints.load_checkpoint(path)
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("norm", [0, 0.0, -1.0, float("nan"), float("inf")])
+def test_a_clipping_norm_of_zero_or_less_is_refused_before_any_step(norm):
+    """clip_grad_norm_ with 0 zeroes every gradient: fit would run and nothing would move."""
+    model = small_model()
+    before = [p.clone() for p in model.parameters()]
+    train_loader, _ = loaders()
+    with pytest.raises(ValueError, match="grad_clip_norm must be a positive number, or None"):
+        one_epoch(model, train_loader, grad_clip_norm=norm)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_clipping_acts_on_unscaled_gradients_when_a_scaler_is_on():
+    """With a gradient scaler (fp16 training) the gradients are multiplied by the scale until
+    unscaled; clipping them before unscaling would clip at norm × scale instead of norm."""
+    x, y = torch.randn(16, 2, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 2
+    scaled, plain = small_model(), small_model()
+    strategy = train.Strategy.from_environment("cpu")
+    strategy.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    train.train_step(scaled, [(x, y)], sgd(scaled), strategy, grad_clip_norm=0.01)
+    optimizer = sgd(plain)
+    nn.functional.cross_entropy(plain(x), y).backward()
+    nn.utils.clip_grad_norm_(plain.parameters(), 0.01)
+    optimizer.step()
+    for a, b in zip(scaled.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_scheduler_steps_after_the_optimiser():
+    """The first update uses the schedule's first rate (warm-up step 0), not its second."""
+    x, y = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
+    model, reference = small_model(), small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 10)
+    strategy = train.Strategy.from_environment("cpu")
+    train.train_step(model, [(x, y)], optimizer, strategy, scheduler=scheduler)
+    nn.functional.cross_entropy(reference(x), y).backward()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter -= 0.1 * parameter.grad
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.2)

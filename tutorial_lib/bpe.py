@@ -38,6 +38,61 @@ GPT2_SPLIT_PATTERN = (
 _SPLIT = regex.compile(GPT2_SPLIT_PATTERN)
 
 
+def documents(texts: Iterable[str], what: str = "texts") -> Iterable[str]:
+    """Return ``texts`` unchanged, refusing a single ``str``: iterating over a string gives its
+    characters, so a corpus passed as one text would silently become one document per
+    character.
+
+    Raises:
+        TypeError: if ``texts`` is a ``str`` (or ``bytes``).
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"{what} must be a list (or other iterable) of documents, not one "
+            f"{type(texts).__name__} of {len(texts):,} characters; wrap a single text as [text]"
+        )
+    return texts
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Return the token ids of each text, with any special token's *string* inside a text
+    (e.g. a review that quotes ``<|endoftext|>``) encoded as the ordinary text it is.
+
+    ``tokenizers`` matches added special tokens in raw input, so the literal characters would
+    otherwise become the real end-of-text id — a document boundary in the middle of a review.
+    Here they are encoded as two pieces of plain text, which decode back to the same
+    characters.
+
+    Raises:
+        TypeError: if ``texts`` is a single ``str``.
+    """
+    texts = list(documents(texts))
+    specials = [token.content for token in tokenizer.get_added_tokens_decoder().values()]
+    specials = [token for token in specials if len(token) > 1]
+    encoded = [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+    for index, text in enumerate(texts):
+        if any(token in text for token in specials):
+            encoded[index] = _encode_quoting_specials(tokenizer, text, specials)
+    return encoded
+
+
+def _encode_quoting_specials(tokenizer, text: str, specials: list[str]) -> list[int]:
+    for token in specials:
+        if token in text:
+            pieces = text.split(token)
+            half = len(token) // 2
+            quoted = _encode_quoting_specials(tokenizer, token[:half], specials)
+            quoted += _encode_quoting_specials(tokenizer, token[half:], specials)
+            ids: list[int] = []
+            for position, piece in enumerate(pieces):
+                if position:
+                    ids += quoted
+                if piece:
+                    ids += _encode_quoting_specials(tokenizer, piece, specials)
+            return ids
+    return tokenizer.encode(text).ids
+
+
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """Return GPT-2's map from each byte to a printable character: printable Latin-1 bytes map
@@ -109,6 +164,7 @@ class ByteLevelBPE:
 
         Raises:
             ValueError: if ``vocab_size`` is smaller than the special tokens plus 256 bytes.
+            TypeError: if ``texts`` is a single ``str`` rather than a collection of texts.
         """
         tokenizer = cls(special_tokens=special_tokens)
         if vocab_size < len(tokenizer):
@@ -117,7 +173,7 @@ class ByteLevelBPE:
                 "byte-level BPE starts with (the special tokens and the 256 bytes)"
             )
         # Count each distinct pre-token once, with its frequency: merges never cross them.
-        counts = Counter(piece for text in texts for piece in pre_tokenize(text))
+        counts = Counter(piece for text in documents(texts) for piece in pre_tokenize(text))
         words = [(tokenizer._bytes_as_ids(piece), count) for piece, count in counts.items()]
         pair_counts: Counter[tuple[int, int]] = Counter()
         for symbols, count in words:
@@ -215,7 +271,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.train_from_iterator(documents(texts), trainer)
     return tokenizer
 
 

@@ -186,8 +186,21 @@ def measure_classifier(
 # --- int8 by hand --------------------------------------------------------------------------
 
 
+def _check_finite(weight: torch.Tensor, name: str) -> None:
+    """One NaN makes max|w| NaN (every code 0 after clamping) and one inf makes every weight
+    NaN after dequantising: refuse both, saying where."""
+    bad = ~torch.isfinite(weight)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} non-finite value(s) (the first at {first}: "
+            f"{weight[first].item()}); quantisation needs finite numbers — find where the "
+            "model diverged, or load other weights"
+        )
+
+
 def quantize_symmetric(
-    weight: torch.Tensor, bits: int = 8, per_channel: bool = False
+    weight: torch.Tensor, bits: int = 8, per_channel: bool = False, name: str = "the tensor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(codes, scale)`` with ``weight ≈ codes · scale``: symmetric linear
     quantisation to the integers ``−(2^(bits−1) − 1) … 2^(bits−1) − 1``, ``scale =
@@ -196,12 +209,14 @@ def quantize_symmetric(
     ``(rows, 1)``. An all-zero tensor or row gets scale 1 (its codes are 0).
 
     Raises:
-        ValueError: if ``bits`` is not in 2…8, or ``per_channel`` is asked of a 0-D tensor.
+        ValueError: if ``bits`` is not in 2…8, ``per_channel`` is asked of a 0-D tensor, or
+            ``weight`` holds a NaN or an infinity (``name`` says which tensor in the message).
     """
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be between 2 and 8 for int8 codes, got {bits}")
     if per_channel and weight.dim() == 0:
         raise ValueError("per-channel quantisation needs a tensor with at least one dimension")
+    _check_finite(weight, name)
     q_max = 2 ** (bits - 1) - 1
     weight = weight.detach().float()
     if per_channel:
@@ -259,15 +274,23 @@ class Int8Linear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Int8Linear.from_float needs an nn.Linear, got {type(linear)}")
-        codes, scale = quantize_symmetric(linear.weight, per_channel=per_channel)
+        codes, scale = quantize_symmetric(
+            linear.weight, per_channel=per_channel, name="the linear layer's weight"
+        )
         scale = scale.reshape(-1).expand(linear.out_features).clone()
         return cls(codes, scale, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        x_codes, x_scale = quantize_symmetric(rows, per_channel=True)  # one scale per row
+        rows = x.reshape(-1, x.shape[-1]).detach().float()
+        # A row with a NaN or an infinity has no integer codes; it stays NaN in the output
+        # (as a float layer's would), instead of being rounded into ordinary numbers.
+        broken = ~torch.isfinite(rows).all(dim=1, keepdim=True)
+        x_codes, x_scale = quantize_symmetric(
+            torch.where(broken, 0.0, rows), per_channel=True
+        )  # one scale per row
         accumulated = x_codes.to(torch.int32) @ self.weight_codes.to(torch.int32).T
         out = accumulated.float() * x_scale * self.weight_scale
+        out = torch.where(broken, torch.nan, out)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], -1).to(x.dtype)
@@ -314,14 +337,16 @@ class GroupQuantized:
         return self.codes.numel() * self.bits / 8 + self.scales.numel() * 2
 
 
-def group_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 32) -> GroupQuantized:
+def group_quantize(
+    weight: torch.Tensor, bits: int = 4, group_size: int = 32, name: str = "the weight"
+) -> GroupQuantized:
     """Return ``weight`` (2-D) quantised in groups of ``group_size`` along each row: each
     group's codes in ``−(2^(bits−1) − 1) … 2^(bits−1) − 1`` with the scale
     ``max|w| / (2^(bits−1) − 1)`` of that group, rounded to fp16 before it is used (as stored).
 
     Raises:
-        ValueError: if ``weight`` is not 2-D, its rows do not split into whole groups, or
-            ``bits`` is not in 2…8.
+        ValueError: if ``weight`` is not 2-D, its rows do not split into whole groups,
+            ``bits`` is not in 2…8, or it holds a NaN or an infinity (``name`` says which).
     """
     if weight.dim() != 2:
         raise ValueError(f"group_quantize expects a 2-D weight, got shape {tuple(weight.shape)}")
@@ -331,6 +356,7 @@ def group_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 32) ->
         )
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be between 2 and 8, got {bits}")
+    _check_finite(weight, name)
     q_max = 2 ** (bits - 1) - 1
     groups = weight.detach().float().reshape(weight.shape[0], -1, group_size)
     largest = groups.abs().amax(dim=2, keepdim=True)
@@ -349,20 +375,34 @@ def quantize_linear_weights_(
     ``{"weights": count, "bits_per_weight": ..., "float_bytes": ..., "quantized_bytes": ...}``
     over the quantised matrices.
 
+    Every layer is quantised before any weight is replaced, so a layer that cannot be (rows
+    that do not split into groups, a NaN) leaves the model as it was, and the error names it.
+
     Raises:
-        ValueError: if a linear layer's rows do not split into groups (see
-            :func:`group_quantize`), or no layer is left to quantise.
+        ValueError: naming the layer, if its rows do not split into groups or it holds a
+            non-finite weight (see :func:`group_quantize`), or if no layer is left to quantise.
     """
     skipped = {id(module) for module in skip}
-    count, stored = 0, 0.0
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and id(module) not in skipped:
-            packed = group_quantize(module.weight, bits, group_size)
-            module.weight.copy_(packed.dequantize().to(module.weight.dtype))
-            count += module.weight.numel()
-            stored += packed.storage_bytes
-    if count == 0:
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and id(module) not in skipped
+    ]
+    if not layers:
         raise ValueError("the model has no nn.Linear layer to quantise (outside skip)")
+    packed_layers = []
+    for name, module in layers:
+        try:
+            packed_layers.append(
+                group_quantize(module.weight, bits, group_size, name=f"{name}.weight")
+            )
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}; no layer was changed") from None
+    count, stored = 0, 0.0
+    for (_, module), packed in zip(layers, packed_layers, strict=True):
+        module.weight.copy_(packed.dequantize().to(module.weight.dtype))
+        count += module.weight.numel()
+        stored += packed.storage_bytes
     return {
         "weights": count,
         "bits_per_weight": 8 * stored / count,

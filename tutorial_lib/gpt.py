@@ -203,12 +203,14 @@ class GPT(nn.Module):
 
         Raises:
             ValueError: if the sequence (with what the cache holds) is longer than
-                ``config.context_length``, or ``input_ids`` is not 2-D.
+                ``config.context_length``, ``input_ids`` is not 2-D, or holds an id outside
+                the vocabulary (:func:`check_token_ids`).
         """
         if input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids must be (batch, time) token ids, got shape {tuple(input_ids.shape)}"
             )
+        check_token_ids(input_ids, self.config.vocab_size)
         past = cache.length if cache is not None else 0
         end = past + input_ids.shape[1]
         if end > self.config.context_length:
@@ -225,6 +227,27 @@ class GPT(nn.Module):
     def new_cache(self) -> KVCache:
         """Return an empty :class:`KVCache` for this model."""
         return KVCache(self.config.n_layer)
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids") -> None:
+    """Refuse token ids that are not integers in ``0 … vocab_size − 1``, naming the first bad
+    one: an embedding lookup would fail with "index out of range in self" on a CPU and a
+    device-side assert on CUDA, which names neither.
+
+    Raises:
+        ValueError: for a floating-point tensor or an id outside the vocabulary.
+    """
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{what} must hold integer token ids, not {ids.dtype}")
+    if ids.numel() == 0:
+        return
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bool(bad.any()):
+        first = int(ids[bad][0])
+        raise ValueError(
+            f"{what} holds id {first} ({int(bad.sum())} id(s) in all) outside the vocabulary "
+            f"of {vocab_size:,} (0 … {vocab_size - 1}): encode with this model's tokenizer"
+        )
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -246,7 +269,19 @@ def non_embedding_parameters(model: GPT) -> int:
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Return the mean next-token cross-entropy (nats per token) of ``(batch, time, vocab)``
-    logits against ``(batch, time)`` target ids — the loss ``train.fit`` minimises in chapter 8."""
+    logits against ``(batch, time)`` target ids — the loss ``train.fit`` minimises in chapter 8.
+
+    Raises:
+        ValueError: if ``targets`` is not shaped ``(batch, time)`` like the logits (transposed
+            targets of the same size would otherwise be scored against the wrong positions),
+            or holds an id outside the vocabulary.
+    """
+    if logits.dim() != 3 or tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} need targets shaped (batch, time) = "
+            f"{tuple(logits.shape[:2])}, got {tuple(targets.shape)}"
+        )
+    check_token_ids(targets, logits.shape[-1], what="targets")
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
@@ -291,10 +326,19 @@ def from_hf_gpt2(hf_model: Any) -> GPT:
     ``GPT2Config`` — the released checkpoints or a model made locally with random weights.
 
     Raises:
-        ValueError: for a config :func:`config_from_hf` refuses.
+        ValueError: for a config :func:`config_from_hf` refuses, or a model whose output
+            layer holds weights of its own while its config says they are tied (this GPT
+            ties them, and copying only the embedding would change every logit).
     """
     model = GPT(config_from_hf(hf_model.config))
     source = hf_model.transformer
+    head = hf_model.get_output_embeddings().weight
+    if head.data_ptr() != source.wte.weight.data_ptr() and not torch.equal(head, source.wte.weight):
+        raise ValueError(
+            "this GPT2LMHeadModel's lm_head holds weights of its own (not the token embedding's),"
+            " though its config says they are tied; this GPT ties the two, so it cannot hold "
+            "that model. Tie them (model.tie_weights()) if the head should be the embedding"
+        )
     copies: list[tuple[torch.Tensor, torch.Tensor]] = [
         (model.wte.weight, source.wte.weight),
         (model.wpe.weight, source.wpe.weight),
@@ -403,20 +447,23 @@ def generate(
         )
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be ≥ 0, not {max_new_tokens}")
+    check_token_ids(input_ids, model.config.vocab_size)
     was_training = model.training
     model.eval()
-    context = model.config.context_length
-    tokens, cache = input_ids, None
-    for _ in range(max_new_tokens):
-        if use_cache and cache is not None and cache.length < context:
-            logits = model(tokens[:, -1:], cache)  # one new position
-        else:
-            window = tokens[:, -context:]
-            cache = model.new_cache() if use_cache and window.shape[1] < context else None
-            logits = model(window, cache)
-        choice = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-        tokens = torch.cat([tokens, choice], dim=1)
-    model.train(was_training)
+    try:
+        context = model.config.context_length
+        tokens, cache = input_ids, None
+        for _ in range(max_new_tokens):
+            if use_cache and cache is not None and cache.length < context:
+                logits = model(tokens[:, -1:], cache)  # one new position
+            else:
+                window = tokens[:, -context:]
+                cache = model.new_cache() if use_cache and window.shape[1] < context else None
+                logits = model(window, cache)
+            choice = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            tokens = torch.cat([tokens, choice], dim=1)
+    finally:
+        model.train(was_training)  # also when a step raises: the caller's mode is restored
     return tokens
 
 
@@ -429,6 +476,7 @@ __all__ = [
     "MLP",
     "config_from_hf",
     "from_hf_gpt2",
+    "check_token_ids",
     "generate",
     "lm_loss",
     "next_token",

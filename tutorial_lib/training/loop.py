@@ -30,7 +30,7 @@ from tutorial_lib.lora import lora_layers
 from tutorial_lib.runtime import interactive
 from tutorial_lib.training.batches import Batch, count_targets, forward, split_batch
 from tutorial_lib.training.state import MONITORS, History, Monitor, RunState
-from tutorial_lib.training.strategy import MixedPrecision, Strategy
+from tutorial_lib.training.strategy import MixedPrecision, Strategy, check_grad_clip_norm
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -266,6 +266,7 @@ def fit(
     _check_arguments(
         monitor, val_loader, patience, restore_best, resume, checkpoint_dir, accumulation_steps
     )
+    check_grad_clip_norm(grad_clip_norm)  # before any step: 0 would silently train nothing
     _check_no_merged_lora(model)
     checkpoint_dir = _usable_folder(checkpoint_dir)
     say = print if verbose and strategy.is_main else _silent

@@ -13,6 +13,7 @@ DDP, FSDP2); the class only decides which piece to call.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,29 @@ MixedPrecision = bool | Literal["bf16", "fp16"] | None
 def launched_by_torchrun() -> bool:
     """Return whether this process was started by ``torchrun`` with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def check_grad_clip_norm(grad_clip_norm: float | None) -> None:
+    """Refuse a clipping norm that is not ``None`` or a positive finite number.
+
+    ``clip_grad_norm_`` with a norm of 0 scales every gradient to zero: training would run and
+    nothing would move. nanoGPT writes ``grad_clip = 0.0`` for "no clipping"; here that is
+    ``None``, and 0 is an error that says so.
+
+    Raises:
+        ValueError: for 0, a negative number, NaN or infinity.
+    """
+    if grad_clip_norm is None:
+        return
+    if (
+        isinstance(grad_clip_norm, bool)
+        or not (isinstance(grad_clip_norm, (int, float)) and math.isfinite(grad_clip_norm))
+        or grad_clip_norm <= 0
+    ):
+        raise ValueError(
+            f"grad_clip_norm must be a positive number, or None for no clipping; got "
+            f"{grad_clip_norm!r} (a norm of 0 would zero every gradient)"
+        )
 
 
 def _autocast_dtype(device: torch.device, mixed_precision: MixedPrecision) -> torch.dtype | None:
@@ -230,7 +254,13 @@ class Strategy:
         optimizer: torch.optim.Optimizer,
         grad_clip_norm: float | None = None,
     ) -> None:
-        """Unscale and clip the gradients, step the optimiser and clear the gradients."""
+        """Unscale and clip the gradients, step the optimiser and clear the gradients.
+
+        Raises:
+            ValueError: if ``grad_clip_norm`` is not a positive finite number (``None`` means
+                no clipping; 0 would zero every gradient, which nanoGPT's 0 does not mean).
+        """
+        check_grad_clip_norm(grad_clip_norm)
         if grad_clip_norm is not None:
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
