@@ -17,16 +17,19 @@
 # # A GPT from zero: tokenizer, decoder, pre-training on IMDB's reviews, generation
 #
 # Every language model so far in this book was borrowed: chapters 4 and 6 fine-tuned MiniLM,
-# which somebody else pre-trained on a billion sentence pairs. This chapter builds one from nothing
+# which its authors distilled from a larger model and then trained on over a billion sentence
+# pairs (chapter 4). This chapter builds one from nothing
 # and pre-trains (预训练) it ourselves. The recipe is the one the series is named after: first learn
 # from **unlabelled** text with a self-supervised task — predict the next token — then adapt the
 # model with a little labelled data (chapter 9). The model is a decoder-only transformer with
 # GPT-2's architecture {cite:p}`radford2019language`, the family today's large models descend
-# from; the text is IMDB's own training reviews with their labels thrown away, the setting in which
-# {cite:t}`howard2018universal` showed that pre-training on the task's domain pays off.
+# from; the text is IMDB's own training reviews with their labels thrown away. ULMFiT
+# {cite:p}`howard2018universal` pre-trained on general text (Wikitext-103) and then fine-tuned the
+# language model on the task's own reviews before classifying, and found that second step worth
+# much; here the task's text is all the model ever reads.
 #
-# A laptop CPU will not make a good writer of reviews in ten minutes, and the chapter does not
-# pretend otherwise. What it does is measure: it sets the model against the simplest language
+# A laptop CPU will not make a good writer of reviews in a quarter of an hour, and the chapter does
+# not pretend otherwise. What it does is measure: it sets the model against the simplest language
 # models there are (counting words, counting pairs of words), in a unit that does not depend on the
 # tokenizer, and prints whether and where the transformer overtakes them.
 #
@@ -248,8 +251,9 @@ for number, (a, b) in enumerate(toy_merges):
 # GPT-2 maps them to, then the merges), and ties go to the pair of smaller ids, as its trainer
 # breaks them. That lets us check our
 # merges against the library exactly. First against the package's `bpe.ByteLevelBPE` (the same
-# algorithm, with the counts updated only for the words a merge changes, which is much faster),
-# then the package against `tokenizers`' `BpeTrainer`, on real reviews:
+# algorithm, with the counts updated only for the words a merge changes, so that thousands of
+# merges stay affordable), then the package against `tokenizers`' `BpeTrainer`, on real reviews;
+# the cell prints each one's time:
 
 # %%
 demo_reviews = train_texts[: BUDGET.bpe_demo_reviews]
@@ -259,14 +263,17 @@ hand_seconds = time.perf_counter() - started
 started = time.perf_counter()
 package_bpe = bpe.ByteLevelBPE.train(demo_reviews, 1 + 256 + BUDGET.bpe_demo_merges)
 package_seconds = time.perf_counter() - started
+started = time.perf_counter()
 library_bpe = bpe.train_tokenizer(demo_reviews, 1 + 256 + BUDGET.bpe_demo_merges)
+library_seconds = time.perf_counter() - started
 assert ours == package_bpe.merges[:20], "the chapter's merges differ from the package's"
 same = package_bpe.merge_strings() == bpe.tokenizer_merges(library_bpe)
 print(
     f"our 20 merges on {len(demo_reviews)} reviews = the package's first 20 ({hand_seconds:.1f} s)"
 )
 print(
-    f"package ({package_seconds:.1f} s) vs tokenizers, {BUDGET.bpe_demo_merges} merges: "
+    f"package ({package_seconds:.1f} s) vs tokenizers ({library_seconds:.2f} s), "
+    f"{BUDGET.bpe_demo_merges} merges: "
     f"{'the same merges, in the same order' if same else 'DIFFERENT merges'}"
 )
 encoded_alike = all(package_bpe.encode(t) == library_bpe.encode(t).ids for t in val_texts[:300])
@@ -358,7 +365,8 @@ pprint.pp([tokenizer.id_to_token(i) for i in train_tokens[:16].tolist()], width=
 # The heart of a block is **causal self-attention** (因果自注意力, {cite:t}`vaswani2017attention`).
 # Each position emits a query q, a key k and a value v (three linear maps of its vector). Position
 # t's output is an average of the values of positions 0 … t, weighted by
-# softmax(q_t · k_s / √d) — how well its query matches each key. *Causal* means the weights of
+# softmax(q_t · k_s / √d_head) — how well its query matches each key, d_head being the width
+# of one head's query. *Causal* means the weights of
 # later positions are forced to zero (their scores set to −∞ before the softmax), so the
 # prediction for token t + 1 never sees it. With several **heads**, the vector is split into
 # `n_head` parts that attend independently, and their outputs are put side by side and mixed by a
@@ -525,8 +533,14 @@ display(plots.markdown_table(
 #
 # Training a transformer costs about 6 FLOPs per parameter per token — 2 for the forward pass's
 # multiply-adds, 4 for the backward pass {cite:p}`kaplan2020scaling` — plus attention's own
-# products, which grow with the context. Rather than trusting the rule, we count: PyTorch's
-# `FlopCounterMode` records every matrix product of a forward pass. {cite:t}`hoffmann2022training`
+# products, `QKᵀ` and the weights times the values, which grow with the context. Rather than
+# trusting the rule, we count: PyTorch's `FlopCounterMode` records every matrix product of a
+# forward pass. One trap: it registers no FLOPs for the fused attention kernel PyTorch runs on a
+# CPU, so `lm.training_flops_per_token` counts under the *math* backend of
+# `scaled_dot_product_attention`, which computes attention as two ordinary matrix products. That
+# count is the convention of the PaLM paper {cite:p}`chowdhery2022palm` (appendix B): 6·N +
+# 12 · n_layer · n_embd · T per token, the whole T × T score matrix even though the causal mask
+# uses half of it (Kaplan et al. count the scores only). {cite:t}`hoffmann2022training`
 # found that for a fixed compute budget C the loss is lowest when the parameters N and the
 # training tokens D grow together, about 20 tokens per parameter; with C ≈ 6·N·D that gives
 # N ≈ √(C / 120).
@@ -537,22 +551,30 @@ tokens_per_step = PRETRAIN.batch_size * MODEL.context_length
 planned_tokens = PRETRAIN.steps * tokens_per_step
 matrices = sum(p.numel() for name, p in model.named_parameters()
                if p.ndim == 2 and name != "wpe.weight")  # fmt: skip
+attention = lm.attention_flops_per_token(MODEL)
 print(f"FLOPs per training token: {flops_per_token / 1e6:.1f} M counted; "
-      f"6 × {matrices / 1e6:.2f} M matrix weights = {6 * matrices / 1e6:.1f} M")  # fmt: skip
+      f"6 × {matrices / 1e6:.2f} M matrix weights = {6 * matrices / 1e6:.1f} M,\n"
+      f"attention 12 × {MODEL.n_layer} layers × {MODEL.n_embd} × {MODEL.context_length} "
+      f"= {attention / 1e6:.1f} M ({attention / flops_per_token:.0%} of the count)")  # fmt: skip
 print(f"planned: {PRETRAIN.steps:,} steps × {tokens_per_step:,} tokens = {planned_tokens:,} tokens"
       f" = {planned_tokens / len(train_tokens):.2f} passes over the training split")  # fmt: skip
 
 # %% [markdown]
-# The difference between the two counts is attention's `QKᵀ` and weights-times-values products,
-# which the 6·N rule leaves out and which grow with the context length.
+# The count is the two formulas' sum: the 6·N rule leaves attention out, and at a context of 256
+# tokens and a width of 128, attention's 12 · 128 · 256 per layer is not small beside the layer's
+# 6 · 12 · 128² matrix FLOPs — the share printed above. It grows with the context length.
+# `lm.pretrain` draws its windows as one seeded permutation of the training split for the whole
+# run, so "passes" is exact: below one, no window is seen twice.
 #
 # ## Pre-training
 #
-# The recipe is GPT-2's and GPT-3's, as nanoGPT {cite:p}`karpathy2022nanogpt` uses it: AdamW
+# The recipe is GPT-3's, as nanoGPT {cite:p}`karpathy2022nanogpt` uses it: AdamW
 # {cite:p}`loshchilov2019decoupled` with β₂ = 0.95 and weight decay 0.1 on the matrices only (the
-# book's one grouping, `optim.param_groups`), a linear warm-up, then a cosine decay of the rate to
-# zero, and gradients clipped to norm 1. Each step draws `batch_size` random windows of
-# `context_length` tokens; the target at every position is the next token, so one window gives
+# book's one grouping, `optim.param_groups`), a linear warm-up, then a cosine decay of the rate,
+# and gradients clipped to norm 1. One difference: GPT-3 and nanoGPT stop the decay at a tenth of
+# the peak rate, ours (transformers' cosine schedule) goes on to zero. Each step takes
+# `batch_size` windows of `context_length` tokens, in one seeded random order of the training
+# windows for the whole run; the target at every position is the next token, so one window gives
 # `context_length` training examples. `lm.pretrain` is that recipe around `train.fit`, where one
 # "epoch" of `fit` is `eval_every` steps followed by a validation pass on the same first
 # `val_batches` batches of the validation windows; `fit`'s epoch line reports tokens per second.
@@ -601,17 +623,26 @@ plt.show()
 
 # %% [markdown]
 # Where does the transformer overtake the bigram model? The curve is evaluated every
-# `eval_every` steps on the first `val_batches` validation batches; the crossing is the first
-# evaluation below the bigram's level:
+# `eval_every` steps on the first `val_batches` validation batches, not the whole split, so the
+# fair line to cross is the bigram's loss on those same tokens (per token: the two are compared
+# on identical targets, so no conversion to bytes is needed). The crossing is the first
+# evaluation below it:
 
 # %%
+curve_windows = BUDGET.pretraining.val_batches * PRETRAIN.batch_size
+curve_tokens = val_tokens[: curve_windows * MODEL.context_length + 1]  # the curve's windows
+bigram_on_curve = lm.bigram_nats(train_tokens, curve_tokens, VOCAB_SIZE, best_k)
+crossing = next((i for i, loss in enumerate(history["val_loss"]) if loss < bigram_on_curve), None)
 bigram_bpb = in_bits_per_byte(bigram)
-crossing = next((i for i, value in enumerate(curve) if value < bigram_bpb), None)
+print(
+    f"bigram on the curve's {len(curve_tokens) - 1:,} tokens: {bigram_on_curve:.3f} nats/token "
+    f"(whole split {bigram:.3f})"
+)
 elapsed = [sum(history["seconds"][: i + 1]) for i in range(len(history))]
 if crossing is not None:
     print(
-        f"below the bigram's {bigram_bpb:.3f} bits/byte after {tokens_seen[crossing] / 1e6:.2f} M "
-        f"tokens ({elapsed[crossing] / 60:.1f} min of training),\n"
+        f"below the bigram on the curve's tokens after {tokens_seen[crossing] / 1e6:.2f} M "
+        f"training tokens ({elapsed[crossing] / 60:.1f} min of training),\n"
         f"and {bigram_bpb - val_bpb:.3f} bits/byte below it on the whole split at the end"
     )
 else:
@@ -786,6 +817,7 @@ record_path = results.write_result_record(
             "tokens": PRETRAIN.steps * tokens_per_step,
             "tokens_per_second": tokens_per_second,
             "flops_per_token": flops_per_token,
+            "attention_flops_per_token": attention,
             "compute_flops": spent,
             "compute_optimal_parameters": optimal,
             "val_curve_bits_per_byte": curve,
@@ -797,6 +829,7 @@ record_path = results.write_result_record(
             "unigram_bits_per_byte": in_bits_per_byte(unigram),
             "bigram_bits_per_byte": bigram_bpb,
             "bigram_k": best_k,
+            "bigram_nats_on_curve_tokens": bigram_on_curve,
             "below_bigram_after_tokens": tokens_seen[crossing] if crossing is not None else None,
         },
         "generation": {
@@ -816,7 +849,7 @@ print(f"wrote {runtime.display_path(record_path)}")
 #
 # - Byte-level BPE starts from the 256 bytes and merges the most frequent adjacent pair, again and
 #   again; it can encode any text and decode it back exactly. Our twenty-line version learns the
-#   same merges as `tokenizers`, which does it in Rust, much faster.
+#   same merges as `tokenizers`, which does it in Rust (the cell printed both times).
 # - The vocabulary size trades bytes per token against the cost of the output layer; measure both.
 # - GPT-2 is embeddings, a stack of pre-LayerNorm blocks of causal self-attention and an MLP, a
 #   final LayerNorm and an output layer tied to the token embedding; ours gives the logits of
@@ -840,29 +873,36 @@ print(f"wrote {runtime.display_path(record_path)}")
 #    which compile). Is it faster on your machine?
 # 5. Write greedy decoding with the cache by hand: run the prompt once with `model.new_cache()`,
 #    then loop feeding one token. Check that it gives `gpt.generate(..., temperature=0)`'s tokens.
-# 6. Train four times longer (`steps=12_800` in `lm.PRETRAINING_RUNS["cpu"].recipe`). After how
+# 6. Train four times longer: `PRETRAIN = dataclasses.replace(PRETRAIN, steps=11_200)` before the
+#    pre-training cell (the recipe is frozen too; `eval_every` divides 11,200). After how
 #    many tokens, and how many minutes on your machine, does the transformer cross the bigram's
 #    line, and how far below it does it end?
 #
 # ```{admonition} Solutions
 # :class: dropdown
 #
-# 1. Replace `BUDGET.pretraining` by `dataclasses.replace(run, vocab_size=v, model=...)` with
-#    `v` in the model's `GPTConfig` too (the run checks that they agree). A smaller
-#    vocabulary makes each step cheaper (a smaller output layer) but each token carries fewer
-#    bytes, so compare `val_bpb`; the vocabulary table above predicts the trade.
+# 1. The budget is frozen; build a new one and rerun the chapter from the tokenizer on:
+#    `pretraining = BUDGET.pretraining`, then
+#    `run_v = dataclasses.replace(pretraining, vocab_size=v,
+#    model=dataclasses.replace(pretraining.model, vocab_size=v))` (the run checks that the two
+#    agree), `BUDGET = dataclasses.replace(BUDGET, pretraining=run_v)` and
+#    `MODEL, VOCAB_SIZE = run_v.model, v`. A smaller vocabulary makes each step cheaper (a
+#    smaller output layer) but each token carries fewer bytes, so compare `val_bpb`; the
+#    vocabulary table above predicts the trade.
 # 2. Copy `gpt.GPT.__init__` without the loop over `proj.weight`. The effect grows with depth;
 #    with four layers it is small, so try `n_layer=8` too.
-# 3. It adds `vocab_size × n_embd` parameters (the table's largest row); with few training tokens
-#    the extra matrix tends to fit the training text rather than generalise — measure it.
+# 3. It adds `vocab_size × n_embd` parameters (4,096 × 128 = 524,288 on the `cpu` budget, a
+#    third more), all in a layer that costs no extra compute. Whether a second matrix helps on a
+#    few million tokens is not something to guess: the validation bits per byte says.
 # 4. Compile once, run three steps, then time ten; the first call compiles for tens of seconds on a
 #    CPU. Whether it wins depends on the machine and the model size.
 # 5. `cache = model.new_cache(); logits = model(prompt, cache)`, then repeatedly
 #    `token = logits[:, -1].argmax(-1, keepdim=True)` and `logits = model(token, cache)`,
 #    collecting the tokens; compare with `torch.equal`.
-# 6. The crossing cell prints the tokens and the `elapsed` list the minutes. Expect the longer
-#    schedule to be *above* the short one at equal tokens early on (its rate is still high), and
-#    below it once the short one's rate has decayed.
+# 6. The crossing cell prints the tokens and the `elapsed` list the minutes. At equal tokens the
+#    longer schedule tends to lag the short one at first — its rate is still near the peak where
+#    the short one's has decayed — and to pass it as its own rate decays. 11,200 steps of 2,048
+#    tokens are about three passes over the training split, so windows now repeat.
 # ```
 #
 # ## References
@@ -872,6 +912,7 @@ print(f"wrote {runtime.display_path(record_path)}")
 # - {cite:t}`sennrich2016neural` — byte-pair encoding for subword units.
 # - {cite:t}`press2017using` — tying the output layer to the input embedding.
 # - {cite:t}`kaplan2020scaling` — the 6·N FLOPs per token rule; non-embedding parameters.
+# - {cite:t}`chowdhery2022palm` — PaLM: counting attention's FLOPs (appendix B).
 # - {cite:t}`hoffmann2022training` — compute-optimal models: about 20 tokens per parameter.
 # - {cite:t}`howard2018universal` — ULMFiT: pre-training a language model on the task's domain.
 # - {cite:t}`holtzman2020curious` — nucleus (top-p) sampling.

@@ -7,6 +7,7 @@ import math
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -94,17 +95,85 @@ def test_bits_per_byte_converts_nats_per_token():
     assert lm.text_bytes(["ab", "é"]) == 2 + 1 + 2 + 1
 
 
-def test_flops_per_token_match_the_parameter_rule_of_thumb():
-    """Without attention's own products the count is 6 FLOPs per weight (Kaplan et al. 2020):
-    FlopCounterMode sees every matrix product, so it must land a little above 6·N."""
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=512, context_length=32, n_layer=2, n_head=2,
+def test_flops_per_token_are_six_per_weight_plus_attention():
+    """6 FLOPs per matrix weight (Kaplan et al. 2020) plus attention's 12·n_layer·n_embd·T
+    (PaLM's convention): at a context of 256 attention is a third of this model's count, so a
+    counter that misses the fused CPU attention kernel (it registers no FLOPs for it) fails."""
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=512, context_length=256, n_layer=2, n_head=2,
                                   n_embd=64))  # fmt: skip
     matrices = sum(p.numel() for name, p in model.named_parameters()
                    if p.ndim == 2 and name != "wpe.weight")  # fmt: skip
-    flops = lm.training_flops_per_token(model)
-    attention = 3 * 2 * 2 * 32 * 64 * 2  # QKᵀ and AV, forward and backward, per token, 2 layers
-    assert flops == pytest.approx(6 * matrices + attention / 2, rel=0.05)
+    attention = 12 * 2 * 64 * 256
+    assert lm.attention_flops_per_token(model.config) == attention
+    assert lm.training_flops_per_token(model) == 6 * matrices + attention
     assert lm.compute_optimal_parameters(120 * 1e6**2) == pytest.approx(1e6)
+
+
+def test_run_permutation_gives_every_window_once_before_any_repeats():
+    """fit restarts its loader every eval_every steps; the run's order must go on, not restart."""
+    sampler = lm.RunPermutation(10, torch.Generator().manual_seed(0))
+    first, second = iter(sampler), iter(sampler)
+    drawn = [next(first) for _ in range(4)] + [next(second) for _ in range(6)]
+    assert sorted(drawn) == list(range(10))
+    assert len(list(iter(sampler))) == 10
+    with pytest.raises(ValueError, match="at least 1"):
+        lm.RunPermutation(0, torch.Generator())
+    # an epoch longer than the split crosses into the next permutation
+    longer = list(lm.RunPermutation(4, torch.Generator().manual_seed(0), per_iteration=10))
+    assert sorted(longer[:4]) == sorted(longer[4:8]) == [0, 1, 2, 3] and len(longer) == 10
+
+
+def test_pretrain_takes_every_planned_step_on_a_split_shorter_than_an_epoch(sample):
+    """20 steps planned in epochs of 10 on a split of 6 batches: 20 taken, and the cosine
+    schedule decays to its end (it never did when each epoch stopped with the split)."""
+    texts = [lm.clean_review(t) for t in sample.train.texts[:20]]
+    tokenizer = bpe.train_tokenizer(texts, 300)
+    tokens = lm.encode_documents(tokenizer, texts)[: 6 * 2 * 16 + 1]
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=2,
+                                  n_embd=16))  # fmt: skip
+    config = lm.PretrainConfig(batch_size=2, learning_rate=1e-3, steps=20, eval_every=10,
+                               warmup_steps=2)  # fmt: skip
+    assert len(lm.TokenChunks(tokens, 16)) // 2 < config.eval_every
+    history = lm.pretrain(model, tokens, tokens, config, generator=torch.Generator(),
+                          verbose=False)  # fmt: skip
+    assert len(history) == 2
+    assert history.records[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the schedule's end
+
+
+def test_pretraining_below_one_pass_sees_no_window_twice(sample):
+    texts = [lm.clean_review(t) for t in sample.train.texts[:60]]
+    tokenizer = bpe.train_tokenizer(texts, 300)
+    tokens = lm.encode_documents(tokenizer, texts)
+    windows = lm.TokenChunks(tokens, 16)
+    config = lm.PretrainConfig(batch_size=4, learning_rate=1e-3, steps=6, eval_every=2,
+                               warmup_steps=1)  # fmt: skip
+    assert config.steps * config.batch_size < len(windows)
+    seen = []
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=2,
+                                  n_embd=16))  # fmt: skip
+    original = lm.TokenChunks.__getitem__
+
+    def recording(self, index):
+        if self.tokens is tokens:
+            seen.append(index)
+        return original(self, index)
+
+    lm.TokenChunks.__getitem__ = recording
+    try:
+        lm.pretrain(model, tokens, tokens[:200], config, generator=torch.Generator().manual_seed(0),
+                    verbose=False)  # fmt: skip
+    finally:
+        lm.TokenChunks.__getitem__ = original
+    assert len(seen) == config.steps * config.batch_size
+    assert len(set(seen)) == len(seen)
+
+
+def test_the_yardstick_measures_training_throughput():
+    yardstick = lm.measure_yardstick(seconds=0.5, warmup_steps=1)
+    assert yardstick["tokens_per_second"] > 0 and yardstick["steps"] >= 3
+    assert "batch 8 x 256" in yardstick["shape"]
+    with pytest.raises(ValueError, match="seconds must be positive"):
+        lm.measure_yardstick(seconds=0)
 
 
 def test_pretrain_lowers_the_validation_loss_through_fit(sample):
@@ -161,6 +230,51 @@ def test_the_pretrained_model_and_tokenizer_round_trip(tmp_path, sample):
         lm.load_pretrained(tmp_path / "nowhere")
 
 
+def test_a_model_beside_another_runs_tokenizer_is_refused(tmp_path, sample):
+    """A save interrupted after the tokenizer (or files copied from two runs) leaves a pair
+    that does not belong together: loading it must fail, not tokenize with the wrong merges."""
+    small = gpt.GPT(gpt.GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=1,
+                                  n_embd=8))  # fmt: skip
+    first = bpe.train_tokenizer(sample.train.texts[:20], 300)
+    second = bpe.train_tokenizer(sample.train.texts[20:40], 300)
+    lm.save_pretrained(tmp_path / "gpt", small, first)
+    bpe.save_tokenizer(second, tmp_path / "gpt" / "tokenizer.json")  # the half-done next save
+    with pytest.raises(checkpoints.CheckpointError, match="not the tokenizer saved with"):
+        lm.load_pretrained(tmp_path / "gpt")
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path, sample):
+    tokenizer = bpe.train_tokenizer(sample.train.texts[:20], 300)
+    narrow = gpt.GPT(gpt.GPTConfig(vocab_size=200, context_length=16, n_layer=1, n_head=1,
+                                   n_embd=8))  # fmt: skip
+    with pytest.raises(ValueError, match="300 tokens and the model only 200"):
+        lm.save_pretrained(tmp_path / "gpt", narrow, tokenizer)
+    # a pair written by hand (or an older version) is refused on load too
+    bpe.save_tokenizer(tokenizer, tmp_path / "gpt" / "tokenizer.json")
+    checkpoints.save_checkpoint(
+        tmp_path / "gpt" / "model.pt", model=narrow.state_dict(), config=narrow.config.to_dict(),
+        info={}, tokenizer_sha256=lm._file_sha256(tmp_path / "gpt" / "tokenizer.json"),
+    )  # fmt: skip
+    with pytest.raises(checkpoints.CheckpointError, match="300 tokens and the model 200"):
+        lm.load_pretrained(tmp_path / "gpt")
+
+
+@pytest.mark.parametrize(
+    ("info", "key"),
+    [({"bpb": np.float64(1.9)}, "bpb"), ({"where": Path("/x")}, "where"),
+     ({"run": {"curve": [1.0, np.float32(2.0)]}}, "curve")],
+)  # fmt: skip
+def test_save_pretrained_refuses_info_that_would_not_load_naming_the_key(
+    tmp_path, sample, info, key
+):
+    tokenizer = bpe.train_tokenizer(sample.train.texts[:20], 300)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=1,
+                                  n_embd=8))  # fmt: skip
+    with pytest.raises(TypeError, match=key):
+        lm.save_pretrained(tmp_path / "gpt", model, tokenizer, info)
+    assert not (tmp_path / "gpt").exists(), "nothing is written"
+
+
 def _archive_with_unlabelled(path):
     with tarfile.open(path, "w:gz") as tar:
         files = {
@@ -193,3 +307,21 @@ def test_imdb_reads_the_unlabelled_reviews_when_the_copy_has_them(tmp_path):
 def test_a_copy_without_unlabelled_reviews_has_none(sample):
     assert sample.unlabelled == []
     assert "unlabelled" not in sample.source.split_sizes
+
+
+def test_the_pretraining_recipe_refuses_a_clipping_norm_of_zero():
+    with pytest.raises(ValueError, match="a norm of 0 would zero every gradient"):
+        lm.PretrainConfig(batch_size=2, learning_rate=1e-3, steps=4, eval_every=2,
+                          warmup_steps=1, grad_clip_norm=0.0)  # fmt: skip
+
+
+def test_count_baselines_refuse_ids_beyond_the_vocabulary():
+    tokens = torch.tensor([0, 1, 2, 1, 0, 2])
+    assert lm.unigram_nats(tokens, tokens, 3) > 0 and lm.bigram_nats(tokens, tokens, 3, 0.1) > 0
+    beyond = torch.tensor([0, 1, 5, 1])
+    with pytest.raises(ValueError, match="train_tokens holds id 5"):
+        lm.unigram_nats(beyond, tokens, 3)
+    with pytest.raises(ValueError, match="val_tokens holds id 5"):
+        lm.bigram_nats(tokens, beyond, 3, 0.1)
+    with pytest.raises(ValueError, match="k must be positive"):
+        lm.bigram_nats(tokens, tokens, 3, 0.0)
