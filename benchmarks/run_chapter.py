@@ -4,8 +4,12 @@
 
 Every figure quoted in an issue note or on the results page can be re-measured with this one
 command. The record lands in results/<chapter>.<profile>.json (or TUTORIAL_RESULTS_DIR). With
---publish a copy, plus the wall time and command of this run, goes to results/published/, the
-folder the book's results page is built from; commit it there.
+--publish a copy, plus the wall time, the command and the machine's yardstick of this run, goes
+to results/published/, the folder the book's results page is built from; commit it there.
+
+Before the chapter it measures the machine's yardstick (~20 s, lm.measure_yardstick: chapter 8's
+cpu GPT in training, tokens/s), so that the wall time can be read as reference minutes: minutes
+on the 2-core AVX2 machine of results.REFERENCE_TOKENS_PER_SECOND. Run nothing else beside it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tutorial_lib.files import atomic_write_text
 from tutorial_lib.results import (
     PUBLISHED_DIR,
+    REFERENCE_MINUTES_TARGET,
     read_result_record,
+    reference_minutes,
     results_dir,
     unpublishable_reason,
 )
@@ -33,11 +39,22 @@ from tutorial_lib.runtime import PROFILES
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def publish_record(
-    record: dict, wall_seconds: float, command: str, folder: Path = REPO_ROOT / PUBLISHED_DIR
-) -> Path:
-    """Copy ``record`` with this run's wall time and command into ``folder`` as
-    ``<chapter>.<profile>.json`` (replacing an earlier one) and return the path.
+def benchmark_block(wall_seconds: float, command: str, yardstick: dict) -> dict:
+    """Return what a published record says of the run that measured it: the command, its wall
+    time, the machine's yardstick and the wall time in reference minutes."""
+    return {
+        "command": command,
+        "wall_seconds": round(wall_seconds, 1),
+        "yardstick": yardstick,
+        "reference_minutes": round(
+            reference_minutes(wall_seconds, yardstick["tokens_per_second"]), 1
+        ),
+    }
+
+
+def publish_record(record: dict, benchmark: dict, folder: Path = REPO_ROOT / PUBLISHED_DIR) -> Path:
+    """Copy ``record`` with this run's ``benchmark`` block (:func:`benchmark_block`) into
+    ``folder`` as ``<chapter>.<profile>.json`` (replacing an earlier one) and return the path.
 
     Raises:
         ValueError: for a ``smoke`` run or a run on the bundled samples (recognised by
@@ -50,7 +67,6 @@ def publish_record(
             f"not publishing {record['chapter']}: it ran on {why}, so its figures "
             "mean nothing; run it on the real data under the cpu or gpu profile"
         )
-    benchmark = {"command": command, "wall_seconds": round(wall_seconds, 1)}
     published = {**record, "benchmark": benchmark}
     path = folder / f"{record['chapter']}.{record['profile']}.json"
     return atomic_write_text(path, json.dumps(published, indent=2) + "\n")
@@ -70,6 +86,13 @@ def main() -> int:
 
     os.environ["TUTORIAL_PROFILE"] = args.profile
     os.environ.setdefault("TUTORIAL_NONINTERACTIVE", "1")
+    from tutorial_lib.lm import measure_yardstick
+
+    yardstick = measure_yardstick()
+    print(
+        f"yardstick: {yardstick['tokens_per_second']:,.0f} tokens/s "
+        f"({yardstick['shape']}, median of {yardstick['steps']} steps)"
+    )
     notebook = nbformat.read(args.notebook, as_version=4)
     started = time.perf_counter()
     NotebookClient(
@@ -84,20 +107,21 @@ def main() -> int:
     nbformat.write(notebook, executed)
     print(f"executed notebook with its outputs: {executed}")
     record = read_result_record(args.notebook.stem, args.profile)
+    notebook_path = args.notebook.as_posix()
+    command = f"python benchmarks/run_chapter.py {notebook_path} --profile {args.profile}"
+    benchmark = benchmark_block(wall, command, yardstick)
     print(
         f"{args.notebook.name} under '{args.profile}': executed in {wall:.1f} s "
-        "(kernel start included)"
+        f"(kernel start included), {benchmark['reference_minutes']:.1f} reference minutes "
+        f"(target: at most {REFERENCE_MINUTES_TARGET} under cpu)"
     )
     if record is None:
         print("the chapter wrote no result record")
         return 1
     print(json.dumps(record, indent=2))
     if args.publish:
-        command = (
-            f"python benchmarks/run_chapter.py {args.notebook.as_posix()} --profile {args.profile}"
-        )
         try:
-            path = publish_record(record, wall, command)
+            path = publish_record(record, benchmark)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

@@ -32,8 +32,24 @@ def parse_duration(text: str) -> float | None:
     return 60 * float(match["minutes"] or 0) + float(match["seconds"] or 0)
 
 
+def parse_reference_minutes(text: str) -> float | None:
+    """Return the minutes that ``"28.1"`` states, or None for ``"no yardstick"``.
+
+    Raises:
+        ValueError: for any other text.
+    """
+    text = text.strip()
+    if text == "no yardstick":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not reference minutes like '28.1' or 'no yardstick': {text!r}") from None
+
+
 def readme_chapter_times(readme: Path = REPO_ROOT / "README.md") -> dict[int, dict]:
-    """Return ``{chapter number: {"fresh_clone": seconds, "genuine_cpu": seconds}}``.
+    """Return ``{chapter number: {"fresh_clone": seconds, "genuine_cpu": seconds,
+    "reference_minutes": minutes or None}}`` (None where the record has no yardstick).
 
     Raises:
         ValueError: when the README has no table under the marker.
@@ -50,6 +66,7 @@ def readme_chapter_times(readme: Path = REPO_ROOT / "README.md") -> dict[int, di
             rows[int(cells[0])] = {
                 "fresh_clone": parse_duration(cells[2]),
                 "genuine_cpu": parse_duration(cells[3]),
+                "reference_minutes": parse_reference_minutes(cells[4]),
             }
     if not rows:
         raise ValueError(f"the table under {MARKER} in README.md has no chapter row")

@@ -207,7 +207,7 @@ def test_results_tables_render_every_figure_with_its_unit():
     assert rows["measured at (UTC)"] == "2026-11-23T17:50:07+00:00"
     assert rows["machine"] == "Linux-6.1-x86_64, 2 CPU cores, 2 torch threads"
     assert rows["library versions"] == "torch 2.14.1, torchvision 0.29.1"
-    assert rows["wall time"] == "211.4 s"
+    assert rows["wall time"] == "211.4 s (no yardstick)"
     assert rows["data › train"] == "55,000"
     assert rows["data › budget adjustments"] == "none"
     assert "data › location" not in rows, "where the data lay on the measuring machine is noise"
@@ -221,13 +221,35 @@ def test_results_tables_render_every_figure_with_its_unit():
             "02_mnist_cnn",
             "cpu",
             "99.3%",
-            "211.4 s",
+            "211.4 s (no yardstick)",
             "local copy: train 55,000 / validation 5,000 / test 10,000",
             "MnistCNN (421,642 parameters)",
             "cpu",
             "2026-11-23",
         ]
     ]
+
+
+def test_results_page_shows_reference_minutes_and_the_cpu_it_ran_on():
+    machine = {"platform": "Linux-6.18-x86_64", "cpu_model": "AMD EPYC", "cpu_capability": "AVX2",
+               "native_bf16": False, "quantized_engine": "x86", "cpu_count": 2}  # fmt: skip
+    yardstick = {"tokens_per_second": 7_200.0, "steps": 40, "seconds": 20.0, "shape": "..."}
+    record = _record(
+        machine=machine,
+        benchmark={
+            "command": "c",
+            "wall_seconds": 600.0,
+            "yardstick": yardstick,
+            "reference_minutes": 20.0,
+        },  # fmt: skip
+    )
+    rows = dict(published_results.detail_rows(record))
+    assert rows["wall time"] == "600.0 s (20 reference min)"
+    assert rows["machine's yardstick"] == "7,200 tokens/s (reference: 3,600)"
+    assert rows["machine"] == (
+        "Linux-6.18-x86_64, AMD EPYC, kernels AVX2, int8 engine x86, 2 CPU cores"
+    )
+    assert published_results.overview_rows([record])[0][3] == "600.0 s (20 reference min)"
 
 
 def test_results_page_prefers_the_benchmark_wall_time_and_reads_the_best_method():
@@ -302,16 +324,24 @@ def test_published_records_are_read_in_book_order_and_bad_files_are_named(tmp_pa
 
 def test_publishing_refuses_smoke_runs_and_sample_data(tmp_path: Path):
     command = "python benchmarks/run_chapter.py chapters/02_mnist_cnn.ipynb --profile cpu"
-    path = run_chapter.publish_record(_record(), 212.34, command, folder=tmp_path)
+    yardstick = {"tokens_per_second": 7_200.0, "steps": 30, "seconds": 20.1, "shape": "..."}
+    benchmark = run_chapter.benchmark_block(212.34, command, yardstick)
+    path = run_chapter.publish_record(_record(), benchmark, folder=tmp_path)
     assert path == tmp_path / "02_mnist_cnn.cpu.json"
     published = json.loads(path.read_text())
-    assert published["benchmark"] == {"command": command, "wall_seconds": 212.3}
+    # a machine twice as fast as the reference: 212.34 s are 7.08 reference minutes
+    assert published["benchmark"] == {
+        "command": command,
+        "wall_seconds": 212.3,
+        "yardstick": yardstick,
+        "reference_minutes": 7.1,
+    }
     assert published["metrics"] == _record()["metrics"]
     with pytest.raises(ValueError, match="smoke profile"):
-        run_chapter.publish_record(_record(profile="smoke"), 1.0, command, folder=tmp_path)
+        run_chapter.publish_record(_record(profile="smoke"), benchmark, folder=tmp_path)
     sample = _record(data={"source": "bundled sample", "train": 800})
     with pytest.raises(ValueError, match="bundled sample"):
-        run_chapter.publish_record(sample, 1.0, command, folder=tmp_path)
+        run_chapter.publish_record(sample, benchmark, folder=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["02_mnist_cnn.cpu.json"]
 
 

@@ -46,3 +46,21 @@ def test_readme_genuine_data_times_are_the_published_records():
             f"README states {stated} s for {notebook.stem} on genuine data; its published "
             f"record measured {measured:.0f} s ({path.name})"
         )
+
+
+def test_readme_reference_minutes_are_the_published_records():
+    """The reference-minutes column is each published record's benchmark figure (the wall time
+    scaled by the machine's yardstick), "no yardstick" for records measured before it."""
+    readme = readme_chapter_times()
+    for notebook in CHAPTERS:
+        stated = readme[int(notebook.name[:2])]["reference_minutes"]
+        path = REPO_ROOT / "results" / "published" / f"{notebook.stem}.cpu.json"
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        measured = record.get("benchmark", {}).get("reference_minutes")
+        if measured is None:
+            assert stated is None, f"README gives {notebook.stem} reference minutes: no yardstick"
+        else:
+            assert stated is not None and abs(stated - measured) <= 0.1, (
+                f"README states {stated} reference minutes for {notebook.stem}; its record "
+                f"says {measured}"
+            )

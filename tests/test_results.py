@@ -7,6 +7,7 @@ import json
 import multiprocessing
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 
 from tutorial_lib import results
@@ -93,12 +94,12 @@ SAMPLE_SOURCES = {
 def test_sample_runs_never_reach_the_results_page_however_the_source_is_written(tmp_path, source):
     command = "python benchmarks/run_chapter.py chapters/07_scaling_out.ipynb --profile cpu"
     with pytest.raises(ValueError, match="bundled sample data"):
-        run_chapter.publish_record(_record(source=source), 1.0, command, folder=tmp_path)
+        run_chapter.publish_record(_record(source=source), {"command": command}, folder=tmp_path)
     assert not list(tmp_path.iterdir())
     nested = _record()
     nested["data"] = {"images": {"source": source}, "texts": {"source": "local copy"}}
     with pytest.raises(ValueError, match="bundled sample data"):
-        run_chapter.publish_record(nested, 1.0, command, folder=tmp_path)
+        run_chapter.publish_record(nested, {"command": command}, folder=tmp_path)
     # a record placed in results/published/ by hand is refused by the page's directive too
     (tmp_path / "07_scaling_out.cpu.json").write_text(json.dumps(_record(source=source)))
     with pytest.raises(ValueError, match=r"07_scaling_out\.cpu\.json ran on the bundled sample"):
@@ -162,3 +163,39 @@ def test_a_published_record_is_read_from_the_checkout():
     record = results.read_published_record("02_mnist_cnn", "cpu")
     assert record is not None and record["chapter"] == "02_mnist_cnn"
     assert results.read_published_record("02_mnist_cnn", "no-such-profile") is None
+
+
+def test_reference_minutes_scale_by_the_yardstick():
+    # the reference machine itself, a machine twice as fast, and one half as fast
+    assert results.reference_minutes(600, results.REFERENCE_TOKENS_PER_SECOND) == 10
+    assert results.reference_minutes(600, 2 * results.REFERENCE_TOKENS_PER_SECOND) == 20
+    assert results.reference_minutes(600, results.REFERENCE_TOKENS_PER_SECOND / 2) == 5
+    for seconds, yardstick in ((-1, 3600), (60, 0), (float("nan"), 3600), (60, float("inf"))):
+        with pytest.raises(ValueError, match="seconds"):
+            results.reference_minutes(seconds, yardstick)
+
+
+def test_records_say_which_cpu_and_kernels_they_ran_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUTORIAL_RESULTS_DIR", str(tmp_path))
+    path = results.write_result_record("00_test", {"metrics": {}})
+    machine = json.loads(path.read_text())["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["quantized_engine"] == torch.backends.quantized.engine
+    assert isinstance(machine["native_bf16"], bool)
+    assert machine["cpu_model"] and machine["cpu_model"] != "unknown"
+
+
+def test_a_chapter_states_its_published_time_in_reference_minutes():
+    record = {
+        "profile": "cpu",
+        "written_at": "2026-12-07T10:00:00+00:00",
+        "benchmark": {"wall_seconds": 900.0, "yardstick": {"tokens_per_second": 7_200.0}},
+    }
+    line = results.published_time(record)
+    assert "30 reference minutes" in line and "15 min" in line and "7,200" in line
+    old = {"profile": "cpu", "written_at": "2026-12-01", "benchmark": {"wall_seconds": 600}}
+    assert "10 min" in results.published_time(old)
+    assert "no reference minutes" in results.published_time(old)
+    assert "no published record" in results.published_time(None)
+    with pytest.raises(ValueError, match="wall time"):
+        results.published_time({"benchmark": {"yardstick": {"tokens_per_second": 1.0}}})

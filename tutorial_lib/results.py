@@ -27,6 +27,67 @@ PUBLISHED_DIR = Path("results") / "published"
 ``benchmarks/run_chapter.py --publish``, read by the book's results page."""
 
 
+REFERENCE_TOKENS_PER_SECOND = 3_600
+"""The yardstick of the reference machine (:func:`tutorial_lib.lm.measure_yardstick`): chapter
+8's ``cpu`` GPT trained at 3,610 tokens/s on the 2-core AVX2 AMD EPYC of 2026-12-07, the slowest
+machine this book has run on. A chapter's ``cpu`` run is held to 30 reference minutes."""
+
+REFERENCE_MINUTES_TARGET = 30
+"""The most reference minutes a chapter's ``cpu`` run may take: one sitting for a reader."""
+
+
+def reference_minutes(seconds: float, tokens_per_second: float) -> float:
+    """Return ``seconds`` measured on a machine whose yardstick is ``tokens_per_second`` as
+    minutes on the reference machine (:data:`REFERENCE_TOKENS_PER_SECOND`): a machine twice
+    as fast turns 10 measured minutes into 20 reference minutes.
+
+    Raises:
+        ValueError: if either number is not finite, ``seconds`` is negative or the yardstick
+            is not positive.
+    """
+    import math
+
+    if not (math.isfinite(seconds) and math.isfinite(tokens_per_second)):
+        raise ValueError(f"seconds and the yardstick must be finite, not {seconds}, "
+                         f"{tokens_per_second}")  # fmt: skip
+    if seconds < 0 or tokens_per_second <= 0:
+        raise ValueError(
+            f"seconds must be at least 0 and the yardstick positive, not {seconds}, "
+            f"{tokens_per_second}"
+        )
+    return seconds / 60 * tokens_per_second / REFERENCE_TOKENS_PER_SECOND
+
+
+def cpu_model() -> str:
+    """Return the CPU's model name as the operating system reports it (``/proc/cpuinfo`` on
+    Linux), else :func:`platform.processor`, else ``"unknown"``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_details() -> dict[str, Any]:
+    """Return what says where a record ran: the platform, the CPU model and the instruction set
+    PyTorch's CPU kernels use (``torch.backends.cpu.get_cpu_capability()``, e.g. ``AVX2``,
+    ``AVX512``), whether bf16 is native, the quantized engine, cores and threads."""
+    from tutorial_lib.runtime import cpu_has_native_bf16
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_native_bf16(),
+        "quantized_engine": torch.backends.quantized.engine,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def results_dir() -> Path:
     """Return the folder for result records: ``TUTORIAL_RESULTS_DIR`` if set, else ``results/``
     at the top of the checkout, else ``./results``."""
@@ -53,12 +114,7 @@ def write_result_record(chapter: str, record: dict[str, Any]) -> Path:
         "profile": get_profile(),
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine_details(),
         "versions": _versions(),
         **record,
     }
@@ -111,6 +167,42 @@ def read_published_record(chapter: str, profile: str) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         raise ValueError(f"{path} is not a published record: not a JSON object")
     return record
+
+
+def published_time(record: dict[str, Any] | None) -> str:
+    """Return one sentence on how long a chapter's published run took: its measured minutes,
+    the machine's yardstick and the reference minutes they make, or what is missing.
+
+    Raises:
+        ValueError: if the record's benchmark block holds a yardstick but no wall time.
+    """
+    if record is None:
+        return (
+            "This chapter has no published record in this checkout, so its time on the "
+            "reference machine is not known here."
+        )
+    benchmark = record.get("benchmark") or {}
+    seconds = benchmark.get("wall_seconds", record.get("chapter_seconds"))
+    date = str(record.get("written_at", ""))[:10] or "an unknown date"
+    profile = record.get("profile", "?")
+    yardstick = (benchmark.get("yardstick") or {}).get("tokens_per_second")
+    if seconds is None:
+        if yardstick is not None:
+            raise ValueError("a published record with a yardstick must hold its wall time")
+        return f"The published {profile} record ({date}) holds no time."
+    measured = seconds / 60
+    if yardstick is None:
+        return (
+            f"Its {profile} run took {measured:.0f} min when it was published ({date}), on a "
+            "machine measured before the book had a yardstick: no reference minutes yet."
+        )
+    reference = reference_minutes(seconds, yardstick)
+    return (
+        f"Its {profile} run took {reference:.0f} reference minutes when it was published "
+        f"({date}: {measured:.0f} min on a machine whose yardstick is {yardstick:,.0f} "
+        f"tokens/s,\nagainst {REFERENCE_TOKENS_PER_SECOND:,} on the reference machine); a "
+        "machine twice as fast takes half."
+    )
 
 
 def unpublishable_reason(record: dict[str, Any]) -> str | None:

@@ -152,6 +152,24 @@ def wall_seconds(record: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def reference_minutes(record: dict[str, Any]) -> float | None:
+    """The published run's wall time in reference minutes (benchmarks/run_chapter.py measured
+    the machine's yardstick before the chapter), or ``None`` for a record without one."""
+    benchmark = record.get("benchmark") or {}
+    value = benchmark.get("reference_minutes")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def time_summary(record: dict[str, Any]) -> str:
+    """``"842.0 s (24 reference min)"``; ``"… (no yardstick)"`` for older records."""
+    wall = wall_seconds(record)
+    if wall is None:
+        return "—"
+    reference = reference_minutes(record)
+    suffix = f"{reference:.0f} reference min" if reference is not None else "no yardstick"
+    return f"{format_value(('seconds',), wall)} ({suffix})"
+
+
 def data_summary(record: dict[str, Any]) -> str:
     """Source and split sizes, e.g. ``local copy: train 55,000 / test 10,000``."""
     data = record.get("data") or {}
@@ -191,8 +209,15 @@ def machine_summary(record: dict[str, Any]) -> str:
     if not isinstance(machine, dict):
         return readable_path(str(machine))
     parts = [str(machine.get("platform", "unknown platform"))]
-    if machine.get("processor"):
+    if machine.get("cpu_model"):
+        parts.append(str(machine["cpu_model"]))
+    elif machine.get("processor"):
         parts.append(str(machine["processor"]))
+    if machine.get("cpu_capability"):
+        bf16 = ", native bf16" if machine.get("native_bf16") else ""
+        parts.append(f"kernels {machine['cpu_capability']}{bf16}")
+    if machine.get("quantized_engine"):
+        parts.append(f"int8 engine {machine['quantized_engine']}")
     if machine.get("cpu_count"):
         parts.append(f"{machine['cpu_count']} CPU cores")
     if machine.get("torch_threads"):
@@ -204,13 +229,12 @@ def overview_rows(records: list[dict[str, Any]]) -> list[list[str]]:
     """One row per record: chapter, profile, test accuracy, wall time, data, model, device, date."""
     rows = []
     for record in records:
-        wall = wall_seconds(record)
         rows.append(
             [
                 record["chapter"],
                 record["profile"],
                 headline_accuracy(record),
-                format_value(("seconds",), wall) if wall is not None else "—",
+                time_summary(record),
                 data_summary(record),
                 model_summary(record),
                 str(record["device"]),
@@ -224,7 +248,7 @@ OVERVIEW_HEADER = [
     "Chapter",
     "Profile",
     "Test accuracy",
-    "Wall time",
+    "Wall time (reference)",
     "Data",
     "Model",
     "Device",
@@ -247,10 +271,12 @@ def detail_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
             else str(versions),
         ),
     ]
-    wall = wall_seconds(record)
-    if wall is not None:
-        rows.append(("wall time", format_value(("seconds",), wall)))
+    if wall_seconds(record) is not None:
+        rows.append(("wall time", time_summary(record)))
     benchmark = record.get("benchmark") or {}
+    yardstick = (benchmark.get("yardstick") or {}).get("tokens_per_second")
+    if isinstance(yardstick, (int, float)):
+        rows.append(("machine's yardstick", f"{yardstick:,.0f} tokens/s (reference: 3,600)"))
     if benchmark.get("command"):
         rows.append(("measured with", str(benchmark["command"])))
     groups = [key for key in GROUP_ORDER if key in record]
