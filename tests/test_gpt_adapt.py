@@ -131,6 +131,65 @@ def test_the_loader_feeds_fit_and_the_classifier_learns(tokenizer, sample):
     assert after < 0.8 * before
 
 
+def test_fine_tune_keeps_the_best_epoch_and_scores_each_test_review(tokenizer, sample):
+    bad = tokenizer.encode(" bad").ids
+    ids = gpt_adapt.encode_reviews(tokenizer, sample.train.texts[:150], max_length=48)
+    labels = [int(any(t in row for t in bad)) for row in ids]
+    train_set = gpt_adapt.EncodedReviews(ids[:100], labels[:100])
+    val_set = gpt_adapt.EncodedReviews(ids[100:125], labels[100:125])
+    test_set = gpt_adapt.EncodedReviews(ids[125:], labels[125:])
+    eot = gpt_adapt.end_of_text_id(tokenizer)
+
+    def run(seed):
+        classifier = gpt_adapt.GPTClassifier(tiny_gpt(), pooling="mean")
+        options = {"learning_rate": 3e-3, "epochs": 3, "batch_size": 16, "seed": seed}
+        row = gpt_adapt.fine_tune(classifier, train_set, val_set, test_set, pad_id=eot, **options)
+        return classifier, row
+
+    classifier, row = run(seed=0)
+    assert row["correct"].shape == (25,) and row["correct"].dtype == torch.bool
+    assert row["test_accuracy"] == pytest.approx(row["correct"].float().mean().item())
+    assert len(row["val_accuracies"]) == 3
+    assert row["best_val_accuracy"] == row["val_accuracies"][row["best_epoch"] - 1]
+    # the weights kept are the best epoch's: scoring the validation set again gives its accuracy
+    again = train.evaluate(classifier, gpt_adapt.review_loader(val_set, eot, 16))["accuracy"]
+    assert again == pytest.approx(row["best_val_accuracy"])
+    assert run(seed=0)[1]["val_accuracies"] == row["val_accuracies"]  # the seed sets the run
+    with pytest.raises(ValueError, match="epochs"):
+        gpt_adapt.fine_tune(classifier, train_set, val_set, test_set, pad_id=eot,
+                            learning_rate=1e-3, epochs=0, batch_size=16, seed=0)  # fmt: skip
+
+
+def test_seeded_accuracy_adds_the_seed_variance_to_the_test_sampling():
+    correct = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1]])
+    mean, error = metrics.seeded_accuracy(correct)
+    per_review = torch.tensor([1.0, 2 / 3, 1 / 3, 1.0])
+    per_seed = torch.tensor([0.75, 0.5, 1.0])
+    expected = per_review.var() / 4 + per_seed.var() / 3  # torch's var has ddof 1
+    assert mean == pytest.approx(9 / 12)
+    assert error == pytest.approx(math.sqrt(expected))
+    # no seed variation: only the test sampling is left
+    same = torch.tensor([[1, 0, 1, 1]] * 3)
+    assert metrics.seeded_accuracy(same)[1] == pytest.approx(math.sqrt(0.25 / 4))
+    for bad in (torch.ones(1, 4), torch.ones(4), torch.full((2, 3), 0.5)):
+        with pytest.raises(ValueError, match="runs"):
+            metrics.seeded_accuracy(bad)
+
+
+def test_seeded_difference_is_paired_over_the_same_reviews():
+    a = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1]])
+    b = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 1], [1, 0, 0, 1]])
+    gap, error = metrics.seeded_difference(a, b)
+    per_review = a.float().mean(0) - b.float().mean(0)
+    expected = per_review.var() / 4 + a.float().mean(1).var() / 3 + b.float().mean(1).var() / 3
+    assert gap == pytest.approx(9 / 12 - 5 / 12)
+    assert error == pytest.approx(math.sqrt(expected))
+    # an arm against itself differs by nothing but its own seeds
+    assert metrics.seeded_difference(a, a)[0] == 0
+    with pytest.raises(ValueError, match="same examples"):
+        metrics.seeded_difference(a, b[:, :3])
+
+
 def test_lora_on_the_gpt_trains_under_five_percent():
     classifier = gpt_adapt.GPTClassifier(gpt.GPT(lm.PRETRAINING_RUNS["cpu"].model))
     total = sum(p.numel() for p in classifier.parameters())
@@ -252,3 +311,75 @@ def test_pretraining_documents_reads_a_seeded_subset(sample):
     assert set(first) <= set(documents)
     with pytest.raises(ValueError, match="max_documents"):
         dataclasses.replace(every, max_documents=5)
+
+
+def test_labelled_splits_are_nested_disjoint_and_independent_of_earlier_draws():
+    splits = gpt_adapt.labelled_splits(1_000, 500, (50, 200), 100, 300, seed=0)
+    assert splits["small"] == splits["large"][:50]
+    assert not set(splits["large"]) & set(splits["val"])
+    assert len(set(splits["val"])) == 100 and len(set(splits["test"])) == 300
+    torch.rand(1000)  # a chapter drawing random numbers first (pre-training) changes nothing
+    assert gpt_adapt.labelled_splits(1_000, 500, (50, 200), 100, 300, seed=0) == splits
+    assert gpt_adapt.labelled_splits(1_000, 500, (50, 200), 100, 300, seed=1) != splits
+    with pytest.raises(ValueError, match="do not fit"):
+        gpt_adapt.labelled_splits(1_000, 500, (50, 950), 100, 300)
+    with pytest.raises(ValueError, match="small <= large"):
+        gpt_adapt.labelled_splits(1_000, 500, (300, 200), 100, 300)
+
+
+# --- hardening: bad input to the classifier and the prompting helpers ------------------------
+
+
+def test_a_mask_narrower_than_the_ids_or_not_zero_one_is_refused():
+    classifier = gpt_adapt.GPTClassifier(tiny_gpt()).eval()
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 6))
+    with pytest.raises(ValueError, match="shaped like input_ids"):
+        classifier(ids, torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="only 0 .pad. and 1"):
+        classifier(ids, torch.full((2, 6), 0.5))
+    # a float or bool mask of 0s and 1s means the same as an integer one
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        expected = classifier(ids, mask)
+        torch.testing.assert_close(classifier(ids, mask.float()), expected)
+        torch.testing.assert_close(classifier(ids, mask.bool()), expected)
+
+
+def test_calibration_refuses_a_missing_or_impossible_prior():
+    scores = torch.log(torch.tensor([[0.7, 0.3], [0.2, 0.8]]))
+    with pytest.raises(ValueError, match="at least one content-free input"):
+        gpt_adapt.calibrate(scores, torch.empty(0, 2))
+    with pytest.raises(ValueError, match=r"class\(es\) \[1\] have probability 0"):
+        gpt_adapt.calibrate(scores, torch.log(torch.tensor([[1.0, 0.0], [1.0, 0.0]])))
+
+
+def test_calibration_ranks_classes_as_zhao_et_als_affine_map():
+    """softmax(W p) with W = diag(p_cf)^-1 (Zhao et al. 2021) gives the same predictions."""
+    torch.manual_seed(0)
+    probabilities = torch.softmax(torch.randn(50, 2), dim=1)
+    content_free = torch.softmax(torch.randn(3, 2), dim=1)
+    ours = gpt_adapt.calibrate(probabilities.log(), content_free.log()).argmax(dim=1)
+    weights = torch.diag(1 / content_free.mean(dim=0))
+    theirs = torch.softmax(probabilities @ weights.T, dim=1).argmax(dim=1)
+    assert torch.equal(ours, theirs)
+
+
+def test_ids_outside_the_vocabulary_are_named_and_the_mode_restored():
+    model = tiny_gpt().train()
+    with pytest.raises(ValueError, match=f"id 300 .* vocabulary of {CONFIG.vocab_size}"):
+        gpt_adapt.continuation_log_probs(model, [[1, 2, 3]], [[300]])
+    with pytest.raises(ValueError, match="id -1"):
+        gpt_adapt.continuation_log_probs(model, [[1, -1]], [[5]])
+    assert model.training, "the model is left in the mode it came in"
+
+
+def test_continuation_scoring_restores_training_mode_when_a_batch_raises(monkeypatch):
+    model = tiny_gpt().train()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        gpt_adapt.continuation_log_probs(model, [[1, 2]], [[3]])
+    assert model.training

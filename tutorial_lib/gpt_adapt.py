@@ -10,6 +10,7 @@ shorter than its batch's longest (rasbt/LLMs-from-scratch issue 990).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from . import bpe
-from .gpt import GPT
+from .gpt import GPT, check_token_ids
 from .lm import clean_review
 from .text import truncate
 
@@ -41,6 +42,12 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must be shaped like the ids, "
+            f"(batch, time) = {tuple(hidden.shape[:2])}"
+        )
+    attention_mask = _zero_one(attention_mask)
     lengths = attention_mask.sum(dim=1)
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     right_padded = (positions < lengths.unsqueeze(1)).to(attention_mask.dtype)
@@ -53,6 +60,17 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
     weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / lengths.unsqueeze(-1).to(hidden.dtype)
+
+
+def _zero_one(mask: torch.Tensor) -> torch.Tensor:
+    """A mask of 0s and 1s as integers, whatever its dtype (bool, float or integer).
+
+    Raises:
+        ValueError: if it holds anything but 0 and 1.
+    """
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (pad) and 1 (real token)")
+    return mask.long()
 
 
 class GPTClassifier(nn.Module):
@@ -75,9 +93,19 @@ class GPTClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Return the class logits of right-padded ``input_ids`` (all real without a mask)."""
+        """Return the class logits of right-padded ``input_ids`` (all real without a mask).
+
+        Raises:
+            ValueError: if ``attention_mask`` is not shaped like ``input_ids``, holds values
+                other than 0 and 1 or is not right padding (see :func:`pool`).
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must be shaped like input_ids "
+                f"{tuple(input_ids.shape)}: one entry per token"
+            )
         hidden = self.backbone.hidden_states(input_ids)
         return self.head(pool(hidden, attention_mask, self.pooling))
 
@@ -116,8 +144,8 @@ def encode_reviews(
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, not {max_length}")
     end_of_text = end_of_text_id(tokenizer)
-    encodings = tokenizer.encode_batch([clean_review(text) for text in texts])
-    return [truncate([*e.ids, end_of_text], max_length, keep) for e in encodings]
+    encodings = bpe.encode_texts(tokenizer, [clean_review(text) for text in bpe.documents(texts)])
+    return [truncate([*ids, end_of_text], max_length, keep) for ids in encodings]
 
 
 def end_of_text_id(tokenizer: Any) -> int:
@@ -181,6 +209,104 @@ def review_loader(
     )
 
 
+def labelled_splits(
+    train_size: int,
+    test_size: int,
+    label_budgets: tuple[int, int],
+    val_reviews: int,
+    test_reviews: int,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Return chapter 9's review indices: ``small`` inside ``large`` (the two label budgets)
+    and ``val`` (disjoint from both) from the training split, ``test`` from the test split.
+
+    Each split comes from its own generator seeded by ``seed``, never from a generator a
+    chapter has used before: whether chapter 8's model was loaded or pre-trained in the same
+    run (which draws random numbers) must not change which reviews are labelled or tested.
+
+    Raises:
+        ValueError: if the budgets are not ``0 < small <= large``, or the splits do not fit.
+    """
+    small, large = label_budgets
+    if not 0 < small <= large:
+        raise ValueError(f"label budgets must satisfy 0 < small <= large, not {label_budgets}")
+    if large + val_reviews > train_size or not 0 < test_reviews <= test_size or val_reviews < 1:
+        raise ValueError(
+            f"{large:,} labelled + {val_reviews:,} validation reviews from {train_size:,} "
+            f"training reviews and {test_reviews:,} of {test_size:,} test reviews do not fit "
+            "(each split needs at least one review)"
+        )
+    order = torch.randperm(train_size, generator=torch.Generator().manual_seed(seed)).tolist()
+    test_order = torch.randperm(test_size, generator=torch.Generator().manual_seed(seed + 1))
+    return {
+        "small": order[:small],
+        "large": order[:large],
+        "val": order[large : large + val_reviews],
+        "test": test_order[:test_reviews].tolist(),
+    }
+
+
+def fine_tune(
+    classifier: nn.Module,
+    train_set: EncodedReviews,
+    val_set: EncodedReviews,
+    test_set: EncodedReviews,
+    *,
+    pad_id: int,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Fine-tune ``classifier`` with chapter 4's recipe and measure it: AdamW (decay on
+    matrices only) with linear warm-up over the first 10 % of the steps and linear decay,
+    ``epochs`` passes over ``train_set`` shuffled by ``seed``, trained by
+    :func:`tutorial_lib.train.fit`, which keeps the weights of the epoch with the best accuracy
+    on ``val_set``; then one prediction of ``test_set``.
+
+    Returns a dict: ``test_accuracy``, ``best_val_accuracy``, ``val_accuracies`` (per epoch),
+    ``best_epoch`` (1-based), ``trainable`` (parameters), ``seconds`` (training),
+    ``correct`` (a bool tensor, one entry per test review: what seeded standard errors need).
+
+    Raises:
+        ValueError: if ``epochs`` or ``batch_size`` is below 1, or as ``train.fit``.
+    """
+    from . import optim, train
+    from .models import count_parameters
+
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be at least 1, not {epochs}, {batch_size}")
+    shuffling = torch.Generator().manual_seed(seed)
+    loader = review_loader(train_set, pad_id, batch_size, shuffle=True, generator=shuffling)
+    optimizer, scheduler = optim.adamw_with_linear_warmup(
+        classifier, learning_rate, epochs * len(loader), verbose=False
+    )
+    started = time.perf_counter()
+    history = train.fit(
+        classifier,
+        loader,
+        review_loader(val_set, pad_id, 4 * batch_size),
+        optimizer,
+        epochs,
+        scheduler=scheduler,
+        restore_best=True,
+        verbose=False,
+    )
+    seconds = time.perf_counter() - started
+    logits, labels = train.predict(classifier, review_loader(test_set, pad_id, 4 * batch_size))
+    correct = logits.argmax(dim=1) == labels
+    val_accuracies = [float(a) for a in history["val_accuracy"]]
+    return {
+        "test_accuracy": correct.float().mean().item(),
+        "best_val_accuracy": max(val_accuracies),
+        "val_accuracies": val_accuracies,
+        "best_epoch": val_accuracies.index(max(val_accuracies)) + 1,
+        "trainable": count_parameters(classifier, trainable_only=True),
+        "seconds": seconds,
+        "correct": correct,
+    }
+
+
 # --- prompting --------------------------------------------------------------------------------
 
 
@@ -198,13 +324,17 @@ def continuation_log_probs(
     costs one more pass over prompt + continuation.
 
     Raises:
-        ValueError: for an empty prompt or continuation, or a prompt and continuation longer
-            than the model's context.
+        ValueError: for an empty prompt or continuation, a prompt and continuation longer
+            than the model's context, or an id outside the model's vocabulary.
     """
     if not prompts or not continuations:
         raise ValueError("give at least one prompt and one continuation")
     if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for c in continuations):
         raise ValueError("prompts and continuations need at least one token each")
+    vocab_size = model.config.vocab_size
+    for what, sequences in (("a prompt", prompts), ("a continuation", continuations)):
+        for sequence in sequences:
+            check_token_ids(torch.as_tensor(list(sequence)), vocab_size, what=what)
     context = model.config.context_length
     longest = max(len(p) for p in prompts) + max(len(c) for c in continuations) - 1
     if longest > context:
@@ -214,6 +344,18 @@ def continuation_log_probs(
         )
     was_training = model.training
     model.eval()
+    try:
+        return _continuation_scores(model, prompts, continuations, batch_size)
+    finally:
+        model.train(was_training)  # also when a batch raises
+
+
+def _continuation_scores(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int,
+) -> torch.Tensor:
     device = next(model.parameters()).device
     scores = torch.empty(len(prompts), len(continuations))
     single = [j for j, c in enumerate(continuations) if len(c) == 1]
@@ -232,7 +374,6 @@ def continuation_log_probs(
                     steps = torch.arange(first, first + len(continuations[j]))
                     targets = torch.tensor(list(continuations[j]))
                     scores[i, j] = log_probs[row, steps, targets].sum()
-    model.train(was_training)
     return scores
 
 
@@ -263,15 +404,30 @@ def calibrate(class_scores: torch.Tensor, content_free_scores: torch.Tensor) -> 
     content-free inputs (``(m, classes)``, e.g. "N/A" in place of the review), renormalised —
     so that a content-free input would score every class alike.
 
+    With two classes this ranks the classes exactly as Zhao et al.'s affine map
+    ``softmax(W p)``, ``W = diag(p_cf)⁻¹``, does, so the predictions are the same.
+
     Raises:
-        ValueError: if the two do not have the same number of classes.
+        ValueError: if the two do not have the same number of classes, there is no
+            content-free input, or a class has probability 0 on every content-free input
+            (dividing by it is undefined: choose label words the model can produce).
     """
+    if class_scores.dim() != 2 or content_free_scores.dim() != 2:
+        raise ValueError("class scores must be (inputs, classes) log-probabilities")
     if class_scores.shape[1] != content_free_scores.shape[1]:
         raise ValueError(
             f"{class_scores.shape[1]} classes but content-free scores for "
             f"{content_free_scores.shape[1]}"
         )
+    if content_free_scores.shape[0] == 0:
+        raise ValueError("calibration needs at least one content-free input (e.g. 'N/A')")
     prior = content_free_scores.exp().mean(dim=0).log()
+    if not bool(torch.isfinite(prior).all()):
+        zero = [int(c) for c in torch.nonzero(~torch.isfinite(prior)).flatten()]
+        raise ValueError(
+            f"class(es) {zero} have probability 0 (or not a number) on every content-free "
+            "input, so there is no prior to divide by; check the label words"
+        )
     return (class_scores - prior).log_softmax(dim=1)
 
 
@@ -303,7 +459,7 @@ def encode_prompt(
         raise ValueError("the template is what the model completes; it cannot be empty")
 
     def part(text: str) -> list[int]:
-        return tokenizer.encode(text).ids
+        return bpe.encode_texts(tokenizer, [text])[0]
 
     def cut(text: str, tokens: int) -> list[int]:
         return truncate(part(clean_review(text)), tokens, "head+tail")
