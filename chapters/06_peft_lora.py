@@ -844,7 +844,7 @@ def lora_recipe(
         )
 
     recipe_train = recipe_loader(train_reviews, shuffle=True)
-    total_steps = epochs * len(recipe_train)
+    total_steps = epochs * train.optimizer_steps_per_epoch(recipe_train)  # this process's share
     optimizer, scheduler = optim.adamw_with_linear_warmup(model, learning_rate, total_steps)
     history = train.fit(
         model,

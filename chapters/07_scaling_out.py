@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     comment_magics: false
 #     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
@@ -382,7 +383,7 @@ print(
 # one machine.) On a SLURM cluster one `torchrun` runs per node:
 #
 # ```bash
-# !/bin/bash
+# #!/bin/bash
 # #SBATCH --job-name=mnist-ddp
 # #SBATCH --nodes=4
 # #SBATCH --ntasks-per-node=1          # one torchrun per node; it starts the 8 workers

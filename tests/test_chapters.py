@@ -113,6 +113,23 @@ def test_no_markdown_heading_hides_inside_a_code_cell(source: Path):
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_shell_scripts_shown_in_prose_keep_their_shebang(source: Path):
+    """jupytext reads a markdown line `# #!...` of the .py as an escaped magic and drops the
+    `#` unless the chapter's header sets comment_magics: false, so a shown script would
+    start with `!/bin/bash`, which no shell runs."""
+    for kind, path in (("py", source), ("ipynb", source.with_suffix(".ipynb"))):
+        notebook = jupytext.read(path)
+        eaten = [
+            line
+            for cell in notebook.cells
+            if cell.cell_type == "markdown"
+            for line in cell.source.splitlines()
+            if line.startswith("!/")
+        ]
+        assert not eaten, f"{source.name} ({kind}): shebang lost in {eaten}"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
 def test_files_fetched_from_the_repository_come_from_the_configured_one(source: Path):
     """A notebook opened on its own (Colab) fetches the scripts it launches from the repository
     that the install cell installs from, on the branch the book is built from."""

@@ -83,8 +83,20 @@ def _lower_bound(requirement: str) -> tuple[int, ...]:
 
 def test_the_lower_bounds_are_the_versions_the_code_needs():
     torch = next(r for r in PROJECT["dependencies"] if _names([r]) == {"torch"})
-    # torch.amp.GradScaler(device), which training.strategy builds, arrived in torch 2.3.
-    assert _lower_bound(torch) >= (2, 3)
+    # Each API the package calls, with the torch release that made it public: the declared
+    # lower bound must be at least the newest of those the code uses.
+    introduced = {
+        "torch.amp.GradScaler(": (2, 3),
+        "sdpa_kernel": (2, 3),
+        "including_emulation=": (2, 4),
+        "from torch.distributed.fsdp import fully_shard": (2, 6),
+    }
+    source = "\n".join(
+        path.read_text(encoding="utf-8") for path in (REPO_ROOT / "tutorial_lib").rglob("*.py")
+    )
+    used = [version for api, version in introduced.items() if api in source]
+    assert used, "none of the APIs listed is used any more: update the list"
+    assert _lower_bound(torch) >= max(used), f"the code needs torch {max(used)}"
     python = _lower_bound(PROJECT["requires-python"])
     assert python >= (3, 11), "tomllib and datetime.UTC arrived in Python 3.11"
     assert sys.version_info[:2] >= python, "the tests run on a Python the package refuses"
