@@ -666,7 +666,8 @@ else:
     print("no misclassified digits in this test set")
 
 # %% [markdown]
-# Many of these are ambiguous even to a person: open loops, a stroke cut short, an unusual slant.
+# Look for what they share before reading more into the accuracy: open loops, a stroke cut short
+# and an unusual slant are common causes, but the grid above is the evidence, not a count.
 
 # %% [markdown]
 # ## Looking inside
@@ -683,8 +684,9 @@ fig = plots.conv_filters(
 plt.show()
 
 # %% [markdown]
-# Their responses to one test digit — the first layer's feature maps after ReLU — show each
-# kernel picking out strokes of one direction, or the background, or the outline:
+# Their responses to one test digit — the first layer's feature maps after ReLU — show where each
+# kernel fires; look for maps that light up on strokes of one direction, on the background or
+# on the outline, keeping in mind that this is one digit, read by eye:
 
 # %% mystnb={"image": {"alt": "First-layer feature maps of one test digit, one per channel"}}
 fig = plots.feature_maps(

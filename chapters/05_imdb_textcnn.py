@@ -937,7 +937,8 @@ print(f"wrote {runtime.display_path(record_path)}")
 #   dropout, linear. The source series' `Conv2d` over the embedding matrix is the same computation.
 # - Windows over padding are masked before the max, so a review's features do not depend on how
 #   much padding its batch gave it.
-# - Its filters learn sentiment-bearing n-grams from labels alone. Whether pre-trained word-piece
+# - Its filters learn n-gram detectors from labels alone; the cell that listed each filter's
+#   strongest n-grams showed what they respond to. Whether pre-trained word-piece
 #   embeddings help is measured with scale and padding row controlled, not assumed.
 # - A bag of n-grams is the floor to beat, and on IMDB a high one; TextCNN's margin over it is
 #   that of its whole recipe, not of convolutions alone. Against BERT, TextCNN is far smaller and

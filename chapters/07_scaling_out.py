@@ -783,7 +783,8 @@ print(
 # scaling rule** multiplies the learning rate by the batch factor $k$; because a large rate is
 # unstable while the weights are still random, it is reached by a **warm-up**, a linear ramp over
 # the first steps {cite:p}`goyal2017accurate`. The rule is about the global batch, so we can test it
-# in one process (the distributed runs above showed that the global batch is all that matters).
+# in one process: the distributed runs above computed the same update as one process with the
+# same global batch (their speed, of course, differed).
 
 # %%
 mnist = data.load_mnist()

@@ -61,6 +61,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("tutorial_lib") is
 
 # %%
 import copy
+import importlib.util  # the hidden Colab cell imports it too; this cell must not rely on that
 import math
 import os
 import pprint
@@ -398,8 +399,8 @@ display(table([teacher_row]))
 #
 # Symmetric linear quantization stores a weight $w$ as an integer code $q$ and a scale $s$:
 # $q = \mathrm{round}(w / s)$ clamped to $[-127, 127]$, $\hat w = q\,s$, with
-# $s = \max|w| / 127$ so that the largest weight uses the whole range
-# {cite:p}`jacob2018quantization`.
+# $s = \max|w| / 127$ so that the largest weight uses the whole range: the scheme of
+# {cite:t}`jacob2018quantization` with its zero point fixed at 0.
 # The rounding error is at most $s/2$. One scale for the whole matrix (**per tensor**) is
 # simplest; one scale per output row (**per channel**) adapts to rows of different size. The
 # error is measured as the signal-to-quantization-noise ratio
@@ -560,7 +561,8 @@ accuracy_change = 100 * (int8_row.accuracy - teacher_row.accuracy)
 # ## Half precision without integers: bfloat16
 #
 # bfloat16 keeps float32's 8 exponent bits and cuts the mantissa to 7, so it covers the same
-# range with about 3 significant digits: no scales, no calibration, just half the bytes. Whether
+# range with about 2.4 significant decimal digits (8 bits of precision, counting the implicit
+# one): no scales, no calibration, just half the bytes. Whether
 # it is also *faster* depends on the CPU. Recent x86 CPUs multiply bf16 matrices natively
 # (AVX-512-BF16 instructions, and Intel's AMX tile units), and PyTorch's oneDNN kernels use them;
 # elsewhere bf16 is emulated and slower than float32. So first ask the CPU, then measure the
@@ -607,7 +609,8 @@ print(
 #
 # Large language models are served with **weight-only** quantization: weights stored in 4 bits,
 # multiplied in float after dequantizing, because generating one token at a time is limited by
-# reading the weights from memory, not by arithmetic. With 16 levels a single scale per row is
+# reading the weights from memory, not by arithmetic. With 15 levels (codes −7 … 7, symmetric;
+# "2-bit" below has 3, −1, 0 and 1: ternary) a single scale per row is
 # too coarse, so the weights of a row are cut into **groups** of, say, 32, each with its own
 # fp16 scale, as GGUF's Q4 formats do. The scales cost storage too: $4 + 16/32 = 4.5$ bits per
 # weight for groups of 32. We quantize chapter 8's GPT this way and measure its bits per byte
@@ -673,7 +676,9 @@ for bits, group in settings:
     stats = compress.quantize_linear_weights_(
         quantized_gpt, bits, group, skip=[quantized_gpt.lm_head]
     )
-    label = f"{bits}-bit, " + ("one scale per row" if group == width else f"groups of {group}")
+    label = f"{bits}-bit ({2**bits - 1} levels), groups of {group}" + (
+        " (a row; mlp.proj: 4 per row)" if group == width else ""
+    )
     gpt_rows.append((label, stats["bits_per_weight"], gpt_bits_per_byte(quantized_gpt)))
 float_bpb = gpt_rows[0][2]
 display(
@@ -1162,7 +1167,7 @@ for row in final_rows:
     ax.errorbar(
         1e3 * row.latency_batch1_s,
         100 * row.accuracy,
-        yerr=100 * row.accuracy_se,
+        yerr=200 * row.accuracy_se,
         fmt="o",
         capsize=3,
         label=row.name,
@@ -1171,7 +1176,7 @@ ax.set_xscale("log")
 ax.set(
     title="Accuracy against latency (IMDB test reviews, CPU)",
     xlabel="latency per review at batch 1 (ms, log scale)",
-    ylabel="test accuracy (%, ± 1 SE)",
+    ylabel="test accuracy (%, bars ± 2 SE)",
 )
 ax.legend(fontsize=7, loc="lower right")
 plt.show()

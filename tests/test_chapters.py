@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -157,3 +158,59 @@ def test_package_code_is_shown_highlighted_not_printed(source: Path):
     text = source.read_text(encoding="utf-8")
     printed = re.findall(r"print\((?:inspect\.getsource\(|\w+\.read_text\(\)\)).*", text)
     assert not printed, f"{source.name}: show these with plots.show_source: {printed}"
+
+
+def _record_keys_missing(written: ast.Dict, record: object, path: tuple = ()) -> list[tuple]:
+    """The key paths of the dict literal a chapter passes to write_result_record (nested dict
+    literals included) that ``record`` lacks."""
+    missing = []
+    for key, value in zip(written.keys, written.values, strict=True):
+        if not isinstance(key, ast.Constant):
+            continue
+        if not isinstance(record, dict) or key.value not in record:
+            missing.append((*path, key.value))
+        elif isinstance(value, ast.Dict):
+            missing += _record_keys_missing(value, record[key.value], (*path, key.value))
+    return missing
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.name)
+def test_the_published_record_holds_every_key_its_chapter_writes(source: Path):
+    """A record published before its chapter changed what it records is stale: re-publish it
+    (benchmarks/run_chapter.py --publish) whenever a chapter's record gains a figure."""
+    published = REPO_ROOT / "results" / "published" / f"{source.stem}.cpu.json"
+    if not published.is_file():
+        pytest.skip(f"{source.stem} has no published cpu record")
+    calls = [
+        node
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", "") == "write_result_record"
+        and len(node.args) == 2
+        and isinstance(node.args[1], ast.Dict)
+    ]
+    assert len(calls) == 1, f"{source.name} should write one result record, with a dict literal"
+    record = json.loads(published.read_text(encoding="utf-8"))
+    missing = _record_keys_missing(calls[0].args[1], record)
+    assert not missing, f"{published.name} predates its chapter: it lacks {missing}"
+
+
+def test_chapter_6s_sample_rates_are_the_ones_its_published_sweep_chose():
+    """The bundled sample cannot sweep; its notice says it uses the rates the cpu sweep chose,
+    so they must be the published sweep's best on validation, method by method."""
+    record = json.loads(
+        (REPO_ROOT / "results" / "published" / "06_peft_lora.cpu.json").read_text("utf-8")
+    )
+    names = {"full fine-tuning": "full", "BitFit": "bitfit", "head only": "head"}
+    best: dict[str, tuple[float, float]] = {}
+    for run in record["metrics"]["learning_rate_sweep"]:
+        method = names.get(run["method"], "lora" if run["method"] == "LoRA r=4" else None)
+        if method and run["val_accuracy"] > best.get(method, (-1.0, 0.0))[0]:
+            best[method] = (run["val_accuracy"], run["learning_rate"])
+    source = (REPO_ROOT / "chapters" / "06_peft_lora.py").read_text(encoding="utf-8")
+    match = re.search(r"^CPU_SWEEP_CHOICES = (\{.*\})$", source, re.MULTILINE)
+    assert match, "chapter 6 names its sweep's choices in CPU_SWEEP_CHOICES"
+    chosen = ast.literal_eval(match.group(1))
+    assert {method: rates[0] for method, rates in chosen.items()} == {
+        method: rate for method, (_, rate) in best.items()
+    }
