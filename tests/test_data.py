@@ -388,6 +388,12 @@ def test_stratified_indices_keep_class_shares_and_repeat_with_the_seed():
 def test_stratified_indices_distribute_remainders_to_reach_the_size():
     labels = np.array([0] * 5 + [1] * 5 + [2] * 5)
     assert len(stratified_indices(labels, 7)) == 7
+    # 4 of 7/2/1 examples: exact shares 2.8/0.8/0.4, floors 2/0/0, the two places left go to
+    # the largest remainders (0.8 and 0.8), never to the class whose remainder is 0.4
+    uneven = np.array([0] * 7 + [1] * 2 + [2])
+    assert np.bincount(uneven[stratified_indices(uneven, 4)], minlength=3).tolist() == [3, 1, 0]
+    # equal remainders: the first classes get the extra places
+    assert np.bincount(labels[stratified_indices(labels, 7)]).tolist() == [3, 2, 2]
     with pytest.raises(ValueError, match="between 1 and 15"):
         stratified_indices(labels, 16)
 
@@ -400,6 +406,12 @@ def test_train_val_split_is_disjoint_stratified_and_complete(tmp_path):
     assert torch.bincount(val_part.labels).tolist() == [2] * 10
     seen = {tuple(img.flatten()[:16].tolist()) for img in fit_part.images}
     assert not any(tuple(img.flatten()[:16].tolist()) in seen for img in val_part.images)
+    # the seed chooses the split: the same seed gives the same one, another seed another
+    again = train_val_split(train, 20, seed=0)[1]
+    other = train_val_split(train, 20, seed=1)[1]
+    assert torch.equal(again.images, val_part.images)
+    assert not torch.equal(other.images, val_part.images)
+    assert not torch.equal(subset(train, 30, seed=0).images, subset(train, 30, seed=1).images)
 
 
 def test_subset_of_text_keeps_every_field_aligned(tmp_path):

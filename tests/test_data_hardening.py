@@ -346,6 +346,20 @@ def test_every_mirror_lying_is_a_checksum_error_not_a_fallback(tmp_path, local_s
     assert list((tmp_path / "fresh").rglob("*")) == [], "nothing half-downloaded is kept"
 
 
+def test_a_lying_mirror_beside_one_that_fails_is_a_checksum_error_not_a_fallback(
+    tmp_path, local_server, monkeypatch
+):
+    """Wrong bytes from one mirror and no answer from the other: what matters is that someone
+    served the wrong file, which must stop the chapter, not end as a plain download failure
+    that falls back to the bundled sample without a word about the bad bytes."""
+    _serve_mnist(tmp_path, local_server, monkeypatch, first_mirror_lies=True)
+    for path in [path for path in local_server.routes if path.startswith("/good/")]:
+        del local_server.routes[path]  # this mirror now answers 404
+    with pytest.raises(ChecksumError, match=r"no mirror served a verified .*/bad/.* \| .*/good/"):
+        load_mnist(tmp_path / "fresh")
+    assert list((tmp_path / "fresh").rglob("*")) == [], "nothing half-downloaded is kept"
+
+
 @pytest.fixture
 def world_readable_folder():
     """A folder outside pytest's private tmp tree, so another user can read it; made writable
@@ -485,3 +499,15 @@ def test_an_imdb_review_that_is_a_named_pipe_is_refused_not_read_forever(tmp_pat
     finally:
         done.set()
         writer.join(timeout=5)
+
+
+def test_an_idx_header_whose_shape_overflows_is_corrupt_not_a_crash(tmp_path):
+    """2^31 x 2^31 x 4 is 2^64 elements, which int64 arithmetic wraps to 0: a header-only file
+    would pass the size check and fail in reshape with a raw error."""
+    from tutorial_lib.data.mnist import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    dims = (2**31, 2**31, 4)
+    path.write_bytes((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
+    with pytest.raises(CorruptDataError, match="should hold"):
+        read_idx(path, 2051)

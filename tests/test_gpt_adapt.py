@@ -281,9 +281,15 @@ def test_standard_error_is_the_binomial_one():
         metrics.standard_error(1.5, 10)
 
 
-def test_pretraining_runs_are_consistent():
+def test_pretraining_runs_fit_their_own_data_and_context():
+    """What __post_init__ cannot see: each recipe's schedule fits its steps, the bundled
+    sample's recipe is shorter than the profile's, and the smoke run reads a subset."""
     for run in lm.PRETRAINING_RUNS.values():
-        assert run.model.vocab_size == run.vocab_size
+        for recipe in (run.recipe, run.sample_recipe):
+            assert recipe.warmup_steps < recipe.steps // 4, "warm-up should be a short ramp"
+        assert run.sample_recipe.steps <= run.recipe.steps
+        assert run.model.n_embd % run.model.n_head == 0
+    assert lm.PRETRAINING_RUNS["smoke"].max_documents is not None
     with pytest.raises(ValueError, match="vocab_size"):
         dataclasses.replace(lm.PRETRAINING_RUNS["smoke"], vocab_size=512)
 

@@ -167,6 +167,10 @@ def test_an_embedding_layer_starts_equal_to_the_base_and_updates_by_b_a_transpos
     layer(ids).sum().backward()
     assert base.weight.grad is None and layer.lora_A.grad is not None
     assert torch.count_nonzero(layer.lora_A.grad[:, 5]) == 0, "an unused token's column stays"
+    # id 0 is the padding row: used twice in the batch, it still receives no gradient, as
+    # nn.Embedding's padding_idx promises (and peft's LoRA embedding keeps)
+    assert torch.count_nonzero(layer.lora_A.grad[:, 0]) == 0, "the padding row learns nothing"
+    assert torch.count_nonzero(layer.lora_A.grad[:, 3]) > 0
     unmerged = layer(ids).detach()
     layer.merge()
     layer.merge()  # a no-op: the update is added once
@@ -495,3 +499,20 @@ def test_a_broken_adapter_file_is_named_and_never_advises_unsafe_loading(tmp_pat
     # torch's own message (it advises weights_only=False for the code pickle) stays out
     error = caught.value
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+@pytest.mark.parametrize("alpha", [float("inf"), float("nan"), 0.0, -2.0])
+def test_a_scaling_that_is_not_a_positive_finite_number_is_refused(alpha):
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        inject_lora(model, ["0"], rank=2, alpha=alpha)
+    assert isinstance(model[0], nn.Linear) and model[0].weight.requires_grad, "unchanged"
+
+
+def test_multihead_attentions_out_proj_is_refused_it_would_never_be_called():
+    """nn.MultiheadAttention passes out_proj.weight to its functional form instead of calling
+    out_proj, so a wrapper there would train adapters that change no output."""
+    model = nn.ModuleDict({"attention": nn.MultiheadAttention(8, 2, batch_first=True)})
+    with pytest.raises(TypeError, match="reads its weight directly"):
+        inject_lora(model, ["out_proj"], rank=2, alpha=4)
+    assert isinstance(model["attention"].out_proj, nn.Linear)

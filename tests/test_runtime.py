@@ -181,3 +181,20 @@ def test_the_gpu_profile_without_cuda_says_the_budget_runs_on_the_cpu(monkeypatc
     monkeypatch.setenv("TUTORIAL_PROFILE", "cpu")
     runtime.start_chapter({"smoke": 1, "cpu": 2, "gpu": 3})
     assert "NOTICE" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("YES", True), (" on ", True),
+                                                  ("", False), ("0", False), ("Off", False)])  # fmt: skip
+def test_flags_read_the_documented_words(monkeypatch, value, expected):
+    monkeypatch.setenv("TUTORIAL_OFFLINE", value)
+    assert runtime.env_flag("TUTORIAL_OFFLINE") is expected
+    monkeypatch.delenv("TUTORIAL_OFFLINE")
+    assert runtime.env_flag("TUTORIAL_OFFLINE") is False
+
+
+@pytest.mark.parametrize("value", ["2", "y", "enable", "ture"])
+def test_a_flag_set_to_another_value_is_an_error_not_off(monkeypatch, value):
+    """TUTORIAL_OFFLINE=2 read as 'off' would send a machine without network to every hub."""
+    monkeypatch.setenv("TUTORIAL_OFFLINE", value)
+    with pytest.raises(ValueError, match=f"TUTORIAL_OFFLINE='{value}' is neither on"):
+        runtime.offline()

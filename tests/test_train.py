@@ -724,3 +724,35 @@ def test_best_weights_in_memory_keep_a_modules_extra_state():
     kept = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
     assert kept.keys() == best.keys()
     assert all(torch.equal(value, best[name]) for name, value in kept.items())
+
+
+class _ImprovingValidation:
+    """Validation batches whose labels agree with the (barely changing) model on a larger share
+    every epoch: the validation loss falls and the accuracy rises, epoch after epoch."""
+
+    def __init__(self, model: nn.Module, epochs: int) -> None:
+        self.model, self.epochs, self.calls = model, epochs, 0
+        self.points = blobs(64, seed=1).tensors[0]
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        self.calls += 1
+        with torch.no_grad():
+            predicted = self.model(self.points).argmax(dim=1)
+        agree = len(predicted) * self.calls // self.epochs
+        labels = torch.cat([predicted[:agree], 1 - predicted[agree:]])
+        yield self.points, labels
+
+
+def test_early_stopping_on_the_loss_treats_lower_as_better():
+    """A loss that falls every epoch never triggers patience; were the loss read as
+    higher-is-better, the run would stop after epoch 2."""
+    model = small_model()
+    train_loader, _ = loaders()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)  # the model stays as it is
+    history = train.fit(model, train_loader, _ImprovingValidation(model, 4), optimizer,
+                        epochs=4, monitor="val_loss", patience=1, verbose=False)  # fmt: skip
+    assert len(history) == 4
+    assert history["val_loss"] == sorted(history["val_loss"], reverse=True)

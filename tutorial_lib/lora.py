@@ -28,8 +28,11 @@ from .training.checkpoints import CheckpointError, read_torch_file
 def _check_rank_and_alpha(rank: int, alpha: float) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer (1, 4, 8, ...), got {rank!r}")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be positive (often equal to rank or twice it), got {alpha!r}")
+    if not alpha > 0 or not math.isfinite(alpha):
+        raise ValueError(
+            f"alpha must be a positive finite number (often equal to rank or twice it), "
+            f"got {alpha!r}"
+        )
 
 
 class LoRALayer(nn.Module):
@@ -273,6 +276,14 @@ def inject_lora(
             raise TypeError(
                 f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear and "
                 "nn.Embedding layers only"
+            )
+        parent = model.get_submodule(name.rpartition(".")[0])
+        if isinstance(parent, nn.MultiheadAttention):
+            raise TypeError(
+                f"{name} belongs to an nn.MultiheadAttention, which reads its weight directly "
+                "instead of calling it: a LoRA wrapper there would change nothing. Adapt the "
+                "attention's in_proj by another route, or use a model whose projections are "
+                "separate nn.Linear layers"
             )
     saved = _modules_named(model, modules_to_save, "modules_to_save")
     # Build every wrapper before touching the model, so a bad rank leaves it unchanged.

@@ -39,6 +39,7 @@ NONINTERACTIVE_ENV = "TUTORIAL_NONINTERACTIVE"
 """Set to 1 for executions nobody watches (book build, nbmake, scripts): no progress bars."""
 
 _TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 BudgetT = TypeVar("BudgetT")
 
@@ -49,8 +50,22 @@ class UnknownProfileError(ValueError):
 
 def env_flag(name: str) -> bool:
     """Return whether the environment variable ``name`` is switched on (``1``, ``true``, ``yes``
-    or ``on``, any case). The one parser of the project's boolean flags."""
-    return os.environ.get(name, "").strip().lower() in _TRUE_WORDS
+    or ``on``, any case) or off (unset, empty, ``0``, ``false``, ``no`` or ``off``). The one
+    parser of the project's boolean flags.
+
+    Raises:
+        ValueError: for any other value (``TUTORIAL_OFFLINE=2`` or ``=y`` would otherwise mean
+            "off" without a word, and a machine without network would wait on every hub).
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE_WORDS:
+        return True
+    if value in _FALSE_WORDS:
+        return False
+    raise ValueError(
+        f"{name}={os.environ[name]!r} is neither on ({', '.join(sorted(_TRUE_WORDS))}) nor off "
+        f"({', '.join(sorted(w for w in _FALSE_WORDS if w))}, or unset)"
+    )
 
 
 def offline() -> bool:

@@ -7,6 +7,7 @@ torchvision leaves them) or as the official ``.gz`` files, which are read in pla
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raise CorruptDataError(f"{path} is not an IDX file with magic number {magic}; {_REDO}")
     rank = content[3]
     dims = [int.from_bytes(content[4 + 4 * k : 8 + 4 * k], "big") for k in range(rank)]
-    expected = 4 + 4 * rank + int(np.prod(dims))
+    expected = 4 + 4 * rank + math.prod(dims)  # exact: np.prod wraps around past 2**63
     if len(content) != expected:
         raise CorruptDataError(
             f"{path} should hold {expected:,} bytes for shape {tuple(dims)} but holds "
