@@ -183,8 +183,10 @@ def test_the_gpu_profile_without_cuda_says_the_budget_runs_on_the_cpu(monkeypatc
     assert "NOTICE" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", True), ("YES", True), (" on ", True),
-                                                  ("", False), ("0", False), ("Off", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", True), ("YES", True), (" on ", True), ("", False), ("0", False), ("Off", False)],
+)
 def test_flags_read_the_documented_words(monkeypatch, value, expected):
     monkeypatch.setenv("TUTORIAL_OFFLINE", value)
     assert runtime.env_flag("TUTORIAL_OFFLINE") is expected
