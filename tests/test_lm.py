@@ -143,11 +143,13 @@ def test_pretrain_takes_every_planned_step_on_a_split_shorter_than_an_epoch(samp
 def test_pretraining_below_one_pass_sees_no_window_twice(sample):
     texts = [lm.clean_review(t) for t in sample.train.texts[:60]]
     tokenizer = bpe.train_tokenizer(texts, 300)
-    tokens = lm.encode_documents(tokenizer, texts)
+    # 30 windows and 24 draws in 3 "epochs" of 8: redrawn each epoch (DataLoader's shuffling),
+    # 24 distinct windows would come up about 3 times in 100,000
+    tokens = lm.encode_documents(tokenizer, texts)[: 30 * 16 + 1]
     windows = lm.TokenChunks(tokens, 16)
     config = lm.PretrainConfig(batch_size=4, learning_rate=1e-3, steps=6, eval_every=2,
                                warmup_steps=1)  # fmt: skip
-    assert config.steps * config.batch_size < len(windows)
+    assert config.steps * config.batch_size < len(windows) == 30
     seen = []
     model = gpt.GPT(gpt.GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=2,
                                   n_embd=16))  # fmt: skip
