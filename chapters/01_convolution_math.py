@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,6 +41,11 @@
 # The source series this book follows introduces the same material; where it is wrong — it
 # writes the flipped-kernel formula of true convolution for a layer that does not flip — we say
 # so and show the difference in code.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -91,6 +96,7 @@ BUDGETS = {
     "gpu": Budget(timing_batch=4, timing_size=28, timing_repeats=5),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("01_convolution_math", run.profile)))
 BUDGET = run.budget
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 

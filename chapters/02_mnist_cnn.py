@@ -43,6 +43,11 @@
 #
 # **Prerequisites**: chapter 1 (convolution, pooling, output sizes, cross-entropy), and the idea
 # of gradient descent.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -137,6 +142,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("02_mnist_cnn", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64  # the source series' batch size
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long

@@ -50,6 +50,11 @@
 #
 # **Prerequisites**: chapters 1 and 2 (convolutions, the shared `fit` loop, a first taste of
 # fine-tuning).
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -164,6 +169,9 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(
+    results.published_time(results.read_published_record("03_cifar10_resnet_finetune", run.profile))
+)
 BUDGET, device, generator = run.budget, run.device, run.generator
 pprint.pp(BUDGET, width=100)
 

@@ -47,6 +47,11 @@
 # **Prerequisites**: chapter 2 (the training loop) and chapter 3 (fine-tuning, frozen backbones),
 # and matrix products. The transformer's internals are introduced here as far as fine-tuning
 # needs them.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -137,6 +142,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("04_imdb_bert", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 

@@ -43,6 +43,11 @@
 #
 # **Prerequisites**: chapters 1–2 (convolution, the training loop); chapter 4 for the comparison
 # (the chapter still runs without it and says so).
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -145,6 +150,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("05_imdb_textcnn", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 BATCH_SIZE = 64
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long

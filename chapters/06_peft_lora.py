@@ -44,6 +44,11 @@
 #
 # **Prerequisites**: chapter 4 (IMDB with BERT: tokens, loaders, fine-tuning with `fit`) and the
 # matrix product. Rank and the singular value decomposition are explained where they are used.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -187,6 +192,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("06_peft_lora", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 work_dir = run.scratch_dir("chapter6")  # adapters and checkpoints, measured
 pprint.pp(BUDGET, width=100)

@@ -41,6 +41,11 @@
 # **Prerequisites**: chapter 2 (the training loop, `train.fit`); chapter 4 helps for the BERT
 # figures. No GPU is needed: everything here runs with 2 processes on a CPU, and the one cell that
 # measures GPU scaling runs only where GPUs are present.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -135,6 +140,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("07_scaling_out", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 

@@ -52,6 +52,11 @@
 # **Prerequisites**: chapter 2 (the training loop), chapter 4 (tokens, attention masks,
 # transformers), chapter 7 for running the same `fit` on N GPUs. Attention is explained from its
 # formula here.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -127,6 +132,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("08_gpt_from_zero", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 MODEL, VOCAB_SIZE = BUDGET.pretraining.model, BUDGET.pretraining.vocab_size
 pprint.pp(BUDGET, width=100)  # one field a line when the budget is long

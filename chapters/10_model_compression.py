@@ -45,6 +45,11 @@
 # **Prerequisites**: chapter 4 (the MiniLM classifier, which this chapter loads), chapter 5
 # (TextCNN), chapter 8 (the GPT; the chapter trains a tiny stand-in when it is absent). Each
 # missing model is replaced as the output says.
+#
+# **Time**: the cell that declares the budget prints how long this chapter's `cpu` run took
+# when its record was published, in reference minutes ({doc}`../book/setup`): on a machine
+# twice as fast as the reference, expect half. `TUTORIAL_PROFILE=smoke` runs every cell in a
+# minute or two, with numbers that mean nothing.
 
 # %% [markdown]
 # ## Setup
@@ -237,6 +242,7 @@ BUDGETS = {
     ),
 }
 run = runtime.start_chapter(BUDGETS, seed=0)  # environment report, seeding, device, budget
+print(results.published_time(results.read_published_record("10_model_compression", run.profile)))
 BUDGET, device, generator = run.budget, run.device, run.generator
 imdb = data.load_imdb()
 if imdb.source.is_sample and BUDGET.sample:

@@ -193,9 +193,12 @@ def test_a_chapter_states_its_published_time_in_reference_minutes():
     }
     line = results.published_time(record)
     assert "30 reference minutes" in line and "15 min" in line and "7,200" in line
+    for text in (line, results.published_time(None)):  # printed in the book's code column
+        assert max(len(part) for part in text.splitlines()) <= 90, text
     old = {"profile": "cpu", "written_at": "2026-12-01", "benchmark": {"wall_seconds": 600}}
     assert "10 min" in results.published_time(old)
     assert "no reference minutes" in results.published_time(old)
+    assert max(len(part) for part in results.published_time(old).splitlines()) <= 90
     assert "no published record" in results.published_time(None)
     with pytest.raises(ValueError, match="wall time"):
         results.published_time({"benchmark": {"yardstick": {"tokens_per_second": 1.0}}})

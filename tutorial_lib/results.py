@@ -178,8 +178,8 @@ def published_time(record: dict[str, Any] | None) -> str:
     """
     if record is None:
         return (
-            "This chapter has no published record in this checkout, so its time on the "
-            "reference machine is not known here."
+            "This chapter has no published record in this checkout,\n"
+            "so its time on the reference machine is not known here."
         )
     benchmark = record.get("benchmark") or {}
     seconds = benchmark.get("wall_seconds", record.get("chapter_seconds"))
@@ -193,15 +193,15 @@ def published_time(record: dict[str, Any] | None) -> str:
     measured = seconds / 60
     if yardstick is None:
         return (
-            f"Its {profile} run took {measured:.0f} min when it was published ({date}), on a "
-            "machine measured before the book had a yardstick: no reference minutes yet."
+            f"Its {profile} run took {measured:.0f} min when it was published ({date}),\n"
+            "on a machine measured before the book had a yardstick: no reference minutes yet."
         )
     reference = reference_minutes(seconds, yardstick)
     return (
         f"Its {profile} run took {reference:.0f} reference minutes when it was published "
-        f"({date}: {measured:.0f} min on a machine whose yardstick is {yardstick:,.0f} "
-        f"tokens/s,\nagainst {REFERENCE_TOKENS_PER_SECOND:,} on the reference machine); a "
-        "machine twice as fast takes half."
+        f"({date}):\n{measured:.0f} min on a machine whose yardstick is {yardstick:,.0f} "
+        f"tokens/s (the reference: {REFERENCE_TOKENS_PER_SECOND:,});\n"
+        "a machine twice as fast takes half as long."
     )
 
 
