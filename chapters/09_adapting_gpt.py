@@ -434,10 +434,15 @@ display(
     )
 )
 print(f"pooling chosen on validation for the pre-trained arm: {best_pooling} token")
+val_error = metrics.standard_error(0.7, len(sets["val"]))  # binomial SE near 70 % accuracy
+print(
+    f"one accuracy on {len(sets['val']):,} validation reviews: ± {100 * val_error:.1f} points (SE)"
+)
 
 # %% [markdown]
-# Read the table with its noise in mind. 500 validation reviews measure an accuracy to about ±2
-# points, so two poolings a few tenths apart on validation are a coin toss, and the test column
+# Read the table with its noise in mind. The validation reviews measure an accuracy only to the
+# standard error printed above, so two poolings a fraction of it apart on validation are a coin
+# toss, and the test column
 # can then rank them the other way: that is what "exploratory" means here. The choice still
 # goes by validation, because the test reviews must stay unseen by every choice; what the table
 # can show honestly is how much a one-seed choice is worth.
