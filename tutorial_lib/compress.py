@@ -411,6 +411,109 @@ def quantize_linear_weights_(
     }
 
 
+class Linear4bit(nn.Module):
+    """A frozen linear layer whose weight is *stored* in 4 bits: :func:`group_quantize`'s
+    signed codes (−7 … 7) in groups of ``group_size`` weights of a row, two codes packed in one
+    byte, and one fp16 scale per group — QLoRA's storage of the frozen base (Dettmers et al.
+    2023), with this chapter's symmetric groups where QLoRA uses the NF4 code book.
+
+    :attr:`weight` dequantises on every call, and :meth:`forward` multiplies by it in the
+    input's dtype: the layer saves memory, not time. Nothing in it trains; LoRA
+    (:class:`tutorial_lib.lora.LoRALinear`) adds the trainable part beside it.
+
+    Raises:
+        TypeError: if ``linear`` is not an ``nn.Linear``.
+        ValueError: as :func:`group_quantize` (rows that do not split into groups, a NaN or an
+            infinity, named by ``name``).
+    """
+
+    def __init__(self, linear: nn.Linear, group_size: int = 32, name: str = "the layer") -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"Linear4bit quantises an nn.Linear, got {type(linear).__name__}")
+        packed = group_quantize(linear.weight, 4, group_size, name=f"{name}.weight")
+        nibbles = (packed.codes.reshape(-1) + 8).to(torch.uint8)  # 1 … 15, never negative
+        if nibbles.numel() % 2:  # an odd count cannot pair up; whole groups of 1 can
+            nibbles = torch.cat([nibbles, nibbles.new_zeros(1)])
+        self.register_buffer("packed_codes", nibbles[0::2] | (nibbles[1::2] << 4))
+        self.register_buffer("scales", packed.scales)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.register_buffer("bias", bias)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group_size = group_size
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float32 ``(out_features, in_features)`` matrix the codes stand for."""
+        low = (self.packed_codes & 0x0F).to(torch.int8) - 8
+        high = (self.packed_codes >> 4).to(torch.int8) - 8
+        codes = torch.stack([low, high], dim=1).reshape(-1)[: self.in_features * self.out_features]
+        groups = codes.reshape(self.out_features, -1, self.group_size).float()
+        return (groups * self.scales.float()).reshape(self.out_features, self.in_features)
+
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes the layer holds: packed codes, fp16 scales and the bias."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self.buffers())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bits=4, group_size={self.group_size}"
+        )
+
+
+def quantize_to_4bit_(
+    model: nn.Module, target_modules: Sequence[str], group_size: int = 32
+) -> dict[str, float]:
+    """Replace, in place, every ``nn.Linear`` of ``model`` whose name ends with one of
+    ``target_modules`` by a :class:`Linear4bit`, and return ``{"weights": count,
+    "float_bytes": ..., "quantized_bytes": ...}`` over the replaced layers.
+
+    Every layer is quantised before any is replaced, so a layer that cannot be leaves the model
+    as it was, and the error names it.
+
+    Raises:
+        ValueError: if a target matches no ``nn.Linear``, or a layer cannot be quantised
+            (:func:`group_quantize`; the message names it).
+    """
+    if isinstance(target_modules, str) or not target_modules:
+        raise ValueError(
+            f"target_modules must be a non-empty list of names, not {target_modules!r}"
+        )
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(name == t or name.endswith("." + t) for t in target_modules)
+    ]
+    for target in target_modules:
+        if not any(name == target or name.endswith("." + target) for name, _ in layers):
+            raise ValueError(f"target_modules names {target!r}, but no nn.Linear is named that")
+    replacements = {}
+    for name, module in layers:
+        try:
+            replacements[name] = Linear4bit(module, group_size, name=name)
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}; no layer was changed") from None
+    count = sum(module.weight.numel() for _, module in layers)
+    float_bytes = sum(
+        p.numel() * p.element_size() for _, module in layers for p in module.parameters()
+    )
+    for name, replacement in replacements.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, replacement)
+    return {
+        "weights": count,
+        "float_bytes": float(float_bytes),
+        "quantized_bytes": float(sum(r.storage_bytes for r in replacements.values())),
+    }
+
+
 # --- distillation --------------------------------------------------------------------------
 
 
@@ -579,6 +682,7 @@ def drop_encoder_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
 __all__ = [
     "GroupQuantized",
     "Int8Linear",
+    "Linear4bit",
     "Measurement",
     "UNLABELLED",
     "accuracy_standard_error",
@@ -593,5 +697,6 @@ __all__ = [
     "median_seconds",
     "quantize_linear_weights_",
     "quantize_symmetric",
+    "quantize_to_4bit_",
     "sparsity",
 ]

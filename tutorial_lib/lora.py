@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compress import Linear4bit
 from .files import atomic_write
 from .training.checkpoints import CheckpointError, read_torch_file
 
@@ -73,7 +74,17 @@ class LoRALayer(nn.Module):
         """Add the update to ``base.weight`` so the forward pass costs what the base's does.
 
         While merged, ``A`` and ``B`` get no gradient: merge for inference, not for training.
-        Does nothing if already merged."""
+        Does nothing if already merged.
+
+        Raises:
+            TypeError: if the base is a 4-bit :class:`~tutorial_lib.compress.Linear4bit`
+                (QLoRA): its codes cannot hold the update; keep the adapter separate.
+        """
+        if isinstance(self.base, Linear4bit):
+            raise TypeError(
+                "the base of this LoRA layer is stored in 4 bits: adding the update to it would "
+                "need re-quantising (and lose most of it); keep the adapter separate"
+            )
         if not self.merged:
             self.base.weight += self.delta_weight()
             self.merged = True
@@ -111,11 +122,15 @@ class LoRALinear(LoRALayer):
             ``dropout`` is not in ``[0, 1)``.
     """
 
-    base: nn.Linear
+    base: nn.Linear | Linear4bit
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+    def __init__(
+        self, base: nn.Linear | Linear4bit, rank: int, alpha: float, dropout: float = 0.0
+    ) -> None:
+        if not isinstance(base, (nn.Linear, Linear4bit)):
+            raise TypeError(
+                f"LoRALinear wraps an nn.Linear or a 4-bit Linear4bit, got {type(base).__name__}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         super().__init__(base, rank, alpha)
@@ -272,10 +287,10 @@ def inject_lora(
     for name, module in targets:
         if any(isinstance(m, LoRALayer) for m in module.modules()):
             raise ValueError(f"{name} already carries LoRA; inject once per model")
-        if not isinstance(module, (nn.Linear, nn.Embedding)):
+        if not isinstance(module, (nn.Linear, Linear4bit, nn.Embedding)):
             raise TypeError(
-                f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear and "
-                "nn.Embedding layers only"
+                f"{name} is a {type(module).__name__}; this LoRA wraps nn.Linear (also 4-bit, "
+                "compress.Linear4bit) and nn.Embedding layers only"
             )
         parent = model.get_submodule(name.rpartition(".")[0])
         if isinstance(parent, nn.MultiheadAttention):
@@ -289,7 +304,7 @@ def inject_lora(
     # Build every wrapper before touching the model, so a bad rank leaves it unchanged.
     wrappers = {
         name: LoRALinear(module, rank, alpha, dropout)
-        if isinstance(module, nn.Linear)
+        if isinstance(module, (nn.Linear, Linear4bit))
         else LoRAEmbedding(module, rank, alpha)
         for name, module in targets
     }

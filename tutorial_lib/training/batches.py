@@ -55,5 +55,8 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
 def count_targets(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
     """Return ``(targets, correct predictions)`` of a batch: one target per example for a
     classifier (logits ``(batch, classes)``), one per position for a language model (logits
-    ``(batch, time, vocab)``, targets ``(batch, time)``)."""
-    return targets.numel(), int((logits.argmax(dim=-1) == targets).sum())
+    ``(batch, time, vocab)``, targets ``(batch, time)``). A target of ``-100``
+    (``F.cross_entropy``'s ``ignore_index``: a pad, a prompt token, an unlabelled example) is
+    not counted."""
+    counted = targets != -100
+    return int(counted.sum()), int(((logits.argmax(dim=-1) == targets) & counted).sum())
