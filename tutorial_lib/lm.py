@@ -401,7 +401,8 @@ class PretrainingRun:
 PRETRAINING_RUNS: dict[str, PretrainingRun] = {
     "smoke": PretrainingRun(
         vocab_size=300,
-        model=GPTConfig(vocab_size=300, context_length=32, n_layer=1, n_head=2, n_embd=32),
+        # context 128: chapter 11's instructions (a phrasing, a review, an answer) must fit
+        model=GPTConfig(vocab_size=300, context_length=128, n_layer=1, n_head=2, n_embd=32),
         recipe=PretrainConfig(
             batch_size=8, learning_rate=3e-3, steps=20, eval_every=10, warmup_steps=2
         ),
