@@ -38,9 +38,9 @@
 # - instructions built from IMDB's training reviews — the sentiment, the reviewer's star rating
 #   and "write a review" — with some phrasings **held out** to see whether the model follows
 #   wordings it never saw;
-# - full fine-tuning against **LoRA** and **QLoRA** {cite:p}`dettmers2023qlora` (the frozen base
-#   stored in chapter 10's 4-bit groups): accuracy, trainable share and the memory of weights,
-#   gradients and optimiser state;
+# - full fine-tuning against **QLoRA** {cite:p}`dettmers2023qlora` (LoRA on a frozen base stored
+#   in chapter 10's 4-bit groups): accuracy, trainable share, and the memory of weights,
+#   gradients and optimiser state beside LoRA's on the float base;
 # - pre-trained against randomly initialised, three seeds each, with standard errors that count
 #   the seeds — and the instruction-tuned answer beside chapter 9's classifier and prompts.
 #
@@ -156,10 +156,11 @@ BUDGETS = {
     # review) reached 65.8 % at lr 1e-3 — a batch mixing 24-token "write" answers with one-word
     # answers averages its loss mostly over the long ones. The sweep trained on 2,800 examples
     # (the sentiment of chapter 9's 2,000 labelled reviews, the rating of 400 of them, 400 of
-    # them as "write" answers); with 400 "write" examples the published run of 2026-12-07
-    # answered "negative" to "Write a positive movie review" (its write requests use no test
-    # review), so the chapter trains 1,000 (a run at lr 1e-3: validation sentiment 71.4 %,
-    # seed 0). Two epochs: one reached 55.6 % on validation (random batches). Reviews are cut
+    # them as "write" answers); with 400 "write" examples the chapter's run of 2026-12-07
+    # answered "negative" to "Write a positive movie review." in its scripted chat, while a run
+    # with 1,000 (lr 1e-3, seed 0) replied with review-like text to the seen phrasings (the
+    # write requests use no test review) at 71.4 % validation sentiment: the chapter trains
+    # 1,000. Two epochs: one reached 55.6 % on validation (random batches). Reviews are cut
     # to 64 tokens inside an instruction (chapter 9 read 96); more examples of the rating and
     # write tasks did not fit the 30 reference minutes.
     "cpu": Budget(
@@ -373,11 +374,12 @@ print(f"  ours {sum(t >= config.vocab_size for t in ours_trap)}, ", end="")
 print(f"apply_chat_template's {sum(t >= config.vocab_size for t in hf_trap)}")
 
 # %% [markdown]
-# The two agree on every ordinary conversation (a test checks several, with multiple turns).
-# They differ on the trap: `apply_chat_template` renders the conversation to a *string* and then
-# tokenizes it, so the spelled-out tokens in the user's text become real ones — two user turns
-# ended instead of one. Our rendering keeps them text. With data you did not write, render from
-# the messages, not from a string.
+# The two agree on ordinary conversations (a test checks a two-exchange conversation, and its
+# first three turns with the generation prompt). They differ on the trap: `apply_chat_template`
+# renders the conversation to a *string* and then tokenizes it, so the spelled-out tokens in the
+# user's text become real ones — the user's turn ends early and an assistant turn saying
+# "positive" appears that the assistant never wrote. Our rendering keeps them text. With data
+# you did not write, render from the messages, not from a string.
 #
 # ## Instructions from IMDB's training reviews
 #
@@ -867,8 +869,9 @@ for request, text in list(zip(write_requests["seen"], first_run["write/seen/text
 # %% [markdown]
 # ### What pre-training bought, and what QLoRA cost
 #
-# The verdicts, each on the same questions for both arms (`metrics.seeded_difference`: paired
-# over the questions, plus each arm's variance between seeds):
+# The verdicts: paired where both arms answered the same questions (`metrics.seeded_difference`:
+# over the questions, plus each arm's variance between seeds); unpaired for held-out against seen
+# phrasings, which are asked about different halves of the test reviews:
 
 # %%
 verdicts = {
@@ -889,13 +892,14 @@ verdicts = {
         stack("full, pre-trained", "sentiment/seen", "well_formed"),
     ),
 }
+UNPAIRED = {"pre-trained: held-out − seen phrasings, well-formed sentiment"}  # other reviews
 gaps = {}
 for name, (a, b) in verdicts.items():
-    if a.shape[0] < 2:  # the smoke profile on the bundled sample may run fewer seeds
+    if min(a.shape[0], b.shape[0]) < 2:  # the bundled sample may run fewer seeds
         continue
-    if a.shape[1] == b.shape[1]:
+    if name not in UNPAIRED:
         gaps[name] = metrics.seeded_difference(a, b)
-    else:  # different questions (seen vs held-out phrasings): unpaired
+    else:  # the two halves of the test reviews: independent estimates
         (pa, ea), (pb, eb) = metrics.seeded_accuracy(a), metrics.seeded_accuracy(b)
         gaps[name] = (pa - pb, (ea**2 + eb**2) ** 0.5)
     gap, error = gaps[name]
@@ -917,17 +921,21 @@ for name, (a, b) in verdicts.items():
 # - **Held-out phrasings**: new wordings of the sentiment question cost the pre-trained model
 #   little. The rating's one held-out wording is another matter: most of the pre-trained model's
 #   answers to it are not a number. One held-out wording against three seen ones is a thin base
-#   to generalise from, and the model falls back on its most frequent task.
-# - **The loss on every token** trains the model to predict the reviews again: about 80 tokens
-#   of review for four tokens of answer. Its sentiment answers are far less accurate than the
-#   masked run's, and its answers to held-out phrasings less often well formed.
+#   to generalise from (what the malformed answers say is exercise 3).
+# - **The loss on every token** trains the model to predict the reviews again: some 80 tokens of
+#   instruction and review (cut to 64 tokens) for four tokens of answer. Its sentiment answers
+#   are far less accurate than the masked run's, and its answers to held-out phrasings less
+#   often well formed.
 # - **QLoRA** trains under 5 % of the parameters on weights stored in half the memory, and at
-#   this size it costs accuracy well beyond its standard error: a rank-8 update of a model
-#   128 wide restricts more than the same rank on a model thousands wide.
+#   this size it costs accuracy well beyond its standard error. This run cannot say how much of
+#   that is the rank-8 restriction and how much the 4-bit error: LoRA on the float base was not
+#   trained (exercise 2), and QLoRA's rate, chosen on validation, was the lower of the two tried.
 # - **Writing as asked**: the pre-trained model writes something shaped like a review for the
 #   seen phrasings, but the judge finds the requested sentiment in about half of them, as often
-#   as a writer deaf to the request would. A model of 1.35 M parameters, trained for two epochs
-#   on 1,000 such examples, did not learn to condition a whole review on one word.
+#   as a writer deaf to the request would. The judge was validated on whole reviews, not on
+#   openings of a few dozen tokens, so part of this may be the judge; but the samples printed
+#   above show no sign that a model of 1.35 M parameters, trained for two epochs on 1,000 such
+#   examples, conditions its review on the word it was given.
 
 # %% [markdown]
 # ### Memory and trainable share
@@ -1000,6 +1008,11 @@ display(
 # 7-billion-parameter model, where the linear layers are almost everything: 4-bit storage then
 # cuts the weights about 4x from bf16, and LoRA removes the gradients and optimiser state of
 # everything it freezes.
+#
+# The table counts what is held between steps. Inside a step this simple `compress.Linear4bit`
+# is less frugal: autograd keeps each dequantised float weight for the backward pass, so at the
+# peak of a step they all exist again. `bitsandbytes`' 4-bit layer keeps only the codes and
+# dequantises a second time in the backward pass, which is what keeps QLoRA's peak small.
 #
 # ## Beside chapter 9
 #
@@ -1221,10 +1234,12 @@ else:
 #
 # 1. Two-turn data: add examples where the user first asks for the sentiment and then, in a
 #    second turn, for the rating, and measure the second answers.
-# 2. Initialise the chat tokens' rows at random (`nn.init.normal_(std=0.02)`) instead of the
+# 2. What does the 4-bit storage cost? Train LoRA on the float base with QLoRA's rate for three
+#    seeds and compare its sentiment accuracy with QLoRA's, question by question.
+# 3. Read the malformed answers: what does the pre-trained model say to the held-out rating
+#    question when it does not give a number?
+# 4. Initialise the chat tokens' rows at random (`nn.init.normal_(std=0.02)`) instead of the
 #    mean and compare the first validation loss and the final accuracy.
-# 3. Train the full pre-trained arm for two epochs and see whether the accuracy moves beyond its
-#    standard error.
 #
 # ```{admonition} Solutions
 # :class: dropdown
@@ -1232,12 +1247,17 @@ else:
 # 1. Build them with `instruct.conversations` for each task on the same reviews and join the two
 #    message lists (user, assistant, user, assistant); `instruct.render_chat` takes any number of
 #    turns. Evaluate by answering the second question after the model's own first answer.
-# 2. After `instruct.grow_vocabulary`, overwrite `model.wte.weight[first_new:]` under
+# 2. `lora_runs = [tune_and_measure("lora", True, BUDGET.qlora_learning_rate, seed) for seed in
+#    range(SEEDS)]`, then `metrics.seeded_difference` of `torch.stack` of their
+#    `answers[name]["correct"]` (both test halves concatenated, as `sentiment_all` does) against
+#    `sentiment_all("QLoRA, pre-trained")`.
+# 3. `answers = runs["full, pre-trained"][0]["answers"]["rating/held-out"]["answers"]`; for the
+#    questions where it is −1, `instruct.reply(chat_model, chat_tokenizer,
+#    sets["rating/held-out"][i]["messages"][:1], 8, temperature=0.0)` gives the text, and
+#    `collections.Counter` of those texts shows what the model falls back on.
+# 4. After `instruct.grow_vocabulary`, overwrite `model.wte.weight[first_new:]` under
 #    `torch.no_grad()`; the output layer is tied, so it changes too. The new tokens' logits then
 #    start far from the average, and the first steps spend themselves on them.
-# 3. Pass a copy of the budget with `epochs=2` to `tune_and_measure` for three seeds and compare
-#    with `metrics.seeded_difference`; `instruction_tune` keeps the epoch of the lowest
-#    validation loss.
 # ```
 #
 # ## References

@@ -19,7 +19,7 @@ TEXTS = [
 ] * 10
 
 
-def save_model(folder, with_chat_tokens: bool = True, context: int = 96):
+def save_model(folder, with_chat_tokens: bool = True, context: int = 96, info=None):
     tokenizer = bpe.train_tokenizer(TEXTS, vocab_size=300)
     if with_chat_tokens:
         tokenizer = instruct.add_chat_tokens(tokenizer)
@@ -32,7 +32,7 @@ def save_model(folder, with_chat_tokens: bool = True, context: int = 96):
         n_embd=16,
     )
     model = GPT(config)
-    lm.save_pretrained(folder, model, tokenizer)
+    lm.save_pretrained(folder, model, tokenizer, info)
     return model, tokenizer
 
 
@@ -121,3 +121,19 @@ def test_the_module_runs_as_a_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "Chatting with" in done.stdout and "bot> " in done.stdout
+
+
+def test_a_cut_reply_is_announced(tmp_path, monkeypatch, capsys):
+    save_model(tmp_path / "model")
+    args = (str(tmp_path / "model"), "--temperature", "0", "--max-new-tokens", "2")
+    status, out, _ = run_chat(monkeypatch, capsys, "hello\n", *args)
+    assert status == 0 and "(the reply was cut at 2 tokens" in out
+
+
+def test_another_template_or_an_unknown_profile_is_refused(tmp_path, monkeypatch, capsys):
+    save_model(tmp_path / "model", info={"chat_template": "{{ messages }}"})
+    status, _, err = run_chat(monkeypatch, capsys, "hi\n", str(tmp_path / "model"))
+    assert status == 2 and "another chat template" in err
+    monkeypatch.setenv("TUTORIAL_PROFILE", "huge")
+    status, _, err = run_chat(monkeypatch, capsys, "hi\n")
+    assert status == 2 and "huge" in err

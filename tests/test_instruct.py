@@ -148,8 +148,16 @@ def test_instruction_data_reads_no_test_review_and_holds_out_phrasings(tokenizer
     for name in ("sentiment/seen", "sentiment/held-out", "rating/seen", "rating/held-out"):
         assert all("TEST" in e["messages"][0]["content"] for e in sets[name])
     held_out = {p for task in instruct.TASKS.values() for p in task.held_out}
+    seen = {p for task in instruct.TASKS.values() for p in task.seen}
     assert not held_out & {e["phrasing"] for e in sets["train"] + sets["val"]}
-    assert {e["phrasing"] for e in sets["sentiment/held-out"]} <= held_out
+    for task in ("sentiment", "rating"):
+        assert {e["phrasing"] for e in sets[f"{task}/held-out"]} <= held_out
+        assert {e["phrasing"] for e in sets[f"{task}/seen"]} <= seen
+        assert {e["task"] for e in sets[f"{task}/seen"] + sets[f"{task}/held-out"]} == {task}
+    test_reviews = {e["messages"][0]["content"].split("\n\n")[1] for e in sets["rating/seen"]}
+    assert not test_reviews & {
+        e["messages"][0]["content"].split("\n\n")[1] for e in sets["rating/held-out"]
+    }, "seen and held-out questions ask about different reviews"
     assert len(sets["sentiment/seen"]) + len(sets["sentiment/held-out"]) == 20
     assert len(sets["rating/seen"]) + len(sets["rating/held-out"]) == 10
 
@@ -167,12 +175,24 @@ def test_answers_are_parsed_strictly():
 def test_batched_replies_equal_one_prompt_at_a_time():
     model = tiny_model(50)
     prompts = [torch.randint(0, 50, (length,)).tolist() for length in (5, 5, 9, 5, 9, 126)]
-    batched = instruct.batch_replies(model, prompts, stop_id=7, max_new_tokens=6, batch_size=2)
+    # stop at a token some greedy reply writes after others, so that rows of one batch finish
+    # at different steps (and some not at all)
+    replies = [list(instruct.stream_reply(model, prompt, -1, 6)) for prompt in prompts[:5]]
+    row, index = next(
+        (row, i)
+        for row, reply in enumerate(replies)
+        for i in range(1, len(reply))
+        if reply[i] not in reply[:i]
+    )
+    stop = replies[row][index]
+    batched = instruct.batch_replies(model, prompts, stop_id=stop, max_new_tokens=6, batch_size=2)
     for prompt, (tokens, finished) in zip(prompts, batched, strict=True):
-        alone = list(instruct.stream_reply(model, prompt, 7, 6))
+        alone = list(instruct.stream_reply(model, prompt, stop, 6))
         assert tokens == alone
         room = min(6, model.config.context_length - len(prompt))
         assert finished == (len(alone) < room)
+    assert batched[row] == (replies[row][:index], True), "a row that stops after some tokens"
+    assert any(not finished for _, finished in batched[:5]), "a row that never stops"
     with pytest.raises(ValueError, match="leave room"):
         instruct.batch_replies(model, [list(range(1, 49)) * 3], 7, 4)
 

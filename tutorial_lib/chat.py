@@ -63,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the chat on standard input and output; return the exit status (0 when the reader
     ends it, 2 when the folder holds no chat model)."""
     args = _arguments(argv)
-    folder = Path(args.folder) if args.folder else default_folder()
     try:
-        model, tokenizer, _ = lm.load_pretrained(folder)
-        special = instruct.chat_token_ids(tokenizer)
+        folder = Path(args.folder) if args.folder else default_folder()
+    except runtime.UnknownProfileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        model, tokenizer, info = lm.load_pretrained(folder)
     except FileNotFoundError as error:
         print(
             f"error: no saved model in {folder} ({error}). Run chapter 11 to save one, or name "
@@ -77,10 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        special = instruct.chat_token_ids(tokenizer)
     except ValueError as error:
         print(
             f"error: the model in {folder} has no chat template ({error}). It is a base model "
             "(chapter 8 saves those); chat with the one chapter 11 saves",
+            file=sys.stderr,
+        )
+        return 2
+    if info.get("chat_template", instruct.CHAT_TEMPLATE) != instruct.CHAT_TEMPLATE:
+        print(
+            f"error: the model in {folder} was saved with another chat template than this "
+            "version of tutorial_lib renders; run chapter 11 again to save it with this one",
             file=sys.stderr,
         )
         return 2
@@ -141,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 answer.append(token)
                 printed = _stream(answer, tokenizer, printed)
             print(tokenizer.decode(answer)[len(printed) :])
+            if len(answer) == room:
+                print(f"(the reply was cut at {room} tokens; --max-new-tokens allows longer)")
             messages = [*kept, {"role": "assistant", "content": tokenizer.decode(answer)}]
     except KeyboardInterrupt:
         print()

@@ -193,8 +193,9 @@ def render_chat(
 
 def hf_chat_tokenizer(tokenizer: Any) -> Any:
     """Return a ``transformers.PreTrainedTokenizerFast`` wrapping ``tokenizer`` with
-    :data:`CHAT_TEMPLATE`, end-of-turn as its end-of-sequence token and end-of-text as padding:
-    what ``save_pretrained`` writes and ``AutoTokenizer`` reads back.
+    :data:`CHAT_TEMPLATE`, end-of-turn as its end-of-sequence token and end-of-text as padding,
+    so that ``apply_chat_template`` renders this book's template (its ``save_pretrained`` would
+    write a folder ``AutoTokenizer`` reads back; chapter 11 saves with ``lm.save_pretrained``).
 
     Raises:
         ValueError: if the tokenizer has no chat tokens.
