@@ -74,6 +74,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from IPython.display import display
@@ -755,6 +756,30 @@ display(
         align="lrrrrr",
     )
 )
+
+# %% mystnb={"image": {"alt": "Sentiment accuracy of each arm on seen and held-out phrasings"}}
+fig, ax = plt.subplots(figsize=(7, 3.8), facecolor="white", layout="constrained")
+short = {arm: arm.replace(", ", "\n", 1) for arm in runs}  # two-line tick labels
+for offset, (kind, color) in enumerate((("seen", "#4C72B0"), ("held-out", "#DD8452"))):
+    points = [estimate(stack(arm, f"sentiment/{kind}", "correct")) for arm in runs]
+    ax.bar(
+        [i + 0.38 * offset for i in range(len(runs))],
+        [100 * share for share, _ in points],
+        width=0.38,
+        yerr=[200 * error for _, error in points],
+        capsize=3,
+        color=color,
+        label=f"{kind} phrasings",
+    )
+ax.axhline(50, color="gray", linestyle=":", label="chance")
+ax.set_xticks([i + 0.19 for i in range(len(runs))], [short[arm] for arm in runs])
+ax.set(
+    ylim=(0, 100),
+    title="Sentiment answered by generation (bars: ±2 standard errors)",
+    ylabel="test accuracy (%)",
+)
+ax.legend(loc="lower right")
+plt.show()
 
 # %% [markdown]
 # The rating is harder: ten classes, and a review's words fix its side of the scale more than
