@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
-from tutorial_lib import data, gpt, gpt_adapt, instruct, lm
+from tutorial_lib import data
+from tutorial_lib.llm import adapt, gpt, instruct, pretraining
 
 CANDIDATES = {
     "full, pre-trained": (1e-3, 3e-3),
@@ -42,10 +43,10 @@ def main() -> int:
     if imdb.source.is_sample:
         print("error: the sweep needs the genuine IMDB reviews (TUTORIAL_DATA_DIR)")
         return 1
-    pretrained, tokenizer, _ = lm.load_pretrained(lm.pretrained_dir("cpu"))
+    pretrained, tokenizer, _ = pretraining.load_pretrained(pretraining.pretrained_dir("cpu"))
     chat_tokenizer = instruct.add_chat_tokens(tokenizer)
     grown = instruct.grow_vocabulary(pretrained, chat_tokenizer.get_vocab_size())
-    splits = gpt_adapt.labelled_splits(
+    splits = adapt.labelled_splits(
         len(imdb.train.texts), len(imdb.test.texts), (500, 2_000), 500, 2_000
     )
     sets = instruct.instruction_sets(
@@ -63,7 +64,7 @@ def main() -> int:
     train_set = instruct.ChatExamples(chat_tokenizer, sets["train"], context)
     val_set = instruct.ChatExamples(chat_tokenizer, sets["val"], context)
     val_sentiment = [e for e in sets["val"] if e["task"] == "sentiment"]
-    pad = gpt_adapt.end_of_text_id(chat_tokenizer)
+    pad = adapt.end_of_text_id(chat_tokenizer)
     first_new = pretrained.config.vocab_size
     print(f"{len(train_set):,} training examples, {train_set.tokens:,} tokens; seed {args.seed}")
     for arm, rates in CANDIDATES.items():

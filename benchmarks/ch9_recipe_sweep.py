@@ -5,7 +5,7 @@
 Chapter 9 compares fine-tuning chapter 8's GPT with training the same architecture from random
 weights. A fair comparison gives each arm the recipe that suits it, chosen without looking at the
 test reviews. This script trains, at the small label budget of the ``cpu`` profile and on the
-same splits as the chapter (``gpt_adapt.labelled_splits``), each candidate learning rate and
+same splits as the chapter (``adapt.labelled_splits``), each candidate learning rate and
 pooling of each arm, and LoRA's candidate rates, and prints every run's best validation accuracy
 and its epoch. It never measures a test review: the chapter's budget comment quotes this output.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tutorial_lib import data, gpt, gpt_adapt, lm, lora
+from tutorial_lib import data, lora
+from tutorial_lib.llm import adapt, gpt, pretraining
 
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 LORA_LEARNING_RATES = (3e-3, 6e-3)
@@ -43,17 +44,17 @@ def main() -> int:
     if imdb.source.is_sample:
         print("error: the sweep needs the genuine IMDB reviews (TUTORIAL_DATA_DIR)")
         return 1
-    pretrained, tokenizer, _ = lm.load_pretrained(lm.pretrained_dir("cpu"))
+    pretrained, tokenizer, _ = pretraining.load_pretrained(pretraining.pretrained_dir("cpu"))
     state = pretrained.state_dict()
-    splits = gpt_adapt.labelled_splits(
+    splits = adapt.labelled_splits(
         len(imdb.train.texts), len(imdb.test.texts), (500, 2_000), 500, 2_000
     )
-    eot = gpt_adapt.end_of_text_id(tokenizer)
+    eot = adapt.end_of_text_id(tokenizer)
 
-    def encoded(indices: list[int]) -> gpt_adapt.EncodedReviews:
+    def encoded(indices: list[int]) -> adapt.EncodedReviews:
         texts = [imdb.train.texts[i] for i in indices]
-        ids = gpt_adapt.encode_reviews(tokenizer, texts, args.max_tokens)
-        return gpt_adapt.EncodedReviews(ids, [imdb.train.labels[i] for i in indices])
+        ids = adapt.encode_reviews(tokenizer, texts, args.max_tokens)
+        return adapt.EncodedReviews(ids, [imdb.train.labels[i] for i in indices])
 
     train_set, val_set = encoded(splits["small"]), encoded(splits["val"])
 
@@ -62,12 +63,12 @@ def main() -> int:
         model = gpt.GPT(pretrained.config)
         if pretrained_weights:
             model.load_state_dict(state)
-        classifier = gpt_adapt.GPTClassifier(model, pooling=pooling)
+        classifier = adapt.GPTClassifier(model, pooling=pooling)
         if adapter:
             lora.inject_lora(classifier, BLOCK_TARGETS, rank=4, alpha=8, modules_to_save=["head"])
         started = time.perf_counter()
         # the validation reviews stand in for the test set: this script never reads a test review
-        row = gpt_adapt.fine_tune(classifier, train_set, val_set, val_set, pad_id=eot,
+        row = adapt.fine_tune(classifier, train_set, val_set, val_set, pad_id=eot,
                                   learning_rate=rate, epochs=args.epochs,
                                   batch_size=args.batch_size, seed=args.seed)  # fmt: skip
         curve = " ".join(f"{100 * a:.1f}" for a in row["val_accuracies"])
@@ -81,10 +82,10 @@ def main() -> int:
     print(f"{len(train_set)} labelled reviews, {len(val_set)} validation reviews, seed {args.seed}")
     for rate in LEARNING_RATES:
         run("pre-trained", True, "last", rate, adapter=False)
-    for pooling in gpt_adapt.POOLINGS:
+    for pooling in adapt.POOLINGS:
         for rate in LEARNING_RATES:
             run("random", False, pooling, rate, adapter=False)
-    for pooling in gpt_adapt.POOLINGS:
+    for pooling in adapt.POOLINGS:
         for rate in LORA_LEARNING_RATES:
             run("LoRA r4", True, pooling, rate, adapter=True)
     return 0

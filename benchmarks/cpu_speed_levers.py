@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tutorial_lib import gpt, models, runtime, train, weights
+from tutorial_lib import models, runtime, train, weights
 from tutorial_lib.compress import median_seconds
+from tutorial_lib.llm import gpt
 from tutorial_lib.plots import markdown_table
 
 

@@ -7,9 +7,10 @@ command. The record lands in results/<chapter>.<profile>.json (or TUTORIAL_RESUL
 --publish a copy, plus the wall time, the command and the machine's yardstick of this run, goes
 to results/published/, the folder the book's results page is built from; commit it there.
 
-Before the chapter it measures the machine's yardstick (~20 s, lm.measure_yardstick: chapter 8's
-cpu GPT in training, tokens/s), so that the wall time can be read as reference minutes: minutes
-on the 2-core AVX2 machine of results.REFERENCE_TOKENS_PER_SECOND. Run nothing else beside it.
+Before the chapter it measures the machine's yardstick (~20 s, pretraining.measure_yardstick:
+chapter 8's cpu GPT in training, tokens/s), so that the wall time can be read as reference
+minutes: minutes on the 2-core AVX2 machine of results.REFERENCE_TOKENS_PER_SECOND. Run nothing
+else beside it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> int:
 
     os.environ["TUTORIAL_PROFILE"] = args.profile
     os.environ.setdefault("TUTORIAL_NONINTERACTIVE", "1")
-    from tutorial_lib.lm import measure_yardstick
+    from tutorial_lib.llm.pretraining import measure_yardstick
 
     yardstick = measure_yardstick()
     print(

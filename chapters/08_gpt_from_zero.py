@@ -88,14 +88,17 @@ import torch.nn.functional as F
 from IPython.display import display
 from torch import nn
 
-from tutorial_lib import bpe, data, gpt, lm, plots, results, runtime, train
+from tutorial_lib import data, plots, results, runtime, train
+from tutorial_lib.llm import bpe, gpt, pretraining
 from tutorial_lib.models import count_parameters
 
 
 # %%
 @dataclass(frozen=True)
 class Budget:
-    pretraining: lm.PretrainingRun  # tokenizer size, model, recipe (package: chapter 9 reuses it)
+    pretraining: (
+        pretraining.PretrainingRun
+    )  # tokenizer size, model, recipe (package: chapter 9 reuses it)
     vocab_sizes_compared: tuple[int, ...]  # sizes whose bytes per token are measured
     vocab_study_reviews: int  # reviews each compared tokenizer learns from and is measured on
     bpe_demo_reviews: int  # reviews the hand-written BPE learns from
@@ -103,11 +106,11 @@ class Budget:
     new_tokens: int  # tokens generated in the key/value-cache measurement
 
 
-# The pre-training runs live in the package (lm.PRETRAINING_RUNS, with the measurements that
-# chose them), so that chapter 9, opened alone, can repeat exactly this run.
+# The pre-training runs live in the package (pretraining.PRETRAINING_RUNS, with the
+# measurements that chose them), so that chapter 9, opened alone, can repeat exactly this run.
 BUDGETS = {
     "smoke": Budget(
-        pretraining=lm.PRETRAINING_RUNS["smoke"],
+        pretraining=pretraining.PRETRAINING_RUNS["smoke"],
         vocab_sizes_compared=(280, 300, 340),
         vocab_study_reviews=60,
         bpe_demo_reviews=30,
@@ -115,7 +118,7 @@ BUDGETS = {
         new_tokens=20,
     ),
     "cpu": Budget(
-        pretraining=lm.PRETRAINING_RUNS["cpu"],
+        pretraining=pretraining.PRETRAINING_RUNS["cpu"],
         vocab_sizes_compared=(1024, 2048, 4096, 8192),
         vocab_study_reviews=2_000,
         bpe_demo_reviews=200,
@@ -123,7 +126,7 @@ BUDGETS = {
         new_tokens=200,
     ),
     "gpu": Budget(
-        pretraining=lm.PRETRAINING_RUNS["gpu"],
+        pretraining=pretraining.PRETRAINING_RUNS["gpu"],
         vocab_sizes_compared=(4096, 8192, 16_384, 32_768),
         vocab_study_reviews=5_000,
         bpe_demo_reviews=200,
@@ -151,23 +154,26 @@ pprint.pp(BUDGET, width=100)  # one field a line when the budget is long
 # Pre-training needs text, not labels. We take IMDB's 25,000 training reviews (the `smoke`
 # profile, a test run, a seeded subset of them), drop the labels, and add the 50,000 unlabelled
 # reviews of `aclImdb/train/unsup/` when the copy has them and the budget wants them; the
-# package's `lm.pretraining_documents` does it, so that chapters 9 and 10 read the same text.
+# package's `pretraining.pretraining_documents` does it, so that chapters 9 and 10 read the
+# same text.
 # **No test review** is ever used: chapter 9 measures on them. The HTML line breaks become
 # newlines, and 5 % of the reviews are held out, whole, for validation — holding out by review
 # rather than by token keeps a review from being half in training, half in validation.
 
 # %%
 imdb = data.load_imdb()
-documents = lm.pretraining_documents(imdb, BUDGET.pretraining)  # lm.clean_review on each
+documents = pretraining.pretraining_documents(
+    imdb, BUDGET.pretraining
+)  # pretraining.clean_review on each
 unlabelled_used = len(imdb.unlabelled) if BUDGET.pretraining.use_unlabelled else 0
-train_texts, val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
+train_texts, val_texts = pretraining.split_documents(documents, val_fraction=0.05, seed=0)
 print(
     f"pre-training text: {len(documents) - unlabelled_used:,} of the {len(imdb.train.texts):,} "
     f"training reviews (labels dropped)\n  + {unlabelled_used:,} unlabelled reviews"
     + ("" if imdb.unlabelled else " (this copy has no train/unsup/)")
 )
 print(f"held out whole: {len(train_texts):,} reviews to train on, {len(val_texts):,} to validate")
-test_texts = {lm.clean_review(text) for text in imdb.test.texts}
+test_texts = {pretraining.clean_review(text) for text in imdb.test.texts}
 shared = sum(text in test_texts for text in documents)
 print(f"pre-training reviews whose exact text is also a test review: {shared}")
 if imdb.source.is_sample:
@@ -310,13 +316,13 @@ print(f"{len(tricky.encode('utf-8'))} bytes -> {len(ids)} tokens; round trip exa
 # %%
 study_train = train_texts[: BUDGET.vocab_study_reviews]
 study_val = val_texts[: max(1, BUDGET.vocab_study_reviews // 10)]
-study_bytes = lm.text_bytes(study_val) - len(study_val)  # text only, no end-of-text
+study_bytes = pretraining.text_bytes(study_val) - len(study_val)  # text only, no end-of-text
 vocab_rows = []
 for size in BUDGET.vocab_sizes_compared:
     candidate = bpe.train_tokenizer(study_train, size)
     tokens = sum(len(e.ids) for e in candidate.encode_batch(study_val))
     shape = dataclasses.replace(MODEL, vocab_size=size)
-    per_token = lm.training_flops_per_token(gpt.GPT(shape))
+    per_token = pretraining.training_flops_per_token(gpt.GPT(shape))
     head = 3 * 2 * shape.n_embd * size  # the output layer's multiply-adds, ×3 for training
     vocab_rows.append(
         {"vocab": size, "bytes_per_token": study_bytes / tokens, "output_share": head / per_token}
@@ -346,9 +352,9 @@ print(
 started = time.perf_counter()
 tokenizer = bpe.train_tokenizer(train_texts, VOCAB_SIZE)
 tokenizer_seconds = time.perf_counter() - started
-train_tokens = lm.encode_documents(tokenizer, train_texts, check_round_trip=True)
-val_tokens = lm.encode_documents(tokenizer, val_texts, check_round_trip=True)
-val_bytes = lm.text_bytes(val_texts)
+train_tokens = pretraining.encode_documents(tokenizer, train_texts, check_round_trip=True)
+val_tokens = pretraining.encode_documents(tokenizer, val_texts, check_round_trip=True)
+val_bytes = pretraining.text_bytes(val_texts)
 non_ascii = sum(not text.isascii() for text in train_texts + val_texts)
 print(
     f"vocabulary {tokenizer.get_vocab_size():,}, trained in {tokenizer_seconds:.1f} s; "
@@ -508,15 +514,15 @@ print(
 # fair bar.
 
 # %%
-unigram = lm.unigram_nats(train_tokens, val_tokens, VOCAB_SIZE)
-bigram_by_k = {k: lm.bigram_nats(train_tokens, val_tokens, VOCAB_SIZE, k)
+unigram = pretraining.unigram_nats(train_tokens, val_tokens, VOCAB_SIZE)
+bigram_by_k = {k: pretraining.bigram_nats(train_tokens, val_tokens, VOCAB_SIZE, k)
                for k in (0.003, 0.01, 0.03, 0.1, 0.3)}  # fmt: skip
 best_k = min(bigram_by_k, key=bigram_by_k.get)
 bigram = bigram_by_k[best_k]
 
 
 def in_bits_per_byte(nats_per_token: float) -> float:
-    return lm.bits_per_byte(nats_per_token, len(val_tokens), val_bytes)
+    return pretraining.bits_per_byte(nats_per_token, len(val_tokens), val_bytes)
 
 
 baseline_rows = [
@@ -542,7 +548,7 @@ display(plots.markdown_table(
 # products, `QKᵀ` and the weights times the values, which grow with the context. Rather than
 # trusting the rule, we count: PyTorch's `FlopCounterMode` records every matrix product of a
 # forward pass. One trap: it registers no FLOPs for the fused attention kernel PyTorch runs on a
-# CPU, so `lm.training_flops_per_token` counts under the *math* backend of
+# CPU, so `pretraining.training_flops_per_token` counts under the *math* backend of
 # `scaled_dot_product_attention`, which computes attention as two ordinary matrix products. That
 # count is the convention of the PaLM paper {cite:p}`chowdhery2022palm` (appendix B): 6·N +
 # 12 · n_layer · n_embd · T per token, the whole T × T score matrix even though the causal mask
@@ -552,12 +558,12 @@ display(plots.markdown_table(
 # N ≈ √(C / 120).
 
 # %%
-flops_per_token = lm.training_flops_per_token(model)
+flops_per_token = pretraining.training_flops_per_token(model)
 tokens_per_step = PRETRAIN.batch_size * MODEL.context_length
 planned_tokens = PRETRAIN.steps * tokens_per_step
 matrices = sum(p.numel() for name, p in model.named_parameters()
                if p.ndim == 2 and name != "wpe.weight")  # fmt: skip
-attention = lm.attention_flops_per_token(MODEL)
+attention = pretraining.attention_flops_per_token(MODEL)
 print(f"FLOPs per training token: {flops_per_token / 1e6:.1f} M counted; "
       f"6 × {matrices / 1e6:.2f} M matrix weights = {6 * matrices / 1e6:.1f} M,\n"
       f"attention 12 × {MODEL.n_layer} layers × {MODEL.n_embd} × {MODEL.context_length} "
@@ -569,8 +575,8 @@ print(f"planned: {PRETRAIN.steps:,} steps × {tokens_per_step:,} tokens = {plann
 # The count is the two formulas' sum: the 6·N rule leaves attention out, and at a context of 256
 # tokens and a width of 128, attention's 12 · 128 · 256 per layer is not small beside the layer's
 # 6 · 12 · 128² matrix FLOPs — the share printed above. It grows with the context length.
-# `lm.pretrain` draws its windows as one seeded permutation of the training split for the whole
-# run, so "passes" is exact: below one, no window is seen twice.
+# `pretraining.pretrain` draws its windows as one seeded permutation of the training split for
+# the whole run, so "passes" is exact: below one, no window is seen twice.
 #
 # ## Pre-training
 #
@@ -581,15 +587,15 @@ print(f"planned: {PRETRAIN.steps:,} steps × {tokens_per_step:,} tokens = {plann
 # the peak rate, ours (transformers' cosine schedule) goes on to zero. Each step takes
 # `batch_size` windows of `context_length` tokens, in one seeded random order of the training
 # windows for the whole run; the target at every position is the next token, so one window gives
-# `context_length` training examples. `lm.pretrain` is that recipe around `train.fit`, where one
-# "epoch" of `fit` is `eval_every` steps followed by a validation pass on the same first
+# `context_length` training examples. `pretraining.pretrain` is that recipe around `train.fit`,
+# where one "epoch" of `fit` is `eval_every` steps followed by a validation pass on the same first
 # `val_batches` batches of the validation windows; `fit`'s epoch line reports tokens per second.
 
 # %%
 torch.manual_seed(0)
 model = gpt.GPT(MODEL)
 started = time.perf_counter()
-history = lm.pretrain(
+history = pretraining.pretrain(
     model,
     train_tokens,
     val_tokens,
@@ -599,7 +605,7 @@ history = lm.pretrain(
 )
 pretrain_seconds = time.perf_counter() - started
 val_chunks = torch.utils.data.DataLoader(
-    lm.TokenChunks(val_tokens, MODEL.context_length), batch_size=PRETRAIN.batch_size
+    pretraining.TokenChunks(val_tokens, MODEL.context_length), batch_size=PRETRAIN.batch_size
 )
 final = train.evaluate(model, val_chunks, gpt.lm_loss)
 val_nats = final["loss"]
@@ -637,7 +643,7 @@ plt.show()
 # %%
 curve_windows = BUDGET.pretraining.val_batches * PRETRAIN.batch_size
 curve_tokens = val_tokens[: curve_windows * MODEL.context_length + 1]  # the curve's windows
-bigram_on_curve = lm.bigram_nats(train_tokens, curve_tokens, VOCAB_SIZE, best_k)
+bigram_on_curve = pretraining.bigram_nats(train_tokens, curve_tokens, VOCAB_SIZE, best_k)
 crossing = next((i for i, loss in enumerate(history["val_loss"]) if loss < bigram_on_curve), None)
 bigram_bpb = in_bits_per_byte(bigram)
 print(
@@ -671,10 +677,10 @@ else:
 
 # %%
 spent = flops_per_token * PRETRAIN.steps * tokens_per_step
-optimal = lm.compute_optimal_parameters(spent)
+optimal = pretraining.compute_optimal_parameters(spent)
 print(
     f"compute spent: {spent:.2e} FLOPs; compute-optimal size for it ≈ {optimal:,.0f} parameters,"
-    f"\ntrained on {lm.CHINCHILLA_TOKENS_PER_PARAMETER * optimal:,.0f} tokens"
+    f"\ntrained on {pretraining.CHINCHILLA_TOKENS_PER_PARAMETER * optimal:,.0f} tokens"
 )
 print(
     f"this model: {total:,} parameters on {PRETRAIN.steps * tokens_per_step:,} tokens "
@@ -775,13 +781,13 @@ for temperature in (0.5, 0.8, 1.1):
 # with `torch.load(..., weights_only=True)`; the tokenizer is its own JSON file.
 
 # %%
-saved = lm.save_pretrained(
-    lm.pretrained_dir(run.profile),
+saved = pretraining.save_pretrained(
+    pretraining.pretrained_dir(run.profile),
     model,
     tokenizer,
     {"val_nats_per_token": val_nats, "val_bits_per_byte": val_bpb, "data": imdb.source.kind},
 )
-reloaded, _, info = lm.load_pretrained(saved)
+reloaded, _, info = pretraining.load_pretrained(saved)
 with torch.no_grad():
     same_after_reload = torch.equal(reloaded(batch[:, :32]), model.eval()(batch[:, :32]))
 print(f"saved to {runtime.display_path(saved)}")
@@ -812,13 +818,13 @@ record_path = results.write_result_record(
         },
         "model": {
             "name": "GPT (GPT-2 architecture)",
-            "config": lm.config_summary(MODEL),
+            "config": pretraining.config_summary(MODEL),
             "parameters": total,
             "non_embedding_parameters": non_embedding,
             "max_logit_difference_vs_transformers": gap,
         },
         "training": {
-            "recipe": lm.config_summary(PRETRAIN),
+            "recipe": pretraining.config_summary(PRETRAIN),
             "seconds": train_seconds,
             "tokens": PRETRAIN.steps * tokens_per_step,
             "tokens_per_second": tokens_per_second,
@@ -888,9 +894,9 @@ print(f"wrote {runtime.display_path(record_path)}")
 # :class: dropdown
 #
 # 1. The budget is frozen; build a new one and rerun the chapter from the tokenizer on:
-#    `pretraining = BUDGET.pretraining`, then
-#    `run_v = dataclasses.replace(pretraining, vocab_size=v,
-#    model=dataclasses.replace(pretraining.model, vocab_size=v))` (the run checks that the two
+#    `recipe = BUDGET.pretraining`, then
+#    `run_v = dataclasses.replace(recipe, vocab_size=v,
+#    model=dataclasses.replace(recipe.model, vocab_size=v))` (the run checks that the two
 #    agree), `BUDGET = dataclasses.replace(BUDGET, pretraining=run_v)` and
 #    `MODEL, VOCAB_SIZE = run_v.model, v`. A smaller vocabulary makes each step cheaper (a
 #    smaller output layer) but each token carries fewer bytes, so compare `val_bpb`; the

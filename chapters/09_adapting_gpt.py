@@ -76,17 +76,8 @@ import torch
 from IPython.display import display
 from sklearn.metrics import balanced_accuracy_score
 
-from tutorial_lib import (
-    data,
-    gpt,
-    gpt_adapt,
-    lm,
-    lora,
-    metrics,
-    plots,
-    results,
-    runtime,
-)
+from tutorial_lib import data, lora, metrics, plots, results, runtime
+from tutorial_lib.llm import adapt, gpt, pretraining
 from tutorial_lib.models import count_parameters
 
 
@@ -207,37 +198,22 @@ print(results.published_time(results.read_published_record("09_adapting_gpt", ru
 # ## Chapter 8's model
 #
 # Chapter 8 saved its model and tokenizer under `results/models/`. When they are missing (this
-# notebook opened alone, on Colab for instance) or were pre-trained on other data than this run
-# reads, the cell below repeats chapter 8's pre-training with the same package function and the
-# same recipe (`lm.PRETRAINING_RUNS`), and says so; on the `cpu` profile that adds about the
-# time chapter 8's training cell took.
+# notebook opened alone, on Colab for instance), were pre-trained on other data than this run
+# reads, or have another shape than today's recipe, `pretraining.load_or_pretrain` repeats
+# chapter 8's pre-training with the same package function and the same recipe
+# (`pretraining.PRETRAINING_RUNS`), and says so; on the `cpu` profile that adds about the time
+# chapter 8's training cell took.
 
 # %%
 imdb = data.load_imdb()
-saved = lm.pretrained_dir(run.profile)
-pretrain_seconds, pretrained_here = 0.0, False
-try:
-    pretrained, tokenizer, info = lm.load_pretrained(saved)
-except FileNotFoundError:
-    info = None
-if info is not None and info.get("data") != imdb.source.kind:
-    runtime.notice(
-        f"Chapter 8's saved model was pre-trained on the {info.get('data')}, and this run "
-        f"reads the {imdb.source.kind}: pre-training again on the same data."
-    )
-    info = None
-elif info is None:
-    runtime.notice(
-        f"Chapter 8's model is not at {runtime.display_path(saved)}: running chapter 8's "
-        "pre-training first (lm.pretrain_on_imdb), then saving it there."
-    )
-if info is None:
-    started = time.perf_counter()
-    pretrained, tokenizer, info = lm.pretrain_on_imdb(
-        imdb, lm.PRETRAINING_RUNS[run.profile], generator=generator, verbose=False
-    )
-    pretrain_seconds, pretrained_here = time.perf_counter() - started, True
-    lm.save_pretrained(saved, pretrained, tokenizer, info)
+chapter_8 = pretraining.load_or_pretrain(
+    imdb,
+    pretraining.PRETRAINING_RUNS[run.profile],
+    pretraining.pretrained_dir(run.profile),
+    generator=generator,
+)
+pretrained, tokenizer, info = chapter_8.model, chapter_8.tokenizer, chapter_8.info
+pretrain_seconds, pretrained_here = chapter_8.seconds, chapter_8.trained_here
 config = pretrained.config
 print(
     f"GPT: {config.n_layer} layers, {config.n_embd} wide, context {config.context_length}, "
@@ -258,7 +234,7 @@ print(f"weights fingerprint (sha-256 of the tensors, first 16 digits): {checkpoi
 # hundred and a few thousand reviews, drawn at random from the training split (the smaller
 # inside the larger), a separate set of training reviews that picks each run's best epoch and
 # every recipe, and test reviews — which no step of chapter 8 or 9 has seen — to measure on. The
-# draws have their own seeded generators (`gpt_adapt.labelled_splits`), so they are the same
+# draws have their own seeded generators (`adapt.labelled_splits`), so they are the same
 # whether chapter 8's model was loaded or trained above. Each review is cut to `max_tokens`
 # tokens, its beginning and its end (the verdict of a long review is usually at its end), and
 # closes with the end-of-text token, exactly as chapter 8 saw it.
@@ -280,20 +256,20 @@ if imdb.source.is_sample:
 else:
     EPOCHS, LARGE_EPOCHS, LORA_EPOCHS = BUDGET.epochs, BUDGET.large_epochs, BUDGET.lora_epochs
     SEEDS = BUDGET.seeds
-labelled = gpt_adapt.labelled_splits(
+labelled = adapt.labelled_splits(
     len(imdb.train.texts),
     len(imdb.test.texts),
     (small_budget, large_budget),
     val_count,
     min(BUDGET.test_reviews, len(imdb.test.texts)),
 )
-eot = gpt_adapt.end_of_text_id(tokenizer)
+eot = adapt.end_of_text_id(tokenizer)
 
 
-def encoded(split: data.TextDataset, indices: list[int]) -> gpt_adapt.EncodedReviews:
+def encoded(split: data.TextDataset, indices: list[int]) -> adapt.EncodedReviews:
     texts = [split.texts[i] for i in indices]
-    ids = gpt_adapt.encode_reviews(tokenizer, texts, BUDGET.max_tokens)
-    return gpt_adapt.EncodedReviews(ids, [split.labels[i] for i in indices])
+    ids = adapt.encode_reviews(tokenizer, texts, BUDGET.max_tokens)
+    return adapt.EncodedReviews(ids, [split.labels[i] for i in indices])
 
 
 sets = {name: encoded(imdb.train, labelled[name]) for name in ("small", "large", "val")}
@@ -331,14 +307,14 @@ def mean_of_real_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor) -> t
 pretrained.eval()
 by_length = sorted(sets["val"].ids, key=len)
 reviews = [by_length[int(q * (len(by_length) - 1))] for q in (0.0, 0.05, 0.1, 1.0)]
-batch = gpt_adapt.right_padded(reviews, eot)  # review 0 is the shortest review
+batch = adapt.right_padded(reviews, eot)  # review 0 is the shortest review
 with torch.no_grad():
     hidden = pretrained.hidden_states(batch["input_ids"])
     alone = pretrained.hidden_states(reviews[0].unsqueeze(0))[0, -1]
 mask = batch["attention_mask"]
 for ours, pooling in ((last_real_token, "last"), (mean_of_real_tokens, "mean")):
-    same = torch.allclose(ours(hidden, mask), gpt_adapt.pool(hidden, mask, pooling), atol=1e-6)
-    print(f"our {pooling}-token pooling = gpt_adapt.pool: {same}")
+    same = torch.allclose(ours(hidden, mask), adapt.pool(hidden, mask, pooling), atol=1e-6)
+    print(f"our {pooling}-token pooling = adapt.pool: {same}")
 print("real tokens per review in this batch:", mask.sum(dim=1).tolist())
 print(
     f"review 0 read alone vs in the batch, last real token: "
@@ -349,12 +325,12 @@ print(
 # %% [markdown]
 # The last real token of a review is the same vector whether the review is read alone or in a
 # padded batch; `[:, -1]` differs whenever the review is shorter than its batch's longest.
-# `gpt_adapt.GPTClassifier` puts a linear head on one of the two poolings; a test checks that
+# `adapt.GPTClassifier` puts a linear head on one of the two poolings; a test checks that
 # padding does not change a review's logits.
 #
 # ## Fine-tuning, one function for every run
 #
-# Every run below goes through `gpt_adapt.fine_tune`: chapter 4's recipe — AdamW (decay on
+# Every run below goes through `adapt.fine_tune`: chapter 4's recipe — AdamW (decay on
 # matrices only) with linear warm-up over the first 10 % of the steps and linear decay — trained
 # by `train.fit`, which keeps the weights of the epoch with the best **validation** accuracy; then
 # one prediction of the test reviews, kept review by review (`correct`), because the standard
@@ -372,7 +348,7 @@ def backbone(pretrained_weights: bool, seed: int = 0) -> gpt.GPT:
 
 
 def train_classifier(classifier, train_set, learning_rate, seed, epochs) -> dict:
-    return gpt_adapt.fine_tune(
+    return adapt.fine_tune(
         classifier,
         train_set,
         sets["val"],
@@ -405,16 +381,16 @@ def single(row: dict) -> str:  # one run: accuracy ± its binomial standard erro
 
 # %%
 design = {}
-for pooling in gpt_adapt.POOLINGS:
-    classifier = gpt_adapt.GPTClassifier(backbone(True), pooling=pooling)
+for pooling in adapt.POOLINGS:
+    classifier = adapt.GPTClassifier(backbone(True), pooling=pooling)
     design[f"{pooling} token, all layers"] = train_classifier(
         classifier, sets["small"], BUDGET.learning_rate, seed=0, epochs=EPOCHS
     )
 best_pooling = max(
-    gpt_adapt.POOLINGS, key=lambda p: design[f"{p} token, all layers"]["best_val_accuracy"]
+    adapt.POOLINGS, key=lambda p: design[f"{p} token, all layers"]["best_val_accuracy"]
 )
-classifier = gpt_adapt.GPTClassifier(backbone(True), pooling=best_pooling)
-gpt_adapt.train_top_blocks(classifier, 1)
+classifier = adapt.GPTClassifier(backbone(True), pooling=best_pooling)
+adapt.train_top_blocks(classifier, 1)
 design[f"{best_pooling} token, top block + head"] = train_classifier(
     classifier, sets["small"], BUDGET.learning_rate, seed=0, epochs=EPOCHS
 )
@@ -480,9 +456,7 @@ for budget_name, (train_set, epochs) in BUDGET_SETS.items():
             if (budget_name, start, seed) == ("small", "pre-trained", 0):
                 runs.append(design[f"{best_pooling} token, all layers"])
                 continue
-            classifier = gpt_adapt.GPTClassifier(
-                backbone(pretrained_weights, seed), pooling=pooling
-            )
+            classifier = adapt.GPTClassifier(backbone(pretrained_weights, seed), pooling=pooling)
             runs.append(train_classifier(classifier, train_set, rate, seed, epochs))
         central[(budget_name, start)] = runs
 
@@ -624,7 +598,7 @@ plt.show()
 
 # %%
 BLOCK_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
-total = count_parameters(gpt_adapt.GPTClassifier(backbone(True)))
+total = count_parameters(adapt.GPTClassifier(backbone(True)))
 
 
 def file_bytes(state: dict[str, torch.Tensor]) -> int:
@@ -637,7 +611,7 @@ def file_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def lora_run(seed: int) -> dict:
     """LoRA at `lora_rank` on the blocks, the head trained in full; the row and adapter size."""
-    classifier = gpt_adapt.GPTClassifier(backbone(True, seed), pooling=BUDGET.lora_pooling)
+    classifier = adapt.GPTClassifier(backbone(True, seed), pooling=BUDGET.lora_pooling)
     rank = BUDGET.lora_rank
     lora.inject_lora(classifier, BLOCK_TARGETS, rank=rank, alpha=2 * rank, modules_to_save=["head"])
     row = train_classifier(classifier, sets["small"], BUDGET.lora_learning_rate, seed, LORA_EPOCHS)
@@ -653,7 +627,7 @@ print(f"LoRA on the blocks, {BUDGET.lora_pooling} token, test % per seed: {per_s
 full_runs = {best_pooling: central[("small", "pre-trained")]}  # the pre-trained arm's runs
 
 # %%
-model_file_bytes = file_bytes(gpt_adapt.GPTClassifier(backbone(True)).state_dict())
+model_file_bytes = file_bytes(adapt.GPTClassifier(backbone(True)).state_dict())
 rows = []
 for pooling, runs in full_runs.items():
     row = summary(runs)
@@ -760,7 +734,7 @@ display(
 # probabilities of **label words** for the next token: if "… Overall, the movie was" is more
 # likely followed by " great" than by " terrible", call the review positive. Nothing is trained;
 # the labels only measure. Each class may have several words (its score is the summed
-# probability of its words); `gpt_adapt.continuation_log_probs` scores a word of several tokens
+# probability of its words); `adapt.continuation_log_probs` scores a word of several tokens
 # by the sum of their log-probabilities.
 #
 # Two baselines keep the accuracies honest. A prompt that calls every review positive scores the
@@ -790,7 +764,7 @@ def prompt_predictions(demonstrations=(), demonstration_tokens=None) -> dict:
 
     def scores(texts):
         prompts = [
-            gpt_adapt.encode_prompt(
+            adapt.encode_prompt(
                 tokenizer,
                 text,
                 template,
@@ -800,11 +774,11 @@ def prompt_predictions(demonstrations=(), demonstration_tokens=None) -> dict:
             )
             for text in texts
         ]
-        words = gpt_adapt.continuation_log_probs(pretrained, prompts, word_ids, batch_size=64)
-        return gpt_adapt.class_log_probs(words, word_classes)
+        words = adapt.continuation_log_probs(pretrained, prompts, word_ids, batch_size=64)
+        return adapt.class_log_probs(words, word_classes)
 
     raw = scores(prompt_texts)
-    calibrated = gpt_adapt.calibrate(raw, scores(content_free))
+    calibrated = adapt.calibrate(raw, scores(content_free))
     return {"raw": raw.argmax(dim=1), "calibrated": calibrated.argmax(dim=1)}
 
 
@@ -962,7 +936,7 @@ record_path = results.write_result_record(
             "val_bits_per_byte": info["val_bits_per_byte"],
             "weights_sha256_16": checkpoint_hash,
             "pretrained_here_seconds": pretrain_seconds,
-            "config": lm.config_summary(config),
+            "config": pretraining.config_summary(config),
         },
         "recipes": {
             start: {"pooling": pooling, "learning_rate": rate}

@@ -83,19 +83,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from tutorial_lib import (
-    bpe,
-    compress,
-    data,
-    gpt,
-    lm,
-    optim,
-    plots,
-    results,
-    runtime,
-    train,
-    weights,
-)
+from tutorial_lib import compress, data, optim, plots, results, runtime, train, weights
+from tutorial_lib.llm import bpe, gpt, pretraining
 from tutorial_lib.models import BagOfNgrams, TextCNN, count_parameters
 from tutorial_lib.text import (
     TokenizedTexts,
@@ -129,7 +118,7 @@ class Budget:
     kept_layers: tuple[int, ...]  # MiniLM layers kept by structured pruning
     layer_distill_size: int  # reviews the layer-dropped MiniLM is distilled on (0: none)
     layer_distill_epochs: int
-    gpt_pretrain: lm.PretrainConfig  # the stand-in GPT when chapter 8's is absent
+    gpt_pretrain: pretraining.PretrainConfig  # the stand-in GPT when chapter 8's is absent
     gpt_stand_in: gpt.GPTConfig
     group_sizes: tuple[int, ...]  # 4-bit group sizes tried
     sample: dict = field(default_factory=dict)  # overrides on the bundled sample
@@ -155,7 +144,7 @@ BUDGETS = {
         kept_layers=(0, 2, 4),
         layer_distill_size=32,
         layer_distill_epochs=1,
-        gpt_pretrain=lm.PretrainConfig(
+        gpt_pretrain=pretraining.PretrainConfig(
             batch_size=8, learning_rate=3e-3, steps=10, eval_every=10, warmup_steps=2
         ),
         gpt_stand_in=gpt.GPTConfig(
@@ -185,7 +174,7 @@ BUDGETS = {
         kept_layers=(0, 2, 4),
         layer_distill_size=1_000,
         layer_distill_epochs=1,
-        gpt_pretrain=lm.PretrainConfig(
+        gpt_pretrain=pretraining.PretrainConfig(
             batch_size=8, learning_rate=3e-3, steps=200, eval_every=100, warmup_steps=20
         ),
         gpt_stand_in=gpt.GPTConfig(
@@ -208,7 +197,7 @@ BUDGETS = {
             sparsity_eval_size=96,
             emulated_bf16_size=96,  # the fewest `measure` takes: 2 warm-up batches of 32 + 1 timed
             layer_distill_size=64,
-            gpt_pretrain=lm.PretrainConfig(
+            gpt_pretrain=pretraining.PretrainConfig(
                 batch_size=8, learning_rate=3e-3, steps=30, eval_every=30, warmup_steps=3
             ),
         ),
@@ -232,7 +221,7 @@ BUDGETS = {
         kept_layers=(0, 2, 4, 6, 8, 10),
         layer_distill_size=8_000,
         layer_distill_epochs=1,
-        gpt_pretrain=lm.PretrainConfig(
+        gpt_pretrain=pretraining.PretrainConfig(
             batch_size=16, learning_rate=2e-3, steps=1_000, eval_every=500, warmup_steps=50
         ),
         gpt_stand_in=gpt.GPTConfig(
@@ -623,11 +612,13 @@ print(
 # on chapter 8's validation reviews.
 
 # %%
-gpt_dir = lm.pretrained_dir(run.profile)
-documents = lm.pretraining_documents(imdb, lm.PRETRAINING_RUNS[run.profile])  # chapter 8's
-gpt_train_texts, gpt_val_texts = lm.split_documents(documents, val_fraction=0.05, seed=0)
+gpt_dir = pretraining.pretrained_dir(run.profile)
+documents = pretraining.pretraining_documents(
+    imdb, pretraining.PRETRAINING_RUNS[run.profile]
+)  # chapter 8's
+gpt_train_texts, gpt_val_texts = pretraining.split_documents(documents, val_fraction=0.05, seed=0)
 if (gpt_dir / "model.pt").is_file():
-    gpt_model, gpt_tokenizer, gpt_info = lm.load_pretrained(gpt_dir)
+    gpt_model, gpt_tokenizer, gpt_info = pretraining.load_pretrained(gpt_dir)
     print(f"loaded chapter 8's GPT from {runtime.display_path(gpt_dir)}")
 else:
     runtime.notice(
@@ -639,25 +630,25 @@ else:
     gpt_tokenizer = bpe.train_tokenizer(gpt_train_texts, BUDGET.gpt_stand_in.vocab_size)
     runtime.seed_everything(0)
     gpt_model = gpt.GPT(BUDGET.gpt_stand_in)
-    lm.pretrain(
+    pretraining.pretrain(
         gpt_model,
-        lm.encode_documents(gpt_tokenizer, gpt_train_texts),
-        lm.encode_documents(gpt_tokenizer, gpt_val_texts),
+        pretraining.encode_documents(gpt_tokenizer, gpt_train_texts),
+        pretraining.encode_documents(gpt_tokenizer, gpt_val_texts),
         BUDGET.gpt_pretrain,
         generator=torch.Generator().manual_seed(0),
         verbose=False,
     )
 gpt_model = gpt_model.to(cpu).eval()
-gpt_val_tokens = lm.encode_documents(gpt_tokenizer, gpt_val_texts)
-gpt_val_bytes = lm.text_bytes(gpt_val_texts)
+gpt_val_tokens = pretraining.encode_documents(gpt_tokenizer, gpt_val_texts)
+gpt_val_bytes = pretraining.text_bytes(gpt_val_texts)
 gpt_val_loader = DataLoader(
-    lm.TokenChunks(gpt_val_tokens, gpt_model.config.context_length), batch_size=16
+    pretraining.TokenChunks(gpt_val_tokens, gpt_model.config.context_length), batch_size=16
 )
 
 
 def gpt_bits_per_byte(model: nn.Module) -> float:
     nats = train.evaluate(model, gpt_val_loader, gpt.lm_loss, device=cpu)["loss"]
-    return lm.bits_per_byte(nats, len(gpt_val_tokens), gpt_val_bytes)
+    return pretraining.bits_per_byte(nats, len(gpt_val_tokens), gpt_val_bytes)
 
 
 print(f"{len(gpt_val_texts):,} validation reviews, {len(gpt_val_tokens):,} tokens")

@@ -79,19 +79,8 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from tutorial_lib import (
-    chat,
-    compress,
-    data,
-    gpt,
-    gpt_adapt,
-    instruct,
-    lm,
-    metrics,
-    plots,
-    results,
-    runtime,
-)
+from tutorial_lib import compress, data, metrics, plots, results, runtime
+from tutorial_lib.llm import adapt, chat, gpt, instruct, pretraining
 from tutorial_lib.models import count_parameters
 
 
@@ -220,42 +209,21 @@ print(results.published_time(results.read_published_record("11_instruction_tunin
 # %% [markdown]
 # ## Chapter 8's model
 #
-# As in chapter 9: chapter 8's saved model and tokenizer are loaded from `results/models/`; when
-# they are missing or were pre-trained on other data than this run reads, chapter 8's
-# pre-training runs here first, through the same package function, and says so.
+# As in chapter 9: `pretraining.load_or_pretrain` loads chapter 8's saved model and tokenizer
+# from `results/models/`; when they are missing, were pre-trained on other data than this run
+# reads or have another shape than today's recipe, chapter 8's pre-training runs here first,
+# through the same package function, and says so.
 
 # %%
 imdb = data.load_imdb()
-saved = lm.pretrained_dir(run.profile)
-pretrain_seconds, pretrained_here = 0.0, False
-try:
-    pretrained, tokenizer, info = lm.load_pretrained(saved)
-except FileNotFoundError:
-    info = None
-if info is not None and info.get("data") != imdb.source.kind:
-    runtime.notice(
-        f"Chapter 8's saved model was pre-trained on the {info.get('data')}, and this run "
-        f"reads the {imdb.source.kind}: pre-training again on the same data."
-    )
-    info = None
-elif info is not None and pretrained.config != lm.PRETRAINING_RUNS[run.profile].model:
-    runtime.notice(
-        "Chapter 8's saved model was made by an older recipe of this profile (another shape): "
-        "pre-training again with today's."
-    )
-    info = None
-elif info is None:
-    runtime.notice(
-        f"Chapter 8's model is not at {runtime.display_path(saved)}: running chapter 8's "
-        "pre-training first (lm.pretrain_on_imdb), then saving it there."
-    )
-if info is None:
-    started = time.perf_counter()
-    pretrained, tokenizer, info = lm.pretrain_on_imdb(
-        imdb, lm.PRETRAINING_RUNS[run.profile], generator=generator, verbose=False
-    )
-    pretrain_seconds, pretrained_here = time.perf_counter() - started, True
-    lm.save_pretrained(saved, pretrained, tokenizer, info)
+chapter_8 = pretraining.load_or_pretrain(
+    imdb,
+    pretraining.PRETRAINING_RUNS[run.profile],
+    pretraining.pretrained_dir(run.profile),
+    generator=generator,
+)
+pretrained, tokenizer, info = chapter_8.model, chapter_8.tokenizer, chapter_8.info
+pretrain_seconds, pretrained_here = chapter_8.seconds, chapter_8.trained_here
 config = pretrained.config
 print(
     f"GPT: {config.n_layer} layers, {config.n_embd} wide, context {config.context_length}, "
@@ -393,7 +361,7 @@ print(f"apply_chat_template's {sum(t >= config.vocab_size for t in hf_trap)}")
 # - **write**: "Write a positive movie review." → the beginning of a training review with that
 #   label.
 #
-# The labelled reviews are chapter 9's (`gpt_adapt.labelled_splits`: the same training reviews
+# The labelled reviews are chapter 9's (`adapt.labelled_splits`: the same training reviews
 # at the larger label budget, the same validation reviews, the same test reviews), so the
 # sentiment answers can be compared with chapter 9's classifier on the same reviews. Some
 # phrasings are **held out**: they appear only in the test questions, half of which use them.
@@ -414,7 +382,7 @@ if imdb.source.is_sample:
     val_count = min(val_count, len(imdb.train.texts) - large_budget)
     test_count = min(test_count, len(imdb.test.texts))
     rating_count, write_count = min(rating_count, large_budget), min(write_count, large_budget)
-splits = gpt_adapt.labelled_splits(
+splits = adapt.labelled_splits(
     len(imdb.train.texts), len(imdb.test.texts), (small_budget, large_budget), val_count, test_count
 )
 sets = instruct.instruction_sets(
@@ -607,7 +575,7 @@ print(
 # %%
 first_new = config.vocab_size
 grown_state = {k: v.clone() for k, v in grown.state_dict().items()}
-pad_id = gpt_adapt.end_of_text_id(chat_tokenizer)
+pad_id = adapt.end_of_text_id(chat_tokenizer)
 unmasked_set = instruct.ChatExamples(chat_tokenizer, sets["train"], context, masked=False)
 write_requests = {
     kind: instruct.write_prompts(BUDGET.write_requests, held_out=kind == "held-out", seed=11)
@@ -1094,21 +1062,21 @@ display(
 # ## Something to talk to
 #
 # The first seed of the fully fine-tuned pre-trained model is saved with its tokenizer (the chat
-# tokens included) and the template, by chapter 8's `lm.save_pretrained`: each file written
+# tokens included) and the template, by chapter 8's `pretraining.save_pretrained`: each file written
 # atomically, the tokenizer's fingerprint checked on load, read with `weights_only=True`. Then a
 # scripted conversation, each reply streamed token by token as `instruct.stream_reply` produces
 # it:
 
 # %%
 chat_model = runs["full, pre-trained"][0]["model"]
-chat_dir = chat.default_folder(run.profile)  # where python -m tutorial_lib.chat looks
-lm.save_pretrained(
+chat_dir = chat.default_folder(run.profile)  # where python -m tutorial_lib.llm.chat looks
+pretraining.save_pretrained(
     chat_dir,
     chat_model,
     chat_tokenizer,
     {"chat_template": instruct.CHAT_TEMPLATE, "data": imdb.source.kind},
 )
-chat_model, chat_tokenizer, chat_info = lm.load_pretrained(chat_dir)
+chat_model, chat_tokenizer, chat_info = pretraining.load_pretrained(chat_dir)
 print(f"saved and loaded back: {runtime.display_path(chat_dir)}")
 script = [
     "Is this movie review positive or negative?\n\nThe acting was wooden, the plot made no "
@@ -1156,12 +1124,12 @@ for turn in script:
 # To talk to it yourself, run in a terminal at the top of the repository:
 #
 # ```bash
-# python -m tutorial_lib.chat                    # the model this chapter saved (cpu profile)
-# python -m tutorial_lib.chat --temperature 0    # greedy: the same reply every time
+# python -m tutorial_lib.llm.chat                    # the model this chapter saved (cpu profile)
+# python -m tutorial_lib.llm.chat --temperature 0    # greedy: the same reply every time
 # ```
 #
 # Replies stream as they are generated; `/reset` starts a new conversation and `/quit` (or
-# Ctrl-D, or Ctrl-C) ends it. `tutorial_lib/chat.py` is under 200 lines: the same
+# Ctrl-D, or Ctrl-C) ends it. `tutorial_lib/llm/chat.py` is under 200 lines: the same
 # `instruct.render_chat`, `fit_to_context` and `stream_reply` as above, around `input()`.
 
 # %% [markdown]
@@ -1214,7 +1182,7 @@ record_path = results.write_result_record(
         "pretrained": {
             "val_bits_per_byte": info["val_bits_per_byte"],
             "pretrained_here_seconds": pretrain_seconds,
-            "config": lm.config_summary(config),
+            "config": pretraining.config_summary(config),
         },
         "recipes": {
             arm: {"method": m, "learning_rate": r} for arm, (m, _, r, _, _) in ARMS.items()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import tutorial_lib
-from tutorial_lib import bpe, lm
 from tutorial_lib.data.imdb import read_imdb_sample
+from tutorial_lib.llm import bpe, pretraining
 
 SAMPLE = Path(tutorial_lib.__file__).parent / "samples" / "imdb_sample.jsonl.gz"
 
@@ -16,7 +16,7 @@ SAMPLE = Path(tutorial_lib.__file__).parent / "samples" / "imdb_sample.jsonl.gz"
 @pytest.fixture(scope="module")
 def reviews() -> list[str]:
     sample = read_imdb_sample(SAMPLE)  # the bundled sample, whatever TUTORIAL_DATA_DIR says
-    return [lm.clean_review(text) for text in sample.train.texts[:120]]
+    return [pretraining.clean_review(text) for text in sample.train.texts[:120]]
 
 
 NON_ASCII = [
@@ -94,7 +94,7 @@ def test_a_quoted_end_of_text_inside_a_text_stays_text():
     for ids, text in zip(encoded, texts, strict=True):
         assert end_of_text not in ids
         assert tokenizer.decode(ids) == text
-    stream = lm.encode_documents(tokenizer, texts, check_round_trip=True)
+    stream = pretraining.encode_documents(tokenizer, texts, check_round_trip=True)
     assert (stream == end_of_text).sum() == len(texts), "one boundary per document, no more"
 
 
@@ -103,8 +103,8 @@ def test_a_quoted_end_of_text_inside_a_text_stays_text():
     [
         lambda text: bpe.train_tokenizer(text, 300),
         lambda text: bpe.ByteLevelBPE.train(text, 300),
-        lambda text: lm.split_documents(text, 0.1),
-        lambda text: lm.encode_documents(bpe.train_tokenizer(["ab cd"], 260), text),
+        lambda text: pretraining.split_documents(text, 0.1),
+        lambda text: pretraining.encode_documents(bpe.train_tokenizer(["ab cd"], 260), text),
         lambda text: bpe.encode_texts(bpe.train_tokenizer(["ab cd"], 260), text),
     ],
     ids=["train_tokenizer", "ByteLevelBPE.train", "split_documents", "encode_documents",

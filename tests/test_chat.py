@@ -1,4 +1,4 @@
-"""`python -m tutorial_lib.chat`: driven through standard input, as a reader types."""
+"""`python -m tutorial_lib.llm.chat`: driven through standard input, as a reader types."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from tutorial_lib import bpe, chat, instruct, lm
-from tutorial_lib.gpt import GPT, GPTConfig
+from tutorial_lib.llm import bpe, chat, instruct, pretraining
+from tutorial_lib.llm.gpt import GPT, GPTConfig
 
 TEXTS = [
     "A wonderful film, the acting was great and I loved every minute of it.",
@@ -32,7 +32,7 @@ def save_model(folder, with_chat_tokens: bool = True, context: int = 96, info=No
         n_embd=16,
     )
     model = GPT(config)
-    lm.save_pretrained(folder, model, tokenizer, info)
+    pretraining.save_pretrained(folder, model, tokenizer, info)
     return model, tokenizer
 
 
@@ -107,7 +107,7 @@ def test_the_module_runs_as_a_command(tmp_path):
         [
             sys.executable,
             "-m",
-            "tutorial_lib.chat",
+            "tutorial_lib.llm.chat",
             str(tmp_path / "model"),
             "--max-new-tokens",
             "4",

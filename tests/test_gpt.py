@@ -1,4 +1,4 @@
-"""tutorial_lib.gpt against transformers' GPT2LMHeadModel, and its KV cache against no cache."""
+"""tutorial_lib.llm.gpt against transformers' GPT2LMHeadModel, and its KV cache against no cache."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from tutorial_lib import gpt
+from tutorial_lib.llm import gpt
 from tutorial_lib.models import count_parameters
 
 VOCAB = 97

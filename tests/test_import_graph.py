@@ -86,5 +86,31 @@ def test_relative_and_from_imports_are_edges():
     modules = {"tutorial_lib.lora", "tutorial_lib.training.checkpoints", "tutorial_lib.training"}
     lora = PACKAGE / "lora.py"
     assert "tutorial_lib.training.checkpoints" in imported_modules(lora, modules)
-    lm = PACKAGE / "lm.py"
-    assert "tutorial_lib.train" in imported_modules(lm, {*modules, "tutorial_lib.train"})
+    pretraining = PACKAGE / "llm" / "pretraining.py"
+    assert "tutorial_lib.train" in imported_modules(pretraining, {*modules, "tutorial_lib.train"})
+
+
+def test_only_the_language_model_family_imports_it():
+    """``tutorial_lib.llm`` builds on the general helpers (the loop, LoRA, quantization), never
+    the other way: a chapter 1-7 helper must work without the language-model code."""
+    graph = import_graph()
+    outside = {module for module in graph if not module.startswith("tutorial_lib.llm")}
+    leaks = {
+        module: sorted(i for i in graph[module] if i.startswith("tutorial_lib.llm"))
+        for module in outside
+    }
+    assert not {module: found for module, found in leaks.items() if found}
+
+
+LLM_STAGES = ["bpe", "gpt", "pretraining", "adapt", "instruct", "chat"]
+
+
+def test_the_language_model_stages_import_earlier_stages_only():
+    graph = import_graph()
+    stages = [f"tutorial_lib.llm.{stage}" for stage in LLM_STAGES]
+    assert set(stages) <= set(graph), "tutorial_lib/llm/__init__.py lists every stage"
+    for position, module in enumerate(stages):
+        later = {i for i in graph[module] if i.startswith("tutorial_lib.llm.")} - set(
+            stages[:position]
+        )
+        assert not later, f"{module} imports a later stage: {sorted(later)}"

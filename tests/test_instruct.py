@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorial_lib import bpe, compress, instruct, lora, train
-from tutorial_lib.gpt import GPT, GPTConfig
+from tutorial_lib import compress, lora, train
+from tutorial_lib.llm import bpe, instruct
+from tutorial_lib.llm.gpt import GPT, GPTConfig
 
 TEXTS = [
     "A wonderful film, the acting was great and I loved every minute of it.",

@@ -9,13 +9,10 @@ Organised by concern, not by chapter:
   ``efficientnet_keys``: the key map that puts the offline EfficientNet weights onto timm;
 - ``models``: the chapter networks; ``conv``: chapter 1's convolution math; ``text``: tokens,
   vocabularies and batches for the text chapters; ``lora``: chapter 6's LoRA, written out;
-- ``gpt``: chapter 8's GPT, its import from ``transformers`` and generation with a KV cache;
-  ``bpe``: byte-level BPE by hand and with ``tokenizers``; ``lm``: the language-model corpus,
-  baselines, compute accounting and pre-training; ``gpt_adapt``: chapter 9's classifier on
-  that GPT and prompting it; ``compress``: chapter 10's measuring helper, quantization
-  (also the 4-bit layer QLoRA trains on), distillation and pruning; ``instruct``: chapter 11's
-  chat template, instruction data, loss on the assistant's tokens and answers by generation;
-  ``chat``: the terminal chat (``python -m tutorial_lib.chat``);
+- ``compress``: chapter 10's measuring helper, quantization (also the 4-bit layer QLoRA
+  trains on), distillation and pruning;
+- ``llm``: the language model, one module per stage (see its docstring): ``bpe``, ``gpt``,
+  ``pretraining``, ``adapt``, ``instruct``, ``chat``;
 - ``train``: the one training loop, a façade over ``training``, whose modules import one way:
   ``loop`` (``fit``, ``train_step``, ``evaluate``) → ``state`` (what a run carries from epoch
   to epoch) → ``strategy`` (where it runs: one device, DDP or FSDP2 under ``torchrun``) →

@@ -28,9 +28,10 @@ PUBLISHED_DIR = Path("results") / "published"
 
 
 REFERENCE_TOKENS_PER_SECOND = 3_600
-"""The yardstick of the reference machine (:func:`tutorial_lib.lm.measure_yardstick`): chapter
-8's ``cpu`` GPT trained at 3,610 tokens/s on the 2-core AVX2 AMD EPYC of 2026-12-07, the slowest
-machine this book has run on. A chapter's ``cpu`` run is held to 30 reference minutes."""
+"""The yardstick of the reference machine
+(:func:`tutorial_lib.llm.pretraining.measure_yardstick`): chapter 8's ``cpu`` GPT trained at
+3,610 tokens/s on the 2-core AVX2 AMD EPYC of 2026-12-07, the slowest machine this book has run
+on. A chapter's ``cpu`` run is held to 30 reference minutes."""
 
 REFERENCE_MINUTES_TARGET = 30
 """The most reference minutes a chapter's ``cpu`` run may take: one sitting for a reader."""

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import bpe
 from .gpt import GPT, GPTConfig, next_token
-from .lm import clean_review
+from .pretraining import clean_review
 
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
@@ -195,7 +195,8 @@ def hf_chat_tokenizer(tokenizer: Any) -> Any:
     """Return a ``transformers.PreTrainedTokenizerFast`` wrapping ``tokenizer`` with
     :data:`CHAT_TEMPLATE`, end-of-turn as its end-of-sequence token and end-of-text as padding,
     so that ``apply_chat_template`` renders this book's template (its ``save_pretrained`` would
-    write a folder ``AutoTokenizer`` reads back; chapter 11 saves with ``lm.save_pretrained``).
+    write a folder ``AutoTokenizer`` reads back; chapter 11 saves with
+    ``pretraining.save_pretrained``).
 
     Raises:
         ValueError: if the tokenizer has no chat tokens.
@@ -353,7 +354,7 @@ def instruction_sets(
     test_rating_reviews: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """Return chapter 11's examples, built by :func:`conversations` from ``splits``
-    (:func:`tutorial_lib.gpt_adapt.labelled_splits`: ``"large"`` and ``"val"`` index ``train``,
+    (:func:`tutorial_lib.llm.adapt.labelled_splits`: ``"large"`` and ``"val"`` index ``train``,
     ``"test"`` indexes ``test``):
 
     - ``"train"``: the sentiment of every ``"large"`` review, the rating of its first
@@ -442,9 +443,9 @@ def train_ngram_judge(
     The model is trained by :func:`tutorial_lib.train.fit` and keeps its best validation epoch;
     the function carries ``judge.val_accuracy``.
     """
-    from . import train
-    from .models import BagOfNgrams
-    from .text import Vocabulary, encode_texts, tokenize, with_bigrams
+    from .. import train
+    from ..models import BagOfNgrams
+    from ..text import Vocabulary, encode_texts, tokenize, with_bigrams
 
     longest = 511  # 256 words and their bigrams: a generated review is shorter
 
@@ -645,7 +646,7 @@ def instruction_tune(
     Raises:
         ValueError: if ``epochs`` or ``batch_size`` is below 1, or as ``train.fit``.
     """
-    from . import optim, train
+    from .. import optim, train
 
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be at least 1, not {epochs}, {batch_size}")
@@ -761,7 +762,7 @@ def prepare_for_tuning(
     Raises:
         ValueError: for an unknown ``method``.
     """
-    from . import compress, lora
+    from .. import compress, lora
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")

@@ -1,9 +1,9 @@
 """A terminal chat with chapter 11's instruction-tuned GPT.
 
-    python -m tutorial_lib.chat [FOLDER] [--temperature 0.8] [--top-p 0.95]
+    python -m tutorial_lib.llm.chat [FOLDER] [--temperature 0.8] [--top-p 0.95]
 
-``FOLDER`` is a model saved by chapter 11 (``lm.save_pretrained`` with the chat tokens in its
-tokenizer); by default the one chapter 11 saved under the current profile
+``FOLDER`` is a model saved by chapter 11 (``pretraining.save_pretrained`` with the chat tokens
+in its tokenizer); by default the one chapter 11 saved under the current profile
 (``results/models/11_instruction_tuning.<profile>``). Replies stream token by token. The
 conversation is kept inside the model's context by dropping its oldest exchanges, and the chat
 says so when it does. ``/reset`` starts a new conversation, ``/quit``, Ctrl-D or Ctrl-C ends it.
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from . import instruct, lm, runtime
-from .results import results_dir
-from .training.checkpoints import CheckpointError
+from .. import runtime
+from ..results import results_dir
+from ..training.checkpoints import CheckpointError
+from . import instruct, pretraining
 
 CHAPTER = "11_instruction_tuning"
 
@@ -32,7 +33,7 @@ def default_folder(profile: str | None = None) -> Path:
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tutorial_lib.chat", description=__doc__.splitlines()[0]
+        prog="python -m tutorial_lib.llm.chat", description=__doc__.splitlines()[0]
     )
     parser.add_argument("folder", nargs="?", help="a model folder saved by chapter 11")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 answers greedily")
@@ -69,11 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        model, tokenizer, info = lm.load_pretrained(folder)
+        model, tokenizer, info = pretraining.load_pretrained(folder)
     except FileNotFoundError as error:
         print(
             f"error: no saved model in {folder} ({error}). Run chapter 11 to save one, or name "
-            "a folder it saved: python -m tutorial_lib.chat FOLDER",
+            "a folder it saved: python -m tutorial_lib.llm.chat FOLDER",
             file=sys.stderr,
         )
         return 2

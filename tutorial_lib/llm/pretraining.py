@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +28,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tutorial_lib import bpe, data, optim, train
-from tutorial_lib.gpt import GPT, GPTConfig, check_token_ids, lm_loss
+from tutorial_lib import data, optim, train
+from tutorial_lib.llm import bpe
+from tutorial_lib.llm.gpt import GPT, GPTConfig, check_token_ids, lm_loss
 from tutorial_lib.results import results_dir
+from tutorial_lib.runtime import display_path, notice
 from tutorial_lib.training import checkpoints
 from tutorial_lib.training.state import History
 
@@ -620,6 +623,66 @@ def load_pretrained(folder: Path | str) -> tuple[GPT, Any, dict[str, Any]]:
     return model, tokenizer, dict(state.get("info") or {})
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """Chapter 8's model as a later chapter starts from it (:func:`load_or_pretrain`)."""
+
+    model: GPT
+    tokenizer: Any
+    info: dict[str, Any]
+    trained_here: bool
+    """True when this run pre-trained it (nothing usable was saved)."""
+    seconds: float
+    """The seconds that pre-training took here; 0.0 when loaded."""
+
+
+def load_or_pretrain(
+    imdb: Any, run: PretrainingRun, folder: Path | str, *, generator: torch.Generator
+) -> Pretrained:
+    """Load chapter 8's model and tokenizer from ``folder``; when they are missing, were
+    pre-trained on other data than ``imdb`` reads, or have another shape than ``run.model``
+    (an older recipe), repeat chapter 8's pre-training (:func:`pretrain_on_imdb` with ``run``),
+    save it to ``folder`` and say why in a notice.
+
+    Chapters 9 to 12 start here, so that each can be opened alone (on Colab, say).
+
+    Returns:
+        a :class:`Pretrained`: the model, the tokenizer, chapter 8's ``info``, and whether and
+        how long this call pre-trained.
+
+    Raises:
+        checkpoints.CheckpointError: if ``folder`` holds files that cannot be read as a saved
+            pair (they are not replaced silently: the error says to delete the folder).
+    """
+    folder = Path(folder)
+    try:
+        model, tokenizer, info = load_pretrained(folder)
+    except FileNotFoundError:
+        reason = (
+            f"Chapter 8's model is not at {display_path(folder)}: running chapter 8's "
+            "pre-training first (pretraining.pretrain_on_imdb), then saving it there."
+        )
+    else:
+        if info.get("data") != imdb.source.kind:
+            reason = (
+                f"Chapter 8's saved model was pre-trained on the {info.get('data')}, and this "
+                f"run reads the {imdb.source.kind}: pre-training again on the same data."
+            )
+        elif model.config != run.model:
+            reason = (
+                "Chapter 8's saved model was made by an older recipe of this profile (another "
+                "shape): pre-training again with today's."
+            )
+        else:
+            return Pretrained(model, tokenizer, info, trained_here=False, seconds=0.0)
+    notice(reason)
+    started = time.perf_counter()
+    model, tokenizer, info = pretrain_on_imdb(imdb, run, generator=generator, verbose=False)
+    seconds = time.perf_counter() - started
+    save_pretrained(folder, model, tokenizer, info)
+    return Pretrained(model, tokenizer, info, trained_here=True, seconds=seconds)
+
+
 def measure_yardstick(seconds: float = 20.0, warmup_steps: int = 3) -> dict[str, Any]:
     """Measure this machine's yardstick and return it: the training throughput (tokens/s) of
     chapter 8's ``cpu`` GPT at its ``cpu`` shape, trained as :func:`pretrain` trains it (fp32,
@@ -637,7 +700,6 @@ def measure_yardstick(seconds: float = 20.0, warmup_steps: int = 3) -> dict[str,
         ValueError: if ``seconds`` is not positive or ``warmup_steps`` is negative.
     """
     import statistics
-    import time
 
     if not seconds > 0 or warmup_steps < 0:
         raise ValueError(

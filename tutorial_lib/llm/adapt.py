@@ -19,10 +19,10 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
+from ..text import truncate
 from . import bpe
 from .gpt import GPT, check_token_ids
-from .lm import clean_review
-from .text import truncate
+from .pretraining import clean_review
 
 Pooling = Literal["last", "mean"]
 POOLINGS: tuple[Pooling, ...] = ("last", "mean")
@@ -271,8 +271,8 @@ def fine_tune(
     Raises:
         ValueError: if ``epochs`` or ``batch_size`` is below 1, or as ``train.fit``.
     """
-    from . import optim, train
-    from .models import count_parameters
+    from .. import optim, train
+    from ..models import count_parameters
 
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be at least 1, not {epochs}, {batch_size}")
