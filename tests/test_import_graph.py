@@ -102,7 +102,7 @@ def test_only_the_language_model_family_imports_it():
     assert not {module: found for module, found in leaks.items() if found}
 
 
-LLM_STAGES = ["bpe", "gpt", "pretraining", "adapt", "instruct", "chat"]
+LLM_STAGES = ["bpe", "gpt", "pretraining", "adapt", "instruct", "chat", "preference"]
 
 
 def test_the_language_model_stages_import_earlier_stages_only():

@@ -262,3 +262,14 @@ def test_length_grouped_batches_use_every_example_once_and_pad_less_than_random_
     assert padded < 0.8 * sum(max(lengths[i] for i in b) * len(b) for b in random_batches)
     again = list(instruct.LengthGroupedBatches(lengths, 16, torch.Generator().manual_seed(0), 4))
     assert again == batches, "the same generator seed draws the same batches"
+
+
+def test_the_ngram_judge_gives_probabilities_and_their_finite_log_odds():
+    labels = [1, 0, 1, 0] * 5
+    judge = instruct.train_ngram_judge(TEXTS, labels, TEXTS[:4], labels[:4], epochs=3)
+    texts = ["A wonderful film, great acting.", "Terrible plot, boring and bad."]
+    odds = judge.log_odds(texts)
+    assert torch.allclose(judge(texts), odds.sigmoid())
+    assert odds[0] > 0 > odds[1], "the words of the positive reviews score positive"
+    assert torch.isfinite(judge.log_odds(["great " * 200])).all()
+    assert 0.5 <= judge.val_accuracy <= 1.0

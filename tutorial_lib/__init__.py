@@ -12,7 +12,7 @@ Organised by concern, not by chapter:
 - ``compress``: chapter 10's measuring helper, quantization (also the 4-bit layer QLoRA
   trains on), distillation and pruning;
 - ``llm``: the language model, one module per stage (see its docstring): ``bpe``, ``gpt``,
-  ``pretraining``, ``adapt``, ``instruct``, ``chat``;
+  ``pretraining``, ``adapt``, ``instruct``, ``chat``, ``preference``;
 - ``train``: the one training loop, a façade over ``training``, whose modules import one way:
   ``loop`` (``fit``, ``train_step``, ``evaluate``) → ``state`` (what a run carries from epoch
   to epoch) → ``strategy`` (where it runs: one device, DDP or FSDP2 under ``torchrun``) →

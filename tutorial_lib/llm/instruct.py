@@ -441,7 +441,8 @@ def train_ngram_judge(
     the "write a review" task when no chapter 4 classifier is saved.
 
     The model is trained by :func:`tutorial_lib.train.fit` and keeps its best validation epoch;
-    the function carries ``judge.val_accuracy``.
+    the function carries ``judge.val_accuracy`` and ``judge.log_odds``, a function from texts to
+    ``log p(positive) - log p(negative)`` (finite where the probability rounds to 0 or 1).
     """
     from .. import train
     from ..models import BagOfNgrams
@@ -478,10 +479,14 @@ def train_ngram_judge(
     model.eval()
 
     @torch.no_grad()
-    def judge(batch: Sequence[str]) -> torch.Tensor:
-        ids = encode_texts(vocabulary, ngrams(batch), longest)
-        return model(ids).softmax(dim=-1)[:, 1]
+    def log_odds(batch: Sequence[str]) -> torch.Tensor:
+        logits = model(encode_texts(vocabulary, ngrams(batch), longest))
+        return logits[:, 1] - logits[:, 0]
 
+    def judge(batch: Sequence[str]) -> torch.Tensor:
+        return log_odds(batch).sigmoid()
+
+    judge.log_odds = log_odds  # log p(positive) - log p(negative): chapter 12's gold reward
     judge.val_accuracy = max(float(a) for a in history["val_accuracy"])
     return judge
 
