@@ -420,3 +420,29 @@ def test_value_at_kl_interpolates_where_a_run_first_reaches_the_kl():
     assert preference.value_at_kl(path[1:], 1.0) is None, "below the first measured point"
     with pytest.raises(ValueError, match="two"):
         preference.value_at_kl(path[:1], 1.0)
+
+
+def test_bad_scores_and_mismatched_reference_logprobs_are_refused_with_what_to_do():
+    first = samples_of([[1, 2, 5, 6], [1, 3, 5, 0]], 2)
+    second = samples_of([[1, 2, 6, 6], [1, 3, 7, 0]], 2)
+    with pytest.raises(ValueError, match="finite"):
+        preference.preference_pairs(
+            first, second, torch.tensor([1.0, float("nan")]), torch.zeros(2)
+        )
+    pairs = preference.preference_pairs(first, second, torch.ones(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="reference_logprobs"):
+        preference.pair_loader(pairs, 2, reference_logprobs=(torch.zeros(3), torch.zeros(3)))
+    with pytest.raises(ValueError, match="reference_logprobs"):
+        preference.pair_loader(
+            pairs, 2, reference_logprobs=(torch.zeros(2), torch.tensor([0.0, float("-inf")]))
+        )
+    with pytest.raises(ValueError, match="finite"):
+        preference.group_advantages(torch.tensor([[1.0, float("inf")]]))
+    policy, reference = tiny_model(0), tiny_model(0)
+    prompts = torch.randint(1, VOCAB, (4, 3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="one finite score per sample"):
+        preference.train_rl(
+            policy, reference, lambda s: torch.zeros(len(s), 1), prompts, new_tokens=3,
+            end_id=END, steps=1, prompts_per_step=2, group_size=2, beta=0.1,
+            learning_rate=1e-3, generator=torch.Generator(),
+        )  # fmt: skip

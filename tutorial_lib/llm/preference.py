@@ -340,6 +340,8 @@ def preference_pairs(
         raise ValueError("pair i must continue the same prompt in both sets")
     if first_scores.shape != (len(first),) or second_scores.shape != (len(second),):
         raise ValueError(f"need one score per sample: ({len(first)},) each")
+    if not (torch.isfinite(first_scores).all() and torch.isfinite(second_scores).all()):
+        raise ValueError("a score is not a finite number: it cannot decide a preference")
     # identical: the same tokens that count (what follows an end-of-text does not)
     same = (first.mask == second.mask).all(dim=1)
     same &= ((first.continuation == second.continuation) | ~first.mask).all(dim=1)
@@ -370,7 +372,22 @@ def pair_loader(
     ``inputs`` holds ``chosen``, ``rejected`` and their masks (and, for DPO, the reference's
     ``(chosen, rejected)`` log-probabilities); ``targets`` is 0 for every pair — "the first
     answer is the preferred one" — so that cross-entropy on the two rewards is the
-    Bradley-Terry loss and ``fit``'s accuracy is the share of pairs ranked right."""
+    Bradley-Terry loss and ``fit``'s accuracy is the share of pairs ranked right.
+
+    Raises:
+        ValueError: if the pairs are empty or ``reference_logprobs`` is not two finite ``(n,)``
+            tensors for the ``n`` pairs (computed for other pairs, say).
+    """
+    if len(pairs) == 0:
+        raise ValueError("no pairs to batch")
+    if reference_logprobs is not None:
+        if len(reference_logprobs) != 2 or any(
+            r.shape != (len(pairs),) or not torch.isfinite(r).all() for r in reference_logprobs
+        ):
+            raise ValueError(
+                f"reference_logprobs must be (chosen, rejected), two finite tensors of shape "
+                f"({len(pairs)},): the reference's log-probabilities of these pairs"
+            )
     tensors = [pairs.chosen.ids, pairs.chosen.mask, pairs.rejected.ids, pairs.rejected.mask]
     if reference_logprobs is not None:
         tensors += list(reference_logprobs)
@@ -542,6 +559,8 @@ def group_advantages(scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """
     if scores.dim() != 2 or scores.shape[1] < 2:
         raise ValueError(f"scores must be (prompts, group ≥ 2), not {tuple(scores.shape)}")
+    if not torch.isfinite(scores).all():
+        raise ValueError("a reward is not a finite number: check the reward function")
     centred = scores - scores.mean(dim=1, keepdim=True)
     return centred / (scores.std(dim=1, keepdim=True) + eps)
 
@@ -641,6 +660,11 @@ def train_rl(
         batch = prompts[chosen].repeat_interleave(group_size, dim=0)
         samples = sample(policy, batch, new_tokens, end_id=end_id, generator=generator)
         scores = reward_fn(samples)
+        if scores.shape != (len(samples),) or not torch.isfinite(scores).all():
+            raise ValueError(
+                f"reward_fn must return one finite score per sample, shape ({len(samples)},); "
+                f"got {tuple(scores.shape)}"
+            )
         advantages = group_advantages(scores.view(prompts_per_step, group_size)).flatten()
         with torch.no_grad():
             reference_tokens = token_logprobs(reference, samples.ids, samples.prompt_length)
