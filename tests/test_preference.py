@@ -311,11 +311,15 @@ def test_samples_refuse_a_mask_without_a_first_token_and_wrong_shapes():
         preference.Samples(ids, 5, torch.ones(2, 0, dtype=torch.bool))
 
 
-def test_a_reward_model_is_a_copy_with_one_number_per_text():
-    backbone = tiny_model(0)
+def test_a_reward_model_is_a_trainable_copy_with_one_number_per_text():
+    backbone = tiny_model(0).requires_grad_(False)  # the chapter's frozen reference
     model = preference.reward_model(backbone)
     assert model.backbone is not backbone and isinstance(model.head, nn.Linear)
     assert model.head.out_features == 1
+    assert all(p.requires_grad for p in model.parameters()), "the copy trains"
+    assert not any(p.requires_grad for p in backbone.parameters()), "the reference stays frozen"
+    ids = torch.randint(1, VOCAB, (3, 6), generator=torch.Generator().manual_seed(0))
+    assert model(ids, torch.ones_like(ids)).shape == (3, 1)
 
 
 def test_dpo_equals_trls_dpo_trainer_on_the_same_gpt2_and_pairs(tmp_path):
@@ -446,3 +450,35 @@ def test_bad_scores_and_mismatched_reference_logprobs_are_refused_with_what_to_d
             end_id=END, steps=1, prompts_per_step=2, group_size=2, beta=0.1,
             learning_rate=1e-3, generator=torch.Generator(),
         )  # fmt: skip
+
+
+def test_token_logprobs_equal_one_forward_pass_per_prefix():
+    model = tiny_model(0).eval()
+    ids = torch.randint(1, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = preference.token_logprobs(model, ids, 3)
+        for t in range(3, 7):  # token t given tokens 0 .. t-1, each prefix on its own
+            expected = model(ids[:, :t])[:, -1].log_softmax(-1).gather(1, ids[:, t : t + 1])
+            assert torch.allclose(got[:, t - 3], expected.squeeze(1), atol=1e-5)
+
+
+def test_grpo_kl_penalty_averages_to_the_exact_kl_of_the_policy_from_the_reference():
+    """Schulman's estimator is unbiased for KL(π ‖ π_ref) on samples from π: with no advantage
+    and β = 1 the loss is its mean, which must match the exact one-token KL (a swapped sign or
+    ratio would estimate KL(π_ref ‖ π) or go negative)."""
+    model, other = tiny_model(0).eval(), tiny_model(1).eval()
+    with torch.no_grad():
+        other.lm_head.weight.mul_(8)
+    prompts = torch.tensor([[3, 4, 5]]).repeat(4_000, 1)
+    drawn = preference.sample(
+        model, prompts, 1, end_id=END, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        policy, reference = (preference.token_logprobs(m, drawn.ids, 3) for m in (model, other))
+        p, q = (m(prompts[:1])[0, -1].log_softmax(-1) for m in (model, other))
+    penalty = preference.grpo_loss(policy, reference, torch.zeros(len(drawn)), drawn.mask, 1.0)
+    ratio = reference - policy
+    error = float((ratio.exp() - ratio - 1).std() / math.sqrt(len(drawn)))
+    exact = float((p.exp() * (p - q)).sum())
+    reverse = float((q.exp() * (q - p)).sum())
+    assert abs(float(penalty) - exact) < 4 * error < abs(exact - reverse), (penalty, exact, reverse)

@@ -202,6 +202,9 @@ def sample(
         )
     check_token_ids(prompts, model.config.vocab_size)
     device = next(model.parameters()).device
+    if device.type != "cpu":  # a CPU generator cannot drive sampling on an accelerator
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        generator = torch.Generator(device).manual_seed(seed)
     rows = [
         generate(model, chunk.to(device), new_tokens, temperature=1.0, generator=generator).cpu()
         for chunk in prompts.split(batch_size)
@@ -216,7 +219,9 @@ def sample(
 
 def token_logprobs(model: nn.Module, ids: torch.Tensor, prompt_length: int) -> torch.Tensor:
     """Return ``(n, length - prompt_length)``: ``log π(token | everything before it)`` of each
-    continuation token of ``ids`` (with gradients when called with them)."""
+    continuation token of ``ids`` (with gradients when called with them), on the model's
+    device."""
+    ids = ids.to(next(model.parameters()).device)
     logits = model(ids[:, :-1])[:, prompt_length - 1 :]
     targets = ids[:, prompt_length:]
     return torch.gather(logits.float().log_softmax(dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
@@ -233,7 +238,8 @@ def sequence_logprobs(
     tokens that ``mask`` keeps. ``batch_size`` splits the work and measures: without gradients,
     in evaluation mode (no dropout), on the CPU."""
     if batch_size is None:
-        return (token_logprobs(model, ids, prompt_length) * mask).sum(dim=1)
+        logps = token_logprobs(model, ids, prompt_length)
+        return (logps * mask.to(logps.device)).sum(dim=1)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -414,11 +420,11 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 
 def reward_model(backbone: GPT) -> GPTClassifier:
     """Return a reward model: a copy of ``backbone`` with a one-number head on the last token
-    that counts (``GPTClassifier`` with ``num_classes=1``). Its head starts at zero, so every
-    reward starts at 0."""
+    that counts (``GPTClassifier`` with ``num_classes=1``), every parameter trainable (also when
+    ``backbone`` is frozen). Its head starts at zero, so every reward starts at 0."""
     model = GPTClassifier(copy.deepcopy(backbone), num_classes=1, pooling="last")
     nn.init.zeros_(model.head.weight)
-    return model
+    return model.requires_grad_(True)  # a copy of a frozen reference trains all the same
 
 
 def rewards(model: GPTClassifier, samples: Samples, batch_size: int = 256) -> torch.Tensor:
@@ -595,8 +601,8 @@ def grpo_loss(
         raise ValueError(f"need one advantage per sample, ({policy_logprobs.shape[0]},)")
     log_ratio = reference_logprobs - policy_logprobs
     kl = torch.exp(log_ratio) - log_ratio - 1
-    per_token = advantages.unsqueeze(1) * policy_logprobs - beta * kl
-    mask = mask.float()
+    per_token = advantages.to(kl.device).unsqueeze(1) * policy_logprobs - beta * kl
+    mask = mask.to(kl.device).float()
     return -((per_token * mask).sum(dim=1) / mask.sum(dim=1)).mean()
 
 
@@ -649,6 +655,7 @@ def train_rl(
 
     optimizer = torch.optim.AdamW(param_groups(policy, learning_rate, verbose=False))
     reference.eval()
+    policy.eval()
     history = RLHistory([], [], [], 0.0)
     started = time.perf_counter()
     for step in range(steps + 1):
@@ -668,7 +675,8 @@ def train_rl(
         advantages = group_advantages(scores.view(prompts_per_step, group_size)).flatten()
         with torch.no_grad():
             reference_tokens = token_logprobs(reference, samples.ids, samples.prompt_length)
-        policy.train()
+        # evaluation mode throughout (no dropout): the log-probabilities are the sampler's own,
+        # which is what makes the update on-policy; gradients flow all the same
         policy_tokens = token_logprobs(policy, samples.ids, samples.prompt_length)
         loss = grpo_loss(policy_tokens, reference_tokens, advantages, samples.mask, beta)
         if not torch.isfinite(loss):
@@ -677,7 +685,8 @@ def train_rl(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip_norm)
         optimizer.step()
-        gap = ((policy_tokens.detach() - reference_tokens) * samples.mask).sum(dim=1)
+        mask = samples.mask.to(policy_tokens.device)
+        gap = ((policy_tokens.detach() - reference_tokens) * mask).sum(dim=1)
         history.step_reward.append(float(scores.mean()))
         history.step_kl.append(float(gap.mean()))
     policy.eval()
