@@ -337,6 +337,10 @@ def test_publishing_refuses_smoke_runs_and_sample_data(tmp_path: Path):
         "reference_minutes": 7.1,
     }
     assert published["metrics"] == _record()["metrics"]
+    slower = {**yardstick, "tokens_per_second": 4_800.0}
+    both = run_chapter.bracketed_yardstick(yardstick, slower)
+    assert (both["tokens_per_second"], both["before"], both["after"]) == (6_000.0, 7_200.0, 4_800.0)
+    assert run_chapter.benchmark_block(212.34, command, both)["reference_minutes"] == 5.9
     with pytest.raises(ValueError, match="smoke profile"):
         run_chapter.publish_record(_record(profile="smoke"), benchmark, folder=tmp_path)
     sample = _record(data={"source": "bundled sample", "train": 800})
