@@ -749,8 +749,9 @@ for seed in range(SEEDS):
     rl_steps = [step for step, _ in history.evaluations[1:]]
     runs[rl_name].append([m for _, m in history.evaluations[1:]])  # step 0 is π_ref
     path = runs[rl_name][-1]
-    print(f"seed {seed} ({history.seconds:.0f} s): "
-          + " → ".join(f"{m['positive'][0]:.0%} at KL {m['kl'][0]:.1f}" for m in path))  # fmt: skip
+    every_other = path[1::2] if len(path) > 4 else path  # one line per seed
+    steps = " → ".join(f"{m['positive'][0]:.0%} at KL {m['kl'][0]:.0f}" for m in every_other)
+    print(f"seed {seed} ({history.seconds:.0f} s): {steps}")
 print(f"{time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
@@ -876,6 +877,11 @@ for n in BUDGET.best_of:
     )
 
 # %% [markdown]
+# The two measures need not agree. The mean log-odds grows with how *strongly* positive the
+# continuations read; the share with how *many* are positive at all. A method can push some
+# continuations far into the positive while leaving others negative, and win the first while
+# losing the second: the paper's reward is the first kind, a reader may care about the second.
+#
 # ## When the proxy and the gold reward part
 #
 # RL sees only the reward model. Where the two rewards rise together, the proxy is doing its
